@@ -1,0 +1,39 @@
+"""PostgreSQL through psycopg 3: a connection pool and one-off connections, built from a URL."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+#: seconds to wait for PostgreSQL to accept a connection
+CONNECT_TIMEOUT = 5
+
+
+def connect(url: str, **kwargs) -> psycopg.Connection:
+    """A single connection (rows as dicts), for scripts, migrations and the CLI."""
+    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    return psycopg.connect(url, row_factory=dict_row, **kwargs)
+
+
+def open_pool(url: str, min_size: int = 1, max_size: int = 10, name: str = "bullrq") -> ConnectionPool:
+    """A pool of connections (rows as dicts); it connects in the background, so opening never fails.
+
+    Callers borrow with `with pool.connection() as conn:`; a request waits at most `CONNECT_TIMEOUT` seconds.
+    """
+    return ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        timeout=CONNECT_TIMEOUT,
+        kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
+        open=True,
+        check=ConnectionPool.check_connection,
+    )
+
+
+def ping(pool: ConnectionPool) -> None:
+    """Run `SELECT 1` on a pooled connection; raises psycopg or pool errors when PostgreSQL does not answer."""
+    with pool.connection() as conn:
+        conn.execute("SELECT 1")

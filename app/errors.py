@@ -1,0 +1,57 @@
+"""Every exception the product raises on purpose, under one base class."""
+
+from __future__ import annotations
+
+
+class BullrqError(Exception):
+    """Base class of the product's exceptions."""
+
+
+class ConfigError(BullrqError):
+    """Raised when a setting holds an invalid value; the message names the variable."""
+
+
+class UnknownQueueError(BullrqError):
+    """Raised when a queue name is not declared in queues.py."""
+
+    def __init__(self, name: str, valid: list[str]):
+        super().__init__(f"unknown queue {name!r}; valid queues: {', '.join(valid)}")
+        self.name = name
+        self.valid = valid
+
+
+class UnknownTaskError(BullrqError):
+    """Raised when a task type is not registered."""
+
+    def __init__(self, name: str, valid: list[str]):
+        super().__init__(f"unknown task type {name!r}; registered types: {', '.join(valid)}")
+        self.name = name
+        self.valid = valid
+
+
+class DuplicateTaskError(BullrqError):
+    """Raised when two handlers register the same task type."""
+
+
+class InvalidJobError(BullrqError):
+    """Raised when job data or options are not acceptable (not JSON, wrong type, out of range)."""
+
+
+class ServerError(BullrqError):
+    """Raised when an embedded Redis or PostgreSQL server cannot be found, started or stopped."""
+
+
+class MigrationError(BullrqError):
+    """Raised when a database migration cannot be applied."""
+
+
+class PermanentFailure(BullrqError):
+    """Raised by a handler for a failure that retrying cannot fix: the job fails at once, with no retry."""
+
+
+class RetryLater(BullrqError):
+    """Raised by a handler to be retried after `delay` seconds (counts as an attempt)."""
+
+    def __init__(self, message: str = "retry requested", delay: float = 30.0):
+        super().__init__(message)
+        self.delay = delay

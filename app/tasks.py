@@ -1,0 +1,123 @@
+"""The task registry: which task types exist, which function runs each, and on which queues.
+
+Handlers register with the `@task("queue.name")` decorator in their module under `workers/`. Jobs carry the task
+type, never a function path, so a worker only ever runs registered code, whatever is planted in Redis.
+Handler modules keep module-level imports light: the web app imports them to validate job data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import DuplicateTaskError, InvalidJobError, UnknownTaskError
+
+#: modules that hold handlers (the built-in tasks, then one module per queue as its handlers land)
+HANDLER_MODULES = ("workers.system",)
+
+_TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task type."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str | None  #: the queue its jobs go to by default; None: any queue, chosen per job
+    validate: Callable[[dict], None] | None = None  #: raises InvalidJobError for bad data
+
+    @property
+    def any_queue(self) -> bool:
+        return self.queue is None
+
+    def bind(self, data: dict) -> dict:
+        """The keyword arguments for the handler from job data (camelCase keys become snake_case).
+
+        Raises:
+            InvalidJobError: data is not an object, names an unknown argument or lacks a required one.
+        """
+        if not isinstance(data, dict):
+            raise InvalidJobError(f"data for {self.name} must be a JSON object, not {type(data).__name__}")
+        kwargs = {_CAMEL.sub(r"_\1", name).lower(): value for name, value in data.items()}
+        try:
+            inspect.signature(self.func).bind(**kwargs)
+        except TypeError as exc:
+            raise InvalidJobError(f"data for {self.name}: {exc}") from None
+        if self.validate is not None:
+            self.validate(kwargs)
+        return kwargs
+
+
+class TaskRegistry:
+    """Task types by name; refuses a second registration of the same name."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def register(self, task: Task) -> None:
+        if not _TASK_NAME.match(task.name):
+            raise ValueError(f"task type {task.name!r} must look like 'area.action' (lowercase, dotted)")
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.func is not task.func:
+            raise DuplicateTaskError(f"task type {task.name!r} is already registered by {_path(existing.func)}")
+        self._tasks[task.name] = task
+
+    def get(self, name: str) -> Task:
+        """The task registered as `name`.
+
+        Raises:
+            UnknownTaskError: nothing is registered under that name.
+        """
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTaskError(str(name), self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+
+registry = TaskRegistry()
+_loaded = False
+
+
+def task(name: str, *, queue: str | None, validate: Callable[[dict], None] | None = None):
+    """Register the decorated function as task type `name`, run on `queue` (None: any queue)."""
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        if queue is not None:
+            from queues import get_queue_spec
+
+            get_queue_spec(queue)  # a typo in a queue name fails at import, not at enqueue
+        registry.register(Task(name, func, queue, validate))
+        return func
+
+    return decorator
+
+
+def load_tasks() -> TaskRegistry:
+    """Import every handler module once so all task types are registered; returns the registry."""
+    global _loaded
+    if not _loaded:
+        for module in HANDLER_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+    return registry
+
+
+def get_task(name: str) -> Task:
+    """The registered task `name`, loading the handler modules on first use."""
+    return load_tasks().get(name)
+
+
+def _path(func: Callable) -> str:
+    return f"{func.__module__}.{func.__qualname__}"

@@ -1,0 +1,36 @@
+"""The web app's PostgreSQL pool: opened on first use, one connection per request through `get_db()`."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g
+from psycopg_pool import ConnectionPool
+
+from app.db import open_pool
+
+
+def get_pool() -> ConnectionPool:
+    """The app's pool, opened on first use so the app starts even while PostgreSQL is down."""
+    pool = current_app.extensions.get("bullrq.db")
+    if pool is None:
+        pool = current_app.extensions["bullrq.db"] = open_pool(current_app.config["DATABASE_URL"], name="web")
+    return pool
+
+
+def get_db():
+    """The request's connection, borrowed from the pool and returned when the request ends."""
+    if "db" not in g:
+        context = get_pool().connection()
+        g.db = context.__enter__()
+        g.db_context = context
+    return g.db
+
+
+def _release(exc: BaseException | None) -> None:
+    context = g.pop("db_context", None)
+    g.pop("db", None)
+    if context is not None:
+        context.__exit__(type(exc) if exc else None, exc, None)
+
+
+def init_app(app: Flask) -> None:
+    app.teardown_appcontext(_release)
