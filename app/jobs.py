@@ -32,6 +32,7 @@ class State(StrEnum):
 
 
 _STATE_OF_STATUS = {
+    JobStatus.CREATED: State.WAITING,  # between create_job and its enqueue
     JobStatus.QUEUED: State.WAITING,
     JobStatus.DEFERRED: State.DELAYED,
     JobStatus.SCHEDULED: State.DELAYED,
@@ -52,7 +53,8 @@ class BullJob(Job):
     """An RQ job whose function is looked up in the task registry, never imported by path."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("serializer", SERIALIZER)
+        # RQ's class methods (fetch, create) pass serializer=None explicitly: JSON whatever the caller says
+        kwargs["serializer"] = SERIALIZER
         super().__init__(*args, **kwargs)
 
     @property

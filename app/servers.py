@@ -26,11 +26,14 @@ from pathlib import Path
 
 from app.config import load_settings
 from app.errors import ServerError
+from app.processes import pid_exists
 
 #: seconds to wait for a server to accept connections, or to exit
 START_TIMEOUT = 60
 STOP_TIMEOUT = 30
 PG_USER = "bullrq"
+#: set in the environment of a command run by `exec --fresh`: its servers are disposable
+THROWAWAY_FLAG = "BULLRQ_THROWAWAY_SERVERS"
 PG_DATABASE = "bullrq"
 
 
@@ -98,21 +101,6 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie still answers kill 0
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -162,7 +150,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def is_running(self) -> bool:
-        return _pid_alive(_read_int(self.pid_file))
+        return pid_exists(_read_int(self.pid_file))
 
     def start(self) -> str:
         """Start the server (or reuse the one already running here); returns its URL."""
@@ -194,12 +182,12 @@ class EmbeddedRedis:
         """Stop the server (it writes its append-only file first) and remove the url file."""
         self.url_file.unlink(missing_ok=True)
         pid = _read_int(self.pid_file)
-        if _pid_alive(pid):
+        if pid_exists(pid):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_exists(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _pid_alive(pid):
+            if pid_exists(pid):
                 os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
 
@@ -274,7 +262,7 @@ class EmbeddedPostgres:
         pid_line = (self.data / "postmaster.pid").read_text().split("\n", 1)[0] if (
             self.data / "postmaster.pid"
         ).exists() else ""
-        return _pid_alive(int(pid_line)) if pid_line.isdigit() else False
+        return pid_exists(int(pid_line)) if pid_line.isdigit() else False
 
     def _init(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +273,11 @@ class EmbeddedPostgres:
         _write_private(pwfile, self.password_file.read_text().strip())
         self._hand_over(pwfile)
         self._hand_over(self.dir)
+        if subprocess.run(["test", "-w", str(self.dir)], **self._run_as()).returncode != 0:
+            raise ServerError(
+                f"PostgreSQL runs as an unprivileged user that cannot reach {self.dir}: "
+                "point BULLRQ_HOME at a directory every user can traverse (e.g. under /tmp)"
+            )
         try:
             self._pg(
                 "initdb", "-D", str(self.data), "-U", PG_USER, f"--pwfile={pwfile}",
@@ -353,6 +346,8 @@ def _exec(directory: Path, fresh: bool, command: list[str]) -> int:
     """Run `command` with REDIS_URL and DATABASE_URL pointing at servers of our own; stop them afterwards."""
     redis, postgres = start_servers(directory, fresh)
     env = {**os.environ, "REDIS_URL": redis.url, "DATABASE_URL": postgres.url}
+    if fresh:
+        env[THROWAWAY_FLAG] = "1"  # tests may flush these servers; never a server of the user's
     child = None
     try:
         child = subprocess.Popen(command, env=env)

@@ -1,0 +1,108 @@
+"""`bullrq`: enqueue jobs, migrate the database, and run the web app and the scheduler."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+import psycopg
+
+from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
+from app.enqueue import PRIORITIES, enqueue
+from app.logs import configure_logging
+from app.migrate import apply_migrations, migration_status
+
+
+@click.group()
+def cli():
+    """Bull-style background jobs on Redis and RQ."""
+
+
+@cli.command("enqueue")
+@click.argument("task_type")
+@click.option("--data", default="{}", show_default=True, help="The job's data as a JSON object.")
+@click.option("--queue", default=None, help="Queue for task types that run on any queue (e.g. system.ping).")
+@click.option("--priority", default=None, help=f"{' | '.join(PRIORITIES)} or 1 (first) to 10.")
+@click.option("--delay", default=None, type=float, help="Seconds to wait before the job may start.")
+@redis_option
+@user_errors
+def enqueue_command(task_type, data, queue, priority, delay):
+    """Enqueue a job of registered type TASK_TYPE and print its id."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        fail(f"--data is not valid JSON: {exc}", EXIT_USAGE)
+    options = {"queue": queue, "delay": delay}
+    if priority is not None:
+        options["priority"] = int(priority) if priority.isdigit() else priority
+    config = settings()
+    job = enqueue(connect_redis(config), task_type, payload, {k: v for k, v in options.items() if v is not None})
+    click.echo(job.id)
+
+
+@cli.group()
+def db():
+    """Manage the PostgreSQL schema."""
+
+
+def _database_url() -> str:
+    return settings().database_url
+
+
+@db.command()
+def migrate():
+    """Apply the migrations not applied yet (safe to run any number of times, from several machines at once)."""
+    configure_logging(level=logging.WARNING)
+    try:
+        applied = apply_migrations(_database_url())
+    except psycopg.OperationalError as exc:
+        fail(f"PostgreSQL is unreachable: {str(exc).strip().splitlines()[0]}")
+    for migration in applied:
+        click.echo(f"applied {migration.path.name}")
+    click.echo(f"{len(applied)} migration(s) applied; schema up to date")
+
+
+@db.command("status")
+def db_status():
+    """List the migrations and whether each is applied."""
+    try:
+        rows = migration_status(_database_url())
+    except psycopg.OperationalError as exc:
+        fail(f"PostgreSQL is unreachable: {str(exc).strip().splitlines()[0]}")
+    for migration, applied in rows:
+        click.echo(f"{'applied' if applied else 'pending':<8} {migration.path.name}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, type=click.IntRange(1, 65535), show_default=True)
+def web(host, port):
+    """Serve the web app (admin API, dashboard, health probes)."""
+    from werkzeug.serving import run_simple
+
+    from app.web import create_app
+
+    config = settings()
+    configure_logging(config.log_format)
+    run_simple(host, port, create_app(), threaded=True, use_reloader=False)
+
+
+@cli.command()
+@click.option("--interval", default=1.0, type=click.FloatRange(min=0.1), show_default=True,
+              help="Seconds between checks for due jobs.")
+@redis_option
+def scheduler(interval):
+    """Run the scheduler process: moves due delayed jobs into their queues (one active across all processes)."""
+    from rq_scheduler import Scheduler
+
+    from app.jobs import BullJob
+
+    config = settings()
+    configure_logging(config.log_format)
+    engine = Scheduler(connection=connect_redis(config), interval=interval, job_class=BullJob)
+    engine.run()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,307 @@
+"""`workers`: start, stop, restart, inspect and run the worker processes of this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+
+import click
+from redis.exceptions import RedisError
+from rq.worker import Worker
+
+from app import processes
+from app.cli.common import EXIT_FAILURE, EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
+from app.config import RunDir
+from app.errors import UnknownQueueError
+from app.jobs import SERIALIZER
+from app.logs import configure_logging
+from app.processes import Daemon
+from app.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker
+from queues import get_queue_spec, queue_names
+
+#: seconds `start` waits for a new worker to register in Redis
+REGISTER_TIMEOUT = 30
+#: seconds `stop` lets a running job finish before the worker is killed
+DEFAULT_STOP_TIMEOUT = 30
+
+
+def _queues(names: tuple[str, ...]) -> list[str]:
+    """The queues named (all of them when none is), validated: an unknown name exits 2 listing the valid ones."""
+    for name in names:
+        try:
+            get_queue_spec(name)
+        except UnknownQueueError as exc:
+            fail(str(exc), EXIT_USAGE)
+    return list(dict.fromkeys(names)) if names else queue_names()
+
+
+def _daemon(home: RunDir, name: str) -> Daemon:
+    return Daemon(name, home.pid_file(name), home.worker_log(name))
+
+
+def _planned(home: RunDir, queues: list[str]) -> list[tuple[Daemon, str]]:
+    """The worker processes `queues.py` asks for: `<queue>-<n>` for n in 1..processes."""
+    return [(_daemon(home, f"{q}-{n}"), q) for q in queues for n in range(1, get_queue_spec(q).processes + 1)]
+
+
+def _on_file(home: RunDir, queues: list[str]) -> list[Daemon]:
+    """Workers with a pid file serving one of `queues` (also those numbered above today's process count)."""
+    if not home.pids.is_dir():
+        return []
+    found = []
+    for path in sorted(home.pids.glob("*.pid")):
+        name = path.stem
+        if name.rsplit("-", 1)[0] in queues:
+            found.append(_daemon(home, name))
+    return found
+
+
+def _reap(connection, daemon: Daemon, pid: int) -> str:
+    """Clean up after a dead worker: kill what it forked, requeue the job it was running. Returns a note."""
+    processes.kill_group(daemon, pid)
+    rq_worker = find_rq_worker(connection, pid)
+    job_id = requeue_job_of_dead_worker(connection, rq_worker) if rq_worker else None
+    return f", job {job_id} requeued" if job_id else ""
+
+
+def _start(queues: list[str]) -> None:
+    config = settings()
+    connection = connect_redis(config)
+    home = config.home
+    started: list[tuple[Daemon, int]] = []
+    for daemon, queue in _planned(home, queues):
+        pid = daemon.read_pid()
+        if pid is not None and daemon.is_alive(pid):
+            click.echo(f"{daemon.name}: already running (pid {pid})")
+            continue
+        note = ""
+        if pid is not None:
+            note = f" (replaced stale pid file of dead pid {pid}{_reap(connection, daemon, pid)})"
+        argv = [sys.executable, "-m", "app.cli.workers", "run", queue, "--name", daemon.name]
+        started.append((daemon, processes.spawn(daemon, argv)))
+        click.echo(f"{daemon.name}: starting (pid {started[-1][1]}){note}")
+
+    failed = []
+    deadline = time.monotonic() + REGISTER_TIMEOUT
+    for daemon, pid in started:
+        while find_rq_worker(connection, pid) is None:
+            if not daemon.is_alive(pid) or time.monotonic() > deadline:
+                failed.append(daemon)
+                break
+            time.sleep(0.05)
+    for daemon in failed:
+        tail = daemon.log_file.read_text(errors="replace").splitlines()[-5:] if daemon.log_file.exists() else []
+        click.secho(f"{daemon.name}: failed to start; last lines of {daemon.log_file}:", err=True, fg="red")
+        for line in tail:
+            click.echo(f"    {line}", err=True)
+    click.echo(f"started {len(started) - len(failed)} worker(s)")
+    if failed:
+        sys.exit(EXIT_FAILURE)
+
+
+def _stop(queues: list[str], timeout: float) -> None:
+    config = settings()
+    daemons = _on_file(config.home, queues)
+    if not daemons:
+        click.echo("no worker running")
+        return
+    outcomes = processes.stop(daemons, timeout)
+    connection = None
+    for daemon in daemons:
+        pid, outcome = outcomes[daemon.name]
+        note = ""
+        if outcome != "stopped" and pid is not None:
+            connection = connection or connect_redis(config)
+            note = _reap(connection, daemon, pid)
+        click.echo(f"{daemon.name}: {outcome}" + (f" (pid {pid}{note})" if pid else ""))
+
+
+@click.group()
+def cli():
+    """Manage the worker processes of this machine (pid files and logs live in the run directory)."""
+
+
+@cli.command()
+@click.argument("queues", nargs=-1)
+@redis_option
+def start(queues):
+    """Start the worker processes of QUEUES (all queues when none is named); running ones are left alone."""
+    _start(_queues(queues))
+
+
+@cli.command()
+@click.argument("queues", nargs=-1)
+@click.option("--timeout", default=DEFAULT_STOP_TIMEOUT, type=click.FloatRange(min=0), show_default=True,
+              help="Seconds to let running jobs finish before the worker is killed (its job is requeued).")
+@redis_option
+def stop(queues, timeout):
+    """Stop the worker processes of QUEUES (all when none is named) after their current job."""
+    _stop(_queues(queues), timeout)
+
+
+@cli.command()
+@click.argument("queues", nargs=-1)
+@click.option("--timeout", default=DEFAULT_STOP_TIMEOUT, type=click.FloatRange(min=0), show_default=True,
+              help="Seconds to let running jobs finish before the worker is killed (its job is requeued).")
+@redis_option
+def restart(queues, timeout):
+    """Stop, then start again, the worker processes of QUEUES (all when none is named)."""
+    names = _queues(queues)
+    _stop(names, timeout)
+    _start(names)
+
+
+def _age(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round((datetime.now(UTC) - moment).total_seconds(), 1)
+
+
+def _status_rows(connection, home: RunDir) -> list[dict]:
+    """One row per worker with a pid file, then one per other worker registered in Redis (foreground, elsewhere)."""
+    registered = Worker.all(connection=connection, serializer=SERIALIZER)
+    host = socket.gethostname()
+    by_pid = {w.pid: w for w in registered if w.hostname == host}
+    rows, seen = [], set()
+    for daemon in _on_file(home, queue_names()):
+        pid = daemon.read_pid()
+        rq_worker = by_pid.get(pid)
+        if rq_worker is not None:
+            seen.add(rq_worker.name)
+        rows.append(_row(daemon.name, pid, daemon.is_alive(pid), rq_worker, managed=True))
+    for rq_worker in registered:
+        if rq_worker.name not in seen:
+            # on this host the pid tells; elsewhere the registration (it expires without heartbeats) does
+            alive = processes.pid_exists(rq_worker.pid) if rq_worker.hostname == host else True
+            rows.append(_row(rq_worker.name.split(".", 1)[0], rq_worker.pid, alive, rq_worker, managed=False))
+    return rows
+
+
+def _row(name: str, pid: int | None, alive: bool, rq_worker, managed: bool) -> dict:
+    row = {
+        "name": name,
+        "queues": [name.rsplit("-", 1)[0]] if rq_worker is None else rq_worker.queue_names(),
+        "pid": pid,
+        "alive": alive,
+        "managed": managed,  # started by `workers start` here: expected to be up
+        "state": None,
+        "current_job": None,
+        "successful": None,
+        "failed": None,
+        "heartbeat_age": None,
+        "rss_bytes": processes.rss_bytes(pid) if pid and alive else None,
+        "hostname": None,
+    }
+    if rq_worker is not None:
+        row.update(
+            state=rq_worker.get_state() if alive else "dead",
+            current_job=rq_worker.get_current_job_id(),
+            successful=rq_worker.successful_job_count,
+            failed=rq_worker.failed_job_count,
+            heartbeat_age=_age(rq_worker.last_heartbeat),
+            hostname=rq_worker.hostname,
+        )
+    else:
+        row["state"] = "starting" if alive else "dead"
+    return row
+
+
+_COLUMNS = (  # header, width (negative: left-aligned), cell
+    ("NAME", -18, lambda r: r["name"]),
+    ("QUEUES", -16, lambda r: ",".join(r["queues"])),
+    ("PID", 7, lambda r: r["pid"]),
+    ("ALIVE", -5, lambda r: "yes" if r["alive"] else "NO"),
+    ("STATE", -8, lambda r: r["state"]),
+    ("JOB", -36, lambda r: r["current_job"]),
+    ("OK", 6, lambda r: r["successful"]),
+    ("FAILED", 6, lambda r: r["failed"]),
+    ("BEAT", 6, lambda r: None if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.0f}s"),
+    ("RSS", 8, lambda r: None if r["rss_bytes"] is None else f"{r['rss_bytes'] / 2**20:.1f}M"),
+)
+
+
+def _print_table(rows: list[dict]) -> None:
+    def line(cells):
+        return " ".join(f"{'-' if c is None else c!s:{'<' if w < 0 else '>'}{abs(w)}}" for c, (_, w, _) in cells)
+
+    click.echo(line((h, col) for col in _COLUMNS for h in [col[0]]))
+    for row in rows:
+        click.echo(line((col[2](row), col) for col in _COLUMNS))
+    if not rows:
+        click.echo("no workers")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@redis_option
+def status(as_json):
+    """Show each worker: queues, pid, alive, idle/busy, current job, counts, heartbeat age, memory.
+
+    Exits 1 when a worker started here is dead or Redis is unreachable.
+    """
+    config = settings()
+    connection = connect_redis(config)
+    try:
+        rows = _status_rows(connection, config.home)
+    except RedisError as exc:
+        fail(f"Redis failed while reading workers: {exc}")
+    dead = [row["name"] for row in rows if row["managed"] and not row["alive"]]
+    if as_json:
+        click.echo(json.dumps({"workers": rows, "dead": dead}, indent=2))
+    else:
+        _print_table(rows)
+    if dead:
+        click.secho(f"dead: {', '.join(dead)}", err=True, fg="red")
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing lines as they are written.")
+@click.option("-n", "--lines", default=50, type=click.IntRange(min=0), show_default=True, help="Lines to show.")
+def logs(name, follow, lines):
+    """Print the log of worker NAME (e.g. sync-1)."""
+    home = settings().home
+    path = home.worker_log(name)
+    if not path.is_file():
+        known = sorted(p.stem for p in home.worker_logs.glob("*.log")) if home.worker_logs.is_dir() else []
+        fail(f"no log for worker {name!r}; logs: {', '.join(known) or 'none yet'}", EXIT_USAGE)
+    with open(path, errors="replace") as handle:
+        tail = handle.readlines()[-lines:] if lines else []
+        click.echo("".join(tail), nl=False)
+        if not follow:
+            return
+        try:
+            while True:
+                line = handle.readline()
+                if line:
+                    click.echo(line, nl=False)
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
+@click.argument("queues", nargs=-1, required=True)
+@click.option("--name", default=None, help="Process name (default: the queue names joined by '+').")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@redis_option
+@user_errors
+def run(queues, name, burst):
+    """Run one worker for QUEUES in the foreground (for the Procfile, containers and debugging)."""
+    names = _queues(queues)
+    config = settings()
+    configure_logging(config.log_format, logging.DEBUG if config.debug else logging.INFO)
+    connection = connect_redis(config)
+    run_worker(names, connection, name or "+".join(names), burst=burst)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,192 @@
+"""Enqueueing by task type on fakeredis: JSON payloads, queue policy, options, and running only registered code."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+
+import pytest
+from rq.job import JobStatus
+from rq.queue import Queue
+
+from app.enqueue import PRIORITIES, JobOptions, enqueue, retry_intervals
+from app.errors import InvalidJobError, UnknownQueueError, UnknownTaskError
+from app.jobs import SERIALIZER, fetch_job, get_queue
+from app.worker import build_worker
+from queues import Backoff, BackoffType, get_queue_spec
+
+
+def ping(conn, data=None, **options):
+    return enqueue(conn, "system.ping", data, {"queue": "sync", **options})
+
+
+def test_job_lands_on_the_chosen_queue_as_json(fake_redis):
+    job = enqueue(fake_redis, "system.ping", {"echo": {"n": 1}}, {"queue": "harvest"})
+    assert job.origin == "harvest"
+    assert get_queue("harvest", fake_redis).job_ids == [job.id]
+    assert get_queue("sync", fake_redis).count == 0
+    raw = fake_redis.hget(f"rq:job:{job.id}", "data")
+    assert json.loads(zlib.decompress(raw)) == ["system.ping", None, [], {"echo": {"n": 1}}]
+    stored = fetch_job(job.id, fake_redis)
+    assert stored.func_name == "system.ping"
+    assert stored.task_type == "system.ping"
+    assert stored.kwargs == {"echo": {"n": 1}}
+    assert stored.get_status() == JobStatus.QUEUED
+
+
+def test_queue_policy_applies_by_default(fake_redis):
+    job = enqueue(fake_redis, "system.ping", {}, {"queue": "reports"})
+    spec = get_queue_spec("reports")
+    assert job.timeout == 300
+    assert job.result_ttl == spec.result_ttl
+    assert job.failure_ttl == spec.failure_ttl
+    assert job.meta == {"priority": PRIORITIES["normal"], "attempts": spec.attempts}
+    assert job.retries_left == spec.attempts - 1
+
+
+def test_high_priority_goes_to_the_front(fake_redis):
+    first = ping(fake_redis)
+    low = ping(fake_redis, priority="low")
+    urgent = ping(fake_redis, priority="high")
+    assert get_queue("sync", fake_redis).job_ids == [urgent.id, first.id, low.id]
+    assert urgent.meta["priority"] == 1
+
+
+def test_notifications_are_high_priority_by_default(fake_redis):
+    first = enqueue(fake_redis, "system.ping", {}, {"queue": "notifications"})
+    second = enqueue(fake_redis, "system.ping", {}, {"queue": "notifications"})
+    assert second.meta["priority"] == PRIORITIES["high"]
+    assert get_queue("notifications", fake_redis).job_ids == [second.id, first.id]
+
+
+def test_delay_puts_the_job_in_the_scheduled_registry(fake_redis):
+    job = ping(fake_redis, delay=120)
+    queue = get_queue("sync", fake_redis)
+    assert queue.job_ids == []
+    assert queue.scheduled_job_registry.get_job_ids() == [job.id]
+    assert fetch_job(job.id, fake_redis).get_status() == JobStatus.SCHEDULED
+
+
+def test_attempts_and_backoff_become_rq_retries(fake_redis):
+    job = ping(fake_redis, attempts=4, backoff={"type": "fixed", "delay": 7}, timeout=42)
+    stored = fetch_job(job.id, fake_redis)
+    assert stored.retries_left == 3
+    assert stored.retry_intervals == [7, 7, 7]
+    assert stored.timeout == 42
+    assert stored.meta["attempts"] == 4
+
+
+def test_queue_backoff_is_the_default(fake_redis):
+    job = ping(fake_redis)  # sync: 3 attempts, fixed 30 s
+    assert (job.retries_left, job.retry_intervals) == (2, [30, 30])
+
+
+def test_a_single_attempt_means_no_retry(fake_redis):
+    assert ping(fake_redis, attempts=1).retries_left is None
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"retries": 3}, "retries"),
+        ({"priority": "urgent"}, "priority"),
+        ({"priority": 0}, "priority"),
+        ({"priority": 11}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"delay": -1}, "delay"),
+        ({"delay": "10"}, "delay"),
+        ({"delay": True}, "delay"),
+        ({"attempts": 0}, "attempts"),
+        ({"attempts": 2.5}, "attempts"),
+        ({"attempts": True}, "attempts"),
+        ({"timeout": False}, "timeout"),
+        ({"backoff": 5}, "backoff"),
+        ({"backoff": {"type": "linear", "delay": 5}}, "backoff.type"),
+        ({"backoff": {"type": "fixed", "delay": -5}}, "delay"),
+        ({"backoff": {"type": "fixed", "every": 5}}, "backoff"),
+        ({"queue": 3}, "queue"),
+    ],
+)
+def test_options_parse_rejects_bad_values(raw, message):
+    with pytest.raises(InvalidJobError, match=message):
+        JobOptions.parse(raw)
+
+
+def test_options_parse_rejects_an_unknown_queue():
+    with pytest.raises(UnknownQueueError, match="valid queues"):
+        JobOptions.parse({"queue": "emails"})
+
+
+def test_options_parse_reads_every_option():
+    opts = JobOptions.parse(
+        {"queue": "sync", "priority": 3, "delay": 1.5, "attempts": 2, "backoff": {"type": "fixed"}, "timeout": 9}
+    )
+    assert opts == JobOptions("sync", 3, 1.5, 2, Backoff(BackoffType.FIXED, Backoff().delay), 9)
+    assert JobOptions.parse(None) == JobOptions()
+    assert JobOptions.parse({"priority": "low"}).priority == PRIORITIES["low"]
+
+
+def test_ping_needs_a_queue(fake_redis):
+    with pytest.raises(InvalidJobError, match="option 'queue'"):
+        enqueue(fake_redis, "system.ping", {})
+
+
+@pytest.mark.parametrize("sleep", [61, -1, True, "5"])
+def test_ping_rejects_a_bad_sleep(fake_redis, sleep):
+    with pytest.raises(InvalidJobError, match="sleep"):
+        ping(fake_redis, {"sleep": sleep})
+    assert get_queue("sync", fake_redis).count == 0
+
+
+def test_data_must_be_json_and_match_the_handler(fake_redis):
+    with pytest.raises(InvalidJobError, match="JSON"):
+        ping(fake_redis, {"echo": {1, 2}})
+    with pytest.raises(InvalidJobError, match="unexpected"):
+        ping(fake_redis, {"command": "rm -rf /"})
+
+
+def test_unknown_type_is_rejected(fake_redis):
+    with pytest.raises(UnknownTaskError, match="system.ping"):
+        enqueue(fake_redis, "os.system", {}, {"queue": "sync"})
+
+
+def test_fixed_retry_intervals():
+    assert retry_intervals(Backoff(BackoffType.FIXED, 7.4), 3) == [7, 7, 7]
+    assert retry_intervals(Backoff(BackoffType.FIXED, 7), 0) == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exponential_retry_intervals_double_with_bounded_jitter(seed):
+    intervals = retry_intervals(Backoff(BackoffType.EXPONENTIAL, 10), 5, random.Random(seed))
+    assert len(intervals) == 5
+    for n, seconds in enumerate(intervals):
+        assert round(10 * 2**n * 0.8) <= seconds <= round(10 * 2**n * 1.2)
+    assert intervals == retry_intervals(Backoff(BackoffType.EXPONENTIAL, 10), 5, random.Random(seed))
+
+
+def test_exponential_jitter_varies_and_never_drops_below_one_second():
+    runs = {tuple(retry_intervals(Backoff(BackoffType.EXPONENTIAL, 100), 3, random.Random(s))) for s in range(10)}
+    assert len(runs) > 1
+    assert retry_intervals(Backoff(BackoffType.EXPONENTIAL, 0), 3, random.Random(0)) == [1, 1, 1]
+
+
+def test_worker_runs_a_ping_in_process(fake_redis):
+    # BullWorker runs inline (no fork) on non-FORK queues, so it works on fakeredis.
+    job = enqueue(fake_redis, "system.ping", {"echo": {"ok": [1, 2]}}, {"queue": "sync"})
+    worker = build_worker(["sync"], fake_redis, "test")
+    assert worker.work(burst=True, with_scheduler=False)
+    done = fetch_job(job.id, fake_redis)
+    assert done.get_status() == JobStatus.FINISHED
+    assert done.return_value() == {"ok": [1, 2]}
+
+
+def test_a_planted_function_path_fails_instead_of_running(fake_redis, tmp_path):
+    marker = tmp_path / "pwned"
+    planted = Queue("sync", connection=fake_redis, serializer=SERIALIZER).enqueue("os.system", f"touch {marker}")
+    assert planted.func_name == "os.system"
+    build_worker(["sync"], fake_redis, "test").work(burst=True, with_scheduler=False)
+    job = fetch_job(planted.id, fake_redis)
+    assert job.get_status() == JobStatus.FAILED
+    assert "UnknownTaskError" in job.latest_result().exc_string
+    assert not marker.exists()

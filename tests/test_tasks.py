@@ -1,0 +1,89 @@
+"""The task registry: unique dotted names, lookups that list what exists, and binding job data to a handler."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import DuplicateTaskError, InvalidJobError, UnknownTaskError
+from app.tasks import Task, TaskRegistry, get_task, load_tasks
+
+
+def sync_records(provider, force_update=False, batch_size=50):
+    return provider, force_update, batch_size
+
+
+def other(provider):
+    return provider
+
+
+@pytest.fixture
+def registry():
+    reg = TaskRegistry()
+    reg.register(Task("sync.records", sync_records, "sync"))
+    return reg
+
+
+def test_registry_refuses_a_second_function_under_the_same_name(registry):
+    with pytest.raises(DuplicateTaskError, match="sync.records"):
+        registry.register(Task("sync.records", other, "sync"))
+    assert registry.get("sync.records").func is sync_records
+
+
+def test_registering_the_same_function_again_is_harmless(registry):
+    registry.register(Task("sync.records", sync_records, "sync"))
+    assert registry.names() == ["sync.records"]
+
+
+@pytest.mark.parametrize("name", ["ping", "System.ping", "sync.", ".sync", "sync..run", "1sync.run", "sync.run now"])
+def test_bad_names_are_rejected(registry, name):
+    with pytest.raises(ValueError):
+        registry.register(Task(name, other, None))
+    assert name not in registry
+
+
+def test_unknown_type_lists_the_registered_ones(registry):
+    registry.register(Task("reports.weekly", other, "reports"))
+    with pytest.raises(UnknownTaskError) as excinfo:
+        registry.get("os.system")
+    assert excinfo.value.valid == ["reports.weekly", "sync.records"]
+    assert "reports.weekly, sync.records" in str(excinfo.value)
+
+
+def test_bind_converts_camel_case(registry):
+    kwargs = registry.get("sync.records").bind({"provider": "primary", "forceUpdate": True, "batchSize": 10})
+    assert kwargs == {"provider": "primary", "force_update": True, "batch_size": 10}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"provider": "p", "unknown": 1}, "unknown"),
+        ({"forceUpdate": True}, "provider"),
+        (["provider"], "JSON object"),
+        ("provider", "JSON object"),
+    ],
+)
+def test_bind_rejects_bad_data(registry, data, message):
+    with pytest.raises(InvalidJobError, match=message):
+        registry.get("sync.records").bind(data)
+
+
+def test_bind_runs_the_validator():
+    def validate(kwargs):
+        if kwargs["provider"] not in ("primary", "fallback"):
+            raise InvalidJobError("provider must be primary or fallback")
+
+    t = Task("sync.records", sync_records, "sync", validate)
+    assert t.bind({"provider": "fallback"}) == {"provider": "fallback"}
+    with pytest.raises(InvalidJobError, match="primary or fallback"):
+        t.bind({"provider": "other"})
+
+
+def test_system_ping_is_registered_after_load_tasks():
+    from workers.system import ping
+
+    assert "system.ping" in load_tasks()
+    t = get_task("system.ping")
+    assert t.func is ping
+    assert t.any_queue
+    assert t.func(echo="pong") == "pong"
