@@ -90,6 +90,7 @@ def requeue_job_of_dead_worker(connection: Redis, worker: Worker) -> str | None:
         return None
     queue = get_queue(job.origin, connection)
     with connection.pipeline() as pipe:
+        pipe.multi()  # one transaction: the job leaves the started registry and enters the queue together
         StartedJobRegistry(queue.name, connection, job_class=BullJob, serializer=SERIALIZER).remove_executions(
             job, pipe
         )

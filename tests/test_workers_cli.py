@@ -1,0 +1,202 @@
+"""The `workers` CLI against the real Redis, with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from rq.job import JobStatus
+from rq.worker import Worker
+
+from app.jobs import SERIALIZER, fetch_job, get_queue
+from app.processes import pid_exists
+from app.servers import free_port
+from queues import queue_names
+from tests.fixtures import processes_with, run_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def home(isolated_env, redis_url):
+    """The run directory of this test; whatever its workers left running is stopped afterwards."""
+    yield isolated_env
+    run_cli("workers", "stop", "--timeout", "2")
+
+
+def _pid(home, name: str) -> int:
+    return int((home / "pids" / f"{name}.pid").read_text())
+
+
+def _enqueue(*args: str) -> str:
+    result = run_cli("bullrq", "enqueue", "system.ping", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _status(redis_conn, job_id):
+    job = fetch_job(job_id, redis_conn)
+    return job.get_status(refresh=True) if job else None
+
+
+def _group(home, pid: int) -> list[int]:
+    """The process and every process in its process group (RQ forks its scheduler into it)."""
+    members = [pid]
+    for candidate in processes_with("app.cli.workers", home):
+        try:
+            if candidate != pid and os.getpgid(candidate) == pid:
+                members.append(candidate)
+        except ProcessLookupError:
+            pass
+    return members
+
+
+def test_started_worker_runs_a_job_enqueued_by_type(home, redis_conn):
+    started = run_cli("workers", "start", "sync")
+    assert started.returncode == 0, started.stderr
+    assert "sync-1: starting" in started.stdout
+
+    job_id = _enqueue("--queue", "sync", "--data", '{"echo": {"n": 1, "text": "olá"}}')
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, message="the job to finish")
+    job = fetch_job(job_id, redis_conn)
+    assert job.return_value() == {"n": 1, "text": "olá"}
+    assert job.func_name == "system.ping"
+    assert job.worker_name.startswith("sync-1.")
+
+
+def test_second_start_does_not_double_the_processes(home):
+    first = run_cli("workers", "start")
+    assert first.returncode == 0, first.stderr
+    pids = {name: _pid(home, f"{name}-1") for name in queue_names()}
+
+    second = run_cli("workers", "start")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already running") == len(queue_names())
+    assert "started 0 worker(s)" in second.stdout
+    assert {name: _pid(home, f"{name}-1") for name in queue_names()} == pids
+    leaders = [pid for pid in processes_with("app.cli.workers run", home) if os.getpgid(pid) == pid]
+    assert sorted(leaders) == sorted(pids.values())  # one worker process per queue, none twice
+
+
+def test_status_reports_a_sigkilled_worker_as_dead(home):
+    assert run_cli("workers", "start", "sync", "notifications").returncode == 0
+    healthy = run_cli("workers", "status", "--json")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    rows = {row["name"]: row for row in json.loads(healthy.stdout)["workers"]}
+    assert rows["sync-1"]["alive"] and rows["sync-1"]["state"] == "idle"
+    assert rows["sync-1"]["pid"] == _pid(home, "sync-1") and rows["sync-1"]["rss_bytes"] > 0
+    assert rows["sync-1"]["queues"] == ["sync"]
+
+    os.kill(_pid(home, "sync-1"), signal.SIGKILL)
+    wait_for(lambda: not pid_exists(_pid(home, "sync-1")), message="the worker to die")
+    after = run_cli("workers", "status", "--json")
+    assert after.returncode == 1
+    report = json.loads(after.stdout)
+    rows = {row["name"]: row for row in report["workers"]}
+    assert report["dead"] == ["sync-1"]
+    assert rows["sync-1"]["alive"] is False and rows["sync-1"]["state"] == "dead"
+    assert rows["notifications-1"]["alive"] is True
+
+    table = run_cli("workers", "status")
+    assert table.returncode == 1
+    assert "dead: sync-1" in table.stderr
+
+
+def test_stop_leaves_no_process_and_no_registration(home, redis_conn):
+    assert run_cli("workers", "start").returncode == 0
+    pids = [p for name in queue_names() for p in _group(home, _pid(home, f"{name}-1"))]
+    assert len(pids) >= len(queue_names())
+
+    stopped = run_cli("workers", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.count(": stopped") == len(queue_names())
+    assert not [pid for pid in pids if pid_exists(pid)]
+    assert not list((home / "pids").glob("*.pid"))
+    assert Worker.all(connection=redis_conn, serializer=SERIALIZER) == []
+
+
+def test_stop_lets_the_running_job_finish(home, redis_conn):
+    assert run_cli("workers", "start", "sync").returncode == 0
+    job_id = _enqueue("--queue", "sync", "--data", '{"sleep": 1.5, "echo": "done"}')
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.STARTED, message="the job to start")
+
+    stopped = run_cli("workers", "stop", "sync", "--timeout", "20")
+    assert "sync-1: stopped" in stopped.stdout
+    assert _status(redis_conn, job_id) == JobStatus.FINISHED
+    assert fetch_job(job_id, redis_conn).return_value() == "done"
+
+
+def test_stop_after_timeout_kills_the_worker_and_requeues_its_job(home, redis_conn):
+    assert run_cli("workers", "start", "sync").returncode == 0
+    job_id = _enqueue("--queue", "sync", "--data", '{"sleep": 3, "echo": "second try"}')
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.STARTED, message="the job to start")
+
+    stopped = run_cli("workers", "stop", "sync", "--timeout", "0.5")
+    assert "sync-1: killed" in stopped.stdout and f"job {job_id} requeued" in stopped.stdout
+    assert _status(redis_conn, job_id) == JobStatus.QUEUED
+    assert get_queue("sync", redis_conn).job_ids == [job_id]
+
+    assert run_cli("workers", "start", "sync").returncode == 0
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, timeout=20, message="the retried job")
+    assert fetch_job(job_id, redis_conn).return_value() == "second try"
+
+
+def test_start_replaces_a_stale_pid_file_and_requeues_the_dead_workers_job(home, redis_conn):
+    assert run_cli("workers", "start", "sync").returncode == 0
+    old_pid = _pid(home, "sync-1")
+    job_id = _enqueue("--queue", "sync", "--data", '{"sleep": 2, "echo": "survived"}')
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.STARTED, message="the job to start")
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(lambda: not pid_exists(old_pid), message="the worker to die")
+
+    restarted = run_cli("workers", "start", "sync")
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"stale pid file of dead pid {old_pid}" in restarted.stdout
+    assert f"job {job_id} requeued" in restarted.stdout
+    assert _pid(home, "sync-1") != old_pid
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, timeout=20, message="the requeued job")
+    assert fetch_job(job_id, redis_conn).return_value() == "survived"
+
+
+def test_restart_replaces_the_processes(home):
+    assert run_cli("workers", "start", "reports").returncode == 0
+    before = _pid(home, "reports-1")
+    restarted = run_cli("workers", "restart", "reports")
+    assert restarted.returncode == 0, restarted.stderr
+    assert "reports-1: stopped" in restarted.stdout and "reports-1: starting" in restarted.stdout
+    assert _pid(home, "reports-1") != before and not pid_exists(before)
+
+
+def test_unknown_queue_exits_2_listing_the_valid_ones(home):
+    for command in (["start", "nope"], ["stop", "sync", "nope"], ["run", "nope"]):
+        result = run_cli("workers", *command)
+        assert result.returncode == 2, command
+        assert "unknown queue 'nope'" in result.stderr and "cache-cleanup" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_is_one_line_and_exit_1(home):
+    env = {**os.environ, "REDIS_URL": f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"}
+    for command in (["status"], ["start", "sync"]):
+        result = run_cli("workers", *command, env=env)
+        assert result.returncode == 1, command
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: Redis at redis://:***@127.0.0.1:")
+        assert "s3cret-pass" not in result.stderr
+    assert not (home / "pids").exists() or not list((home / "pids").glob("*.pid"))
+
+
+def test_logs_prints_the_last_lines_of_a_worker(home):
+    assert run_cli("workers", "start", "harvest").returncode == 0
+    shown = run_cli("workers", "logs", "harvest-1", "-n", "2")
+    assert shown.returncode == 0
+    lines = shown.stdout.strip().splitlines()
+    assert len(lines) == 2
+    everything = (home / "logs" / "workers" / "harvest-1.log").read_text().strip().splitlines()
+    assert lines == everything[-2:]
+    assert "serving harvest" in "\n".join(everything)
+
+    missing = run_cli("workers", "logs", "nobody-1")
+    assert missing.returncode == 2 and "harvest-1" in missing.stderr
