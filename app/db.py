@@ -16,17 +16,19 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, row_factory=dict_row, **kwargs)
 
 
-def open_pool(url: str, min_size: int = 1, max_size: int = 10, name: str = "bullrq") -> ConnectionPool:
+def open_pool(
+    url: str, min_size: int = 1, max_size: int = 10, name: str = "bullrq", timeout: float = CONNECT_TIMEOUT
+) -> ConnectionPool:
     """A pool of connections (rows as dicts); it connects in the background, so opening never fails.
 
-    Callers borrow with `with pool.connection() as conn:`; a request waits at most `CONNECT_TIMEOUT` seconds.
+    Callers borrow with `with pool.connection() as conn:`; a request waits at most `timeout` seconds.
     """
     return ConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         name=name,
-        timeout=CONNECT_TIMEOUT,
+        timeout=timeout,
         kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
         open=True,
         check=ConnectionPool.check_connection,

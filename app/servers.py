@@ -46,6 +46,8 @@ def free_port() -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # as the servers do: connections in TIME_WAIT on the port (e.g. a refused login) must not count as busy
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -174,6 +176,12 @@ class EmbeddedRedis:
         if result.returncode != 0:
             raise ServerError(f"redis-server failed to start: {result.stderr or result.stdout}")
         _wait_for_port(self.port, lambda: self.is_running() or not self.pid_file.exists(), log)
+        # the daemon listens before it writes its pid file, and stop() needs the pid
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise ServerError(f"redis-server on port {self.port} wrote no pid file {self.pid_file}")
+            time.sleep(0.01)
         (self.dir / "port").write_text(f"{self.port}\n")
         self.url_file.write_text(self.url + "\n")
         return self.url
@@ -257,12 +265,11 @@ class EmbeddedPostgres:
             os.chown(path, owner["user"], owner["group"])
 
     def is_running(self) -> bool:
-        if not (self.data / "PG_VERSION").exists():
+        try:
+            pid_line = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
             return False
-        pid_line = (self.data / "postmaster.pid").read_text().split("\n", 1)[0] if (
-            self.data / "postmaster.pid"
-        ).exists() else ""
-        return pid_exists(int(pid_line)) if pid_line.isdigit() else False
+        return pid_line.isdigit() and pid_exists(int(pid_line))
 
     def _init(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,11 @@ def database_url():
 def app(redis_url, database_url):
     from app.web import create_app
 
-    return create_app({"TESTING": True, "REDIS_URL": redis_url, "DATABASE_URL": database_url})
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "DATABASE_URL": database_url})
+    yield app
+    pool = app.extensions.get("bullrq.db")
+    if pool is not None:
+        pool.close()  # before the test's database is dropped
 
 
 @pytest.fixture

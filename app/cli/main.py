@@ -50,14 +50,19 @@ def _database_url() -> str:
     return settings().database_url
 
 
+def _migrate() -> list:
+    """Apply pending migrations; an unreachable PostgreSQL ends the command with one line."""
+    try:
+        return apply_migrations(_database_url())
+    except psycopg.OperationalError as exc:
+        fail(f"PostgreSQL is unreachable: {str(exc).strip().splitlines()[0]}")
+
+
 @db.command()
 def migrate():
     """Apply the migrations not applied yet (safe to run any number of times, from several machines at once)."""
     configure_logging(level=logging.WARNING)
-    try:
-        applied = apply_migrations(_database_url())
-    except psycopg.OperationalError as exc:
-        fail(f"PostgreSQL is unreachable: {str(exc).strip().splitlines()[0]}")
+    applied = _migrate()
     for migration in applied:
         click.echo(f"applied {migration.path.name}")
     click.echo(f"{len(applied)} migration(s) applied; schema up to date")
@@ -85,6 +90,7 @@ def web(host, port):
 
     config = settings()
     configure_logging(config.log_format)
+    _migrate()  # under the advisory lock: several web processes may start at once
     run_simple(host, port, create_app(), threaded=True, use_reloader=False)
 
 

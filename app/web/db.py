@@ -1,18 +1,25 @@
-"""The web app's PostgreSQL pool: opened on first use, one connection per request through `get_db()`."""
+"""The web app's PostgreSQL pool: opened on first use, one connection per request through `get_db()`.
+
+Config `DATABASE_POOL_TIMEOUT` (seconds, default `app.db.CONNECT_TIMEOUT`) bounds how long a request waits for a
+connection, so a probe answers 503 in that time while PostgreSQL is down.
+"""
 
 from __future__ import annotations
 
 from flask import Flask, current_app, g
 from psycopg_pool import ConnectionPool
 
-from app.db import open_pool
+from app.db import CONNECT_TIMEOUT, open_pool
 
 
 def get_pool() -> ConnectionPool:
     """The app's pool, opened on first use so the app starts even while PostgreSQL is down."""
     pool = current_app.extensions.get("bullrq.db")
     if pool is None:
-        pool = current_app.extensions["bullrq.db"] = open_pool(current_app.config["DATABASE_URL"], name="web")
+        timeout = current_app.config.get("DATABASE_POOL_TIMEOUT", CONNECT_TIMEOUT)
+        pool = current_app.extensions["bullrq.db"] = open_pool(
+            current_app.config["DATABASE_URL"], name="web", timeout=timeout
+        )
     return pool
 
 
