@@ -1,8 +1,25 @@
-"""The queues of bullrq and their policies: the one place that declares them and names our Redis keys.
+"""The queues of bullrq and their policies: the one place that declares them and names their Redis keys.
 
-RQ's `rq:` keys stay exactly as RQ writes them, so `rq info`, rq-scheduler and rq-dashboard keep reading our queues
-and jobs. Keys of our own are `bullrq:<queue>:<family>[:<part>...]`, built only by `key()` below; each family is
-listed here with its Redis type and TTL as the feature that needs it lands (none yet).
+RQ's own keys keep RQ's names and formats, so `rq info`, rq-scheduler and rq-dashboard read our queues and jobs:
+
+    rq:queue:<q>            list    waiting jobs of normal priority (RQ's queue)
+    rq:wip:<q>              zset    running jobs, "<job id>:<execution id>" scored by the time their lease ends
+    rq:scheduled:<q>        zset    delayed jobs and delayed retries, scored by the time they are due
+    rq:finished:<q>         zset    completed jobs, scored by their expiry time (also failed:, canceled:)
+    rq:job:<id>             hash    the job (RQ's fields, plus priority, attempts, dedup_key and progress)
+    rq:results:<id>         stream  the job's results (RQ's format)
+
+Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
+
+    bullrq:<q>:lane:<p>     list    waiting jobs of priority p (1 first .. 10 last; 5 is rq:queue:<q>)   no TTL
+    bullrq:<q>:paused       string  present while the queue is paused                                  no TTL
+    bullrq:<q>:marker       list    at most one element: "work may be waiting", wakes idle workers        no TTL
+    bullrq:<q>:limiter      string  jobs started in the current rate-limit window                   TTL: the window
+    bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>                  TTL: 7 days, freed at end
+    bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
+    bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
+
+Every key is built here; nothing else writes our key names.
 """
 
 from __future__ import annotations
@@ -10,10 +27,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
 from app.errors import UnknownQueueError
 
 #: prefix of every Redis key bullrq writes outside RQ's own `rq:` keys
 KEY_PREFIX = "bullrq"
+#: priorities run from 1 (first) to 10 (last); NORMAL jobs wait in RQ's own list
+PRIORITY_RANGE = range(1, 11)
+NORMAL_PRIORITY = 5
+JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
+RESULTS_KEY_PREFIX = "rq:results:"
+#: RQ's set of known queue keys (`rq info` lists queues from it)
+QUEUES_SET = Queue.redis_queues_keys
 
 
 class Isolation(StrEnum):
@@ -114,3 +148,82 @@ def get_queue_spec(name: str) -> QueueSpec:
 def key(queue: str, kind: str, *parts: str) -> str:
     """The Redis key of family `kind` for `queue` (see the module docstring for the families)."""
     return ":".join((KEY_PREFIX, queue, kind, *parts))
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def results_key(job_id: str) -> str:
+    return RESULTS_KEY_PREFIX + job_id
+
+
+def worker_commands_key(worker_name: str) -> str:
+    return ":".join((KEY_PREFIX, "worker", worker_name, "commands"))
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Every Redis key of one queue, RQ's and ours."""
+
+    name: str
+
+    @property
+    def queue(self) -> str:
+        return Queue.redis_queue_namespace_prefix + self.name
+
+    @property
+    def started(self) -> str:
+        return StartedJobRegistry.key_template.format(self.name)
+
+    @property
+    def scheduled(self) -> str:
+        return ScheduledJobRegistry.key_template.format(self.name)
+
+    @property
+    def finished(self) -> str:
+        return FinishedJobRegistry.key_template.format(self.name)
+
+    @property
+    def failed(self) -> str:
+        return FailedJobRegistry.key_template.format(self.name)
+
+    @property
+    def canceled(self) -> str:
+        return CanceledJobRegistry.key_template.format(self.name)
+
+    @property
+    def paused(self) -> str:
+        return key(self.name, "paused")
+
+    @property
+    def marker(self) -> str:
+        return key(self.name, "marker")
+
+    @property
+    def limiter(self) -> str:
+        return key(self.name, "limiter")
+
+    @property
+    def stats(self) -> str:
+        return key(self.name, "stats")
+
+    def dedup(self, dedup_key: str) -> str:
+        return key(self.name, "dedup", dedup_key)
+
+    def lane(self, priority: int) -> str:
+        return self.queue if priority == NORMAL_PRIORITY else key(self.name, "lane", str(priority))
+
+    @property
+    def lanes(self) -> list[str]:
+        """The waiting lists in the order workers take from them: priority 1 first."""
+        return [self.lane(p) for p in PRIORITY_RANGE]
+
+
+def queue_keys(name: str) -> QueueKeys:
+    """The keys of declared queue `name`.
+
+    Raises:
+        UnknownQueueError: `name` is not declared here.
+    """
+    return QueueKeys(get_queue_spec(name).name)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
+import time
+import uuid
+import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
-from rq.job import Retry
+from rq.job import JobStatus
+from rq.utils import get_call_string
 
 from app.errors import InvalidJobError
-from app.jobs import BullJob, get_queue
+from app.jobs import SERIALIZER, BullJob, fetch_job
+from app.leases import rq_time
+from app.redis_scripts import SCRIPTS
 from app.tasks import get_task
-from queues import Backoff, BackoffType, get_queue_spec
+from queues import JOB_KEY_PREFIX, QUEUES_SET, Backoff, BackoffType, get_queue_spec, queue_keys
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +31,9 @@ PRIORITIES = {"high": 1, "normal": 5, "low": 10}
 MAX_SECONDS = 30 * 24 * 3600
 MAX_ATTEMPTS = 100
 _OPTION_NAMES = ("queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId")
+_DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
+#: seconds a dedup key is held at most (it is freed as soon as its job ends)
+DEDUP_TTL = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class JobOptions:
     attempts: int | None = None
     backoff: Backoff | None = None
     timeout: int | None = None  #: seconds
+    dedup: str | None = None  #: a second job with this key, while the first is pending, is not created
 
     @classmethod
     def parse(cls, raw: dict | None) -> JobOptions:
@@ -52,9 +62,9 @@ class JobOptions:
         unknown = sorted(set(raw) - set(_OPTION_NAMES))
         if unknown:
             raise InvalidJobError(f"unknown option {unknown[0]!r}; known options: {', '.join(_OPTION_NAMES)}")
-        if raw.get("jobId") is not None:
-            # Dedup needs an atomic claim in Redis; it lands with the Bull-semantics queue layer.
-            raise InvalidJobError("option 'jobId' (dedup) is not supported yet")
+        dedup = raw.get("jobId")
+        if dedup is not None and (not isinstance(dedup, str) or not _DEDUP_KEY.match(dedup)):
+            raise InvalidJobError("option 'jobId' must be 1 to 200 characters: letters, digits and . _ : / @ -")
         queue = raw.get("queue")
         if queue is not None:
             if not isinstance(queue, str):
@@ -67,6 +77,7 @@ class JobOptions:
             attempts=_integer(raw, "attempts", 1, MAX_ATTEMPTS),
             backoff=_backoff(raw.get("backoff")),
             timeout=_integer(raw, "timeout", 1, MAX_SECONDS),
+            dedup=dedup,
         )
 
 
@@ -119,6 +130,15 @@ def retry_intervals(backoff: Backoff, retries: int, rng: random.Random | None = 
     return [max(1, round(backoff.delay * 2**n * rng.uniform(0.8, 1.2))) for n in range(retries)]
 
 
+class Enqueued(NamedTuple):
+    """What `enqueue_many` reports per request."""
+
+    id: str
+    queue: str
+    type: str
+    created: bool  #: False: a pending job held the dedup key; `id` is that job's
+
+
 def enqueue(connection: Redis, task_type: str, data: dict | None = None, options: JobOptions | dict | None = None):
     """Create a job of a registered task type under its queue's policy.
 
@@ -129,18 +149,62 @@ def enqueue(connection: Redis, task_type: str, data: dict | None = None, options
         options: `JobOptions` or their JSON form.
 
     Returns:
-        The created job (an RQ job: `job.id`, `job.origin` is its queue).
+        The job (an RQ job: `job.id`; `job.origin` is its queue). `job.created` is False when a dedup key
+        matched a pending job: that earlier job is returned and nothing was created.
 
     Raises:
         UnknownTaskError: the type is not registered.
         UnknownQueueError: `options.queue` names no declared queue.
         InvalidJobError: the data or options are not acceptable for this type.
     """
+    request = _prepare(task_type, data, options)
+    outcome = _submit(connection, [request])[0]
+    if not outcome.created:
+        job = fetch_job(outcome.id, connection)
+    else:
+        job = BullJob(request.id, connection=connection)
+        job.restore({k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in request.fields.items()})
+    job.created = outcome.created
+    return job
+
+
+def enqueue_many(connection: Redis, requests: list[tuple[str, dict | None, JobOptions | dict | None]]) -> list:
+    """Create many jobs in one round trip (same rules as `enqueue`); every request is validated before any is sent.
+
+    Returns:
+        An `Enqueued` per request, in order.
+    """
+    return _submit(connection, [_prepare(*request) for request in requests])
+
+
+class _Request(NamedTuple):
+    id: str
+    queue: str
+    type: str
+    fields: dict
+    keys: list
+    args: list
+
+
+def _submit(connection: Redis, requests: list[_Request]) -> list[Enqueued]:
+    def fill(pipe):
+        for request in requests:
+            SCRIPTS.enqueue(pipe, request.keys, request.args)
+
+    replies = SCRIPTS.execute(connection, fill)
+    return [
+        Enqueued(job_id.decode(), request.queue, request.type, bool(created))
+        for request, (created, job_id) in zip(requests, replies, strict=True)
+    ]
+
+
+def _prepare(task_type: str, data: dict | None, options: JobOptions | dict | None) -> _Request:
+    """Validate one request and build its job hash (RQ's layout), script keys and arguments; no Redis call."""
     task = get_task(task_type)
     opts = options if isinstance(options, JobOptions) else JobOptions.parse(options)
     kwargs = task.bind({} if data is None else data)
     try:
-        json.dumps(kwargs)
+        payload = SERIALIZER.dumps((task.name, None, [], kwargs))  # RQ's job data: (func, instance, args, kwargs)
     except (TypeError, ValueError) as exc:
         raise InvalidJobError(f"data for {task.name} is not JSON-serializable: {exc}") from None
 
@@ -150,25 +214,34 @@ def enqueue(connection: Redis, task_type: str, data: dict | None = None, options
     if queue_name is None:
         raise InvalidJobError(f"{task.name} runs on any queue: choose one with option 'queue'")
     spec = get_queue_spec(queue_name)
-    queue = get_queue(queue_name, connection)
+    keys = queue_keys(queue_name)
 
+    job_id = str(uuid.uuid4())
     attempts = opts.attempts or spec.attempts
     priority = opts.priority or PRIORITIES[spec.priority]
-    retry = None
+    now = time.time()
+    due = now + opts.delay if opts.delay else 0
+    fields = {
+        "created_at": rq_time(now),
+        "data": zlib.compress(payload),
+        "origin": queue_name,
+        "description": get_call_string(task.name, (), kwargs, max_length=75),
+        "timeout": opts.timeout or spec.timeout,
+        "result_ttl": spec.result_ttl,
+        "failure_ttl": spec.failure_ttl,
+        "status": (JobStatus.SCHEDULED if due else JobStatus.QUEUED).value,
+        "priority": priority,
+        "attempts": attempts,
+    }
+    if not due:
+        fields["enqueued_at"] = fields["created_at"]
     if attempts > 1:
-        retry = Retry(max=attempts - 1, interval=retry_intervals(opts.backoff or spec.backoff, attempts - 1))
-    job: BullJob = queue.create_job(
-        task.name,
-        kwargs=kwargs,
-        timeout=opts.timeout or spec.timeout,
-        result_ttl=spec.result_ttl,
-        failure_ttl=spec.failure_ttl,
-        retry=retry,
-        meta={"priority": priority, "attempts": attempts},
-    )
-    if opts.delay:
-        queue.schedule_job(job, datetime.now(UTC) + timedelta(seconds=opts.delay))
-    else:
-        queue.enqueue_job(job, at_front=priority < PRIORITIES["normal"])
-    logger.debug("job %s: enqueued %s on %s", job.id, task.name, queue_name)
-    return job
+        fields["retries_left"] = attempts - 1
+        fields["retry_intervals"] = json.dumps(retry_intervals(opts.backoff or spec.backoff, attempts - 1))
+    script_keys = [JOB_KEY_PREFIX + job_id, keys.lane(priority), keys.marker, keys.scheduled, QUEUES_SET]
+    if opts.dedup:
+        fields["dedup_key"] = keys.dedup(opts.dedup)
+        script_keys.append(fields["dedup_key"])
+    flat = [item for pair in fields.items() for item in pair]
+    args = [job_id, keys.queue, due, 0, DEDUP_TTL, JOB_KEY_PREFIX, *flat]
+    return _Request(job_id, queue_name, task.name, fields, script_keys, args)

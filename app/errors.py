@@ -55,3 +55,11 @@ class RetryLater(BullrqError):
     def __init__(self, message: str = "retry requested", delay: float = 30.0):
         super().__init__(message)
         self.delay = delay
+
+
+class JobTimeoutError(BullrqError):
+    """Raised inside a job that ran past its timeout; the run fails and is retried per policy."""
+
+
+class JobCanceledError(BaseException):
+    """Raised inside a running job that was canceled (a BaseException, so handlers' `except Exception` let it by)."""

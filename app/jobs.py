@@ -6,7 +6,11 @@ job planted in Redis with a function path (`os.system`) fails with UnknownTaskEr
 
 from __future__ import annotations
 
+import json
+import zlib
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 from redis import Redis
 from rq.job import Job, JobStatus
@@ -14,7 +18,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from app.tasks import get_task
-from queues import get_queue_spec
+from queues import NORMAL_PRIORITY, get_queue_spec, job_key
 
 #: the only serializer bullrq uses; pickle never touches Redis
 SERIALIZER = JSONSerializer
@@ -50,12 +54,33 @@ def state_of(status: JobStatus | str | None) -> State | None:
 
 
 class BullJob(Job):
-    """An RQ job whose function is looked up in the task registry, never imported by path."""
+    """An RQ job whose function is looked up in the task registry, never imported by path.
+
+    Besides RQ's fields its hash holds `priority`, `attempts` (total tries allowed), `dedup_key` and `progress`.
+    """
+
+    priority: int = NORMAL_PRIORITY
+    attempts: int = 1
+    dedup_key: str | None = None
+    progress: dict | None = None
+    created: bool = True  #: False when `enqueue` returned an earlier job holding the same dedup key
 
     def __init__(self, *args, **kwargs):
         # RQ's class methods (fetch, create) pass serializer=None explicitly: JSON whatever the caller says
         kwargs["serializer"] = SERIALIZER
         super().__init__(*args, **kwargs)
+
+    def restore(self, raw_data: dict) -> None:
+        super().restore(raw_data)
+        self.priority = int(raw_data.get(b"priority") or NORMAL_PRIORITY)
+        self.attempts = int(raw_data.get(b"attempts") or 1)
+        self.dedup_key = raw_data[b"dedup_key"].decode() if raw_data.get(b"dedup_key") else None
+        self.progress = json.loads(raw_data[b"progress"]) if raw_data.get(b"progress") else None
+
+    @property
+    def attempt(self) -> int:
+        """The number of the current (or last) try, 1 for the first."""
+        return max(1, self.attempts - (self.retries_left or 0))
 
     @property
     def func(self):
@@ -85,3 +110,70 @@ def get_queue(name: str, connection: Redis) -> Queue:
 def fetch_job(job_id: str, connection: Redis) -> BullJob | None:
     """The job `job_id`, or None when Redis no longer has it."""
     return BullJob.fetch_many([job_id], connection=connection, serializer=SERIALIZER)[0]
+
+
+@dataclass
+class RunningJob:
+    """What a worker needs of a job it runs, read in the same step that leases it (no RQ Job object: cheaper)."""
+
+    #: the job hash fields the worker reads, in this order
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "data", "timeout", "retries_left", "retry_intervals", "result_ttl", "failure_ttl", "priority", "attempts",
+    )  # fmt: skip
+
+    id: str
+    origin: str
+    func_name: str
+    kwargs: dict
+    timeout: int | None
+    retries_left: int | None
+    retry_intervals: list[int] | None
+    result_ttl: int | None
+    failure_ttl: int | None
+    priority: int
+    attempts: int
+    duration: float = 0.0  #: seconds the run took
+    problem: str | None = None  #: why the stored job cannot run (it fails at once, without retry)
+
+    @classmethod
+    def from_fields(cls, job_id: str, origin: str, values: list[bytes | None]) -> RunningJob:
+        """Build from the values of `FIELDS`; a job whose stored data is unreadable gets a `problem`."""
+        data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts = values
+        func_name, kwargs, problem = "", {}, None
+        try:
+            raw = zlib.decompress(data) if data else b""
+        except zlib.error:
+            raw = data
+        try:
+            func_name, _instance, _args, kwargs = SERIALIZER.loads(raw)
+            if not isinstance(func_name, str) or not isinstance(kwargs, dict):
+                raise TypeError("it is not RQ's [function, instance, args, kwargs] layout")
+        except (ValueError, TypeError) as exc:
+            func_name, kwargs, problem = "", {}, f"stored job data is not a JSON job: {exc}"
+        return cls(
+            id=job_id,
+            origin=origin,
+            func_name=func_name,
+            kwargs=kwargs,
+            timeout=_int(timeout),
+            retries_left=_int(retries_left),
+            retry_intervals=json.loads(intervals) if intervals else None,
+            result_ttl=_int(result_ttl),
+            failure_ttl=_int(failure_ttl),
+            priority=_int(priority) or NORMAL_PRIORITY,
+            attempts=_int(attempts) or 1,
+            problem=problem,
+        )
+
+    @property
+    def key(self) -> str:
+        return job_key(self.id)
+
+    @property
+    def attempt(self) -> int:
+        """The number of this try, 1 for the first."""
+        return max(1, self.attempts - (self.retries_left or 0))
+
+
+def _int(value: bytes | None) -> int | None:
+    return int(value) if value not in (None, b"") else None

@@ -7,6 +7,7 @@ Handler modules keep module-level imports light: the web app imports them to val
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -46,7 +47,7 @@ class Task:
             raise InvalidJobError(f"data for {self.name} must be a JSON object, not {type(data).__name__}")
         kwargs = {_CAMEL.sub(r"_\1", name).lower(): value for name, value in data.items()}
         try:
-            inspect.signature(self.func).bind(**kwargs)
+            _signature(self.func).bind(**kwargs)
         except TypeError as exc:
             raise InvalidJobError(f"data for {self.name}: {exc}") from None
         if self.validate is not None:
@@ -117,6 +118,11 @@ def load_tasks() -> TaskRegistry:
 def get_task(name: str) -> Task:
     """The registered task `name`, loading the handler modules on first use."""
     return load_tasks().get(name)
+
+
+@functools.cache
+def _signature(func: Callable) -> inspect.Signature:
+    return inspect.signature(func)
 
 
 def _path(func: Callable) -> str:

@@ -1,40 +1,344 @@
-"""The worker runtime: RQ's worker with registry-only task lookup, JSON jobs and per-queue isolation."""
+"""The worker runtime: RQ's data model and registration, a loop of our own built for few round trips per job.
+
+Per job the loop makes one round trip: a pipeline that records how the last job ended (`finish` script) and takes
+the next one (`dequeue` script: pause, concurrency cap, rate limit, priority lanes and the lease, atomically).
+Heartbeats, lease renewal, delayed-job promotion, abandoned-job recovery and commands (cancel) run on a timer in
+a side thread (`app.maintenance`), never per job.
+
+Isolation per queue: INLINE runs the handler in this process (fast); FORK runs each job in a child process, so
+a crash or a leak in the handler cannot hurt the worker.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import time
+import traceback
+import uuid
+import zlib
+from base64 import b64encode
+from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
-from rq.job import JobStatus
-from rq.registry import StartedJobRegistry
+from rq.results import Result
 from rq.worker import Worker, WorkerStatus
-from rq.worker_registration import unregister
 
-from app.jobs import SERIALIZER, BullJob, fetch_job, get_queue
-from app.tasks import load_tasks
-from queues import QUEUES, Isolation
+from app import progress
+from app.errors import (
+    InvalidJobError,
+    JobCanceledError,
+    JobTimeoutError,
+    PermanentFailure,
+    RetryLater,
+    UnknownTaskError,
+)
+from app.jobs import SERIALIZER, BullJob, RunningJob, get_queue
+from app.leases import LEASE, recover, rq_time
+from app.maintenance import Maintenance
+from app.redis_scripts import SCRIPTS
+from app.tasks import get_task, load_tasks
+from queues import JOB_KEY_PREFIX, QUEUES, Isolation, get_queue_spec, queue_keys, results_key
 
 logger = logging.getLogger(__name__)
 
+#: seconds an idle worker waits for a wake-up before looking at its queues again
+IDLE_WAIT = 1.0
+#: characters of a traceback kept on a failed job
+MAX_TRACEBACK = 20_000
+#: seconds a forked job's child gets after its timeout before it is killed
+FORK_GRACE = 2
+
+
+@dataclass
+class Outcome:
+    """How one run ended, as the `finish` script records it."""
+
+    kind: str  # completed | failed | retried | canceled
+    result: Any = None
+    error: str | None = None  #: traceback text
+    delay: float = 0  #: retried: seconds until the retry
+    retries_left: int | None = None
+
 
 class BullWorker(Worker):
-    """Runs each job in-process or in a forked child, as its queue's isolation asks."""
+    """A worker process serving one or more queues; registered like an RQ worker (`rq info`, `workers status`)."""
 
-    def execute_job(self, job, queue):
-        if QUEUES[queue.name].isolation is Isolation.FORK:
-            return super().execute_job(job, queue)
-        # In-process, as RQ's SimpleWorker does: no fork, so a light job costs far less.
-        self.prepare_execution(job)
-        self.perform_job(job, queue)
+    def __init__(self, queues, *args, **kwargs):
+        super().__init__(queues, *args, **kwargs)
+        self._keys = [queue_keys(q.name) for q in self.queues]
+        self._dequeue_keys = [self.key]
+        self._dequeue_policy: list[Any] = []
+        for keys in self._keys:
+            spec = get_queue_spec(keys.name)
+            self._dequeue_keys += [keys.paused, keys.limiter, keys.started, *keys.lanes]
+            rate = spec.rate_limit
+            self._dequeue_policy += [
+                spec.concurrency or 0,
+                rate.max_jobs if rate else 0,
+                int(rate.period * 1000) if rate else 0,
+            ]
+        self._markers = [keys.marker for keys in self._keys]
+        self._exec_prefix = uuid.uuid4().hex[:8]
+        self._exec_count = 0
+        self._stopping = False
+        self._idle = False
+        self.current: tuple[RunningJob, str] | None = None  #: the running job and its lease member
+        self._cancel_requested: str | None = None
+        self._interruptible = False
+        self._child_pid: int | None = None
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    def work(self, burst: bool = False, **_ignored) -> bool:
+        """Take and run jobs until asked to stop (SIGTERM/SIGINT: after the running job) or, with `burst`, until
+        the queues are empty. Returns whether any job ran."""
+        self._install_signals()
+        self.register_birth()
         self.set_state(WorkerStatus.IDLE)
+        maintenance = Maintenance(self)
+        maintenance.start()
+        ran = False
+        try:
+            reply = self._dequeue(self.connection)
+            while not self._stopping:
+                if reply[0]:
+                    ran = True
+                    job, member = self._job_from_reply(reply)
+                    outcome = self._execute(job, member)
+                    reply = self._finish(job, member, outcome, dequeue_next=not self._stopping)
+                    continue
+                if burst:
+                    maintenance.promote_due()
+                    reply = self._dequeue(self.connection)
+                    if not reply[0]:
+                        break
+                    continue
+                self._wait_for_work(reply[1])
+                reply = self._dequeue(self.connection)
+            if reply and reply[0]:  # taken just as the stop came: give it back untouched
+                self._give_back(*self._job_from_reply(reply))
+        except _StopNow:
+            pass
+        finally:
+            maintenance.stop()
+            self.register_death()
+            logger.info("worker %s: stopped", self.name)
+        return ran
 
-    def get_heartbeat_ttl(self, job) -> int:
-        if QUEUES[job.origin].isolation is Isolation.FORK:
-            return super().get_heartbeat_ttl(job)
-        # In-process, no monitor loop refreshes the heartbeat while the job runs: cover its whole timeout.
-        return int(job.timeout or self.worker_ttl) + 60
+    def _wait_for_work(self, rate_wait_ms: int) -> None:
+        timeout = IDLE_WAIT if rate_wait_ms < 0 else max(0.01, min(IDLE_WAIT, rate_wait_ms / 1000))
+        self._idle = True
+        try:
+            if self._stopping:
+                return
+            self.connection.blpop(self._markers, timeout=timeout)
+        finally:
+            self._idle = False
+
+    def _dequeue(self, client) -> list:
+        now = time.time()
+        self._exec_count += 1
+        args = [
+            now,
+            rq_time(now),
+            self.name,
+            f"{self._exec_prefix}{self._exec_count}",
+            LEASE,
+            JOB_KEY_PREFIX,
+            len(RunningJob.FIELDS),
+            *RunningJob.FIELDS,
+            *self._dequeue_policy,
+        ]
+        return SCRIPTS.dequeue(client, self._dequeue_keys, args)
+
+    def _job_from_reply(self, reply: list) -> tuple[RunningJob, str]:
+        queue_number, member, values = reply
+        member = member.decode()
+        return RunningJob.from_fields(member.rsplit(":", 1)[0], self._keys[queue_number - 1].name, values), member
+
+    # -- running a job ------------------------------------------------------------------------------------------
+
+    def _execute(self, job: RunningJob, member: str) -> Outcome:
+        self.current = (job, member)
+        self._cancel_requested = None
+        started = time.monotonic()
+        try:
+            if QUEUES[job.origin].isolation is Isolation.FORK:
+                outcome = self._run_forked(job, member)
+            else:
+                outcome = self._run_inline(job)
+        finally:
+            self.current = None
+        job.duration = time.monotonic() - started
+        return outcome
+
+    def _run_inline(self, job: RunningJob) -> Outcome:
+        progress._bind(self.connection, job)
+        try:
+            if job.problem:
+                raise InvalidJobError(job.problem)
+            task = get_task(job.func_name)
+            kwargs = job.kwargs
+            signal.setitimer(signal.ITIMER_REAL, job.timeout or get_queue_spec(job.origin).timeout)
+            self._interruptible = True
+            try:
+                if self._cancel_requested == job.id:
+                    raise JobCanceledError()
+                result = task.func(**kwargs)
+            finally:
+                self._interruptible = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            return Outcome("completed", result=result)
+        except JobCanceledError:
+            return Outcome("canceled", error="canceled while running")
+        except Exception as exc:  # noqa: BLE001 - every handler error is recorded on the job, never swallowed
+            return self._failure(job, exc)
+        finally:
+            progress._bind(None, None)
+
+    def _failure(self, job: RunningJob, exc: Exception) -> Outcome:
+        error = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+        permanent = isinstance(exc, PermanentFailure | UnknownTaskError | InvalidJobError)
+        left = job.retries_left or 0
+        if permanent or left <= 0:
+            logger.warning("job %s: %s failed for good (attempt %d): %r", job.id, job.func_name, job.attempt, exc)
+            return Outcome("failed", error=error)
+        if isinstance(exc, RetryLater):
+            delay = exc.delay
+        else:
+            intervals = job.retry_intervals or [0]
+            delay = intervals[min(job.attempts - 1 - left, len(intervals) - 1)]
+        logger.info("job %s: attempt %d failed (%r), retry in %s s", job.id, job.attempt, exc, delay)
+        return Outcome("retried", error=error, delay=delay, retries_left=left - 1)
+
+    def _run_forked(self, job: RunningJob, member: str) -> Outcome | None:
+        pid = os.fork()
+        if pid == 0:  # the child: run, record the outcome itself, exit
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+                self._finish(job, member, self._run_inline(job), dequeue_next=False)
+                code = 0
+            finally:
+                os._exit(code)
+        self._child_pid = pid
+        deadline = time.monotonic() + (job.timeout or get_queue_spec(job.origin).timeout) + FORK_GRACE
+        try:
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if self._cancel_requested == job.id or time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    if self._cancel_requested == job.id:
+                        return Outcome("canceled", error="canceled while running")
+                    return self._failure(job, JobTimeoutError(f"job exceeded its timeout of {job.timeout} s"))
+                time.sleep(0.005)
+        finally:
+            self._child_pid = None
+        if os.waitstatus_to_exitcode(status) == 0:
+            return None  # the child recorded the outcome
+        return self._failure(job, RuntimeError(f"work horse died (exit status {os.waitstatus_to_exitcode(status)})"))
+
+    # -- recording the outcome ----------------------------------------------------------------------------------
+
+    def _finish(self, job: RunningJob, member: str, outcome: Outcome | None, dequeue_next: bool) -> list:
+        """Record `outcome` and, with `dequeue_next`, take the next job in the same round trip."""
+        if outcome is None:  # recorded by the forked child
+            return self._dequeue(self.connection) if dequeue_next else [0, -1]
+        keys = queue_keys(job.origin)
+        now = time.time()
+        job_fields: list[Any] = []
+        stream = ["worker_name", self.name, "execution_id", member.rsplit(":", 1)[1]]
+        if outcome.kind == "completed":
+            target, keep = keys.finished, job.result_ttl if job.result_ttl is not None else 500
+            stream += ["type", Result.Type.SUCCESSFUL.value, "return_value", _b64_json(outcome.result)]
+        else:
+            target = {"failed": keys.failed, "canceled": keys.canceled, "retried": keys.scheduled}[outcome.kind]
+            keep = outcome.delay if outcome.kind == "retried" else job.failure_ttl or 7 * 24 * 3600
+            result_type = {"failed": Result.Type.FAILED, "canceled": Result.Type.STOPPED}.get(
+                outcome.kind, Result.Type.RETRIED
+            )
+            stream += ["type", result_type.value, "exc_string", b64encode(zlib.compress(outcome.error.encode()))]
+            job_fields += ["exc_info", outcome.error]
+            if outcome.kind == "retried":
+                job_fields += ["retries_left", outcome.retries_left]
+        args = [outcome.kind, member, job.id, now, rq_time(now), keep, round(getattr(job, "duration", 0), 6)]
+        args += [len(job_fields) // 2, *job_fields, *stream]
+        finish_keys = [
+            job.key, keys.started, self.key, results_key(job.id), keys.stats, target,
+            keys.lane(job.priority), keys.marker,
+        ]  # fmt: skip
+        if not dequeue_next:
+            SCRIPTS.finish(self.connection, finish_keys, args)
+            return [0, -1]
+
+        def fill(pipe):
+            SCRIPTS.finish(pipe, finish_keys, args)
+            self._dequeue(pipe)
+
+        recorded, reply = SCRIPTS.execute(self.connection, fill)
+        if not recorded:
+            logger.warning("job %s: its lease was taken back before it ended; outcome %s not recorded", job.id,
+                           outcome.kind)
+        return reply
+
+    def _give_back(self, job: RunningJob, member: str) -> None:
+        """Return a job taken but not started (the worker is stopping) to the front of its lane."""
+        recover(self.connection, job.origin, job.id, consume_attempt=False, reason="worker stopped before the start")
+
+    # -- signals ------------------------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGALRM, self._on_timeout)
+        signal.signal(signal.SIGUSR1, self._on_cancel)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        if self._stopping:  # a second signal: stop now; the running job is recovered from its lease
+            logger.warning("worker %s: cold shutdown", self.name)
+            if self._child_pid:
+                os.kill(self._child_pid, signal.SIGKILL)
+            raise _StopNow()
+        self._stopping = True
+        logger.info("worker %s: warm shutdown requested (%s)", self.name, signal.Signals(signum).name)
+        if self._idle:
+            raise _StopNow()
+
+    def _on_timeout(self, signum, frame) -> None:
+        if self._interruptible and self.current:
+            raise JobTimeoutError(f"job exceeded its timeout of {self.current[0].timeout} s")
+
+    def _on_cancel(self, signum, frame) -> None:
+        if self._interruptible and self.current and self._cancel_requested == self.current[0].id:
+            raise JobCanceledError()
+
+    def request_cancel(self, job_id: str) -> bool:
+        """From the maintenance thread: stop `job_id` if it is the running job. Returns whether it is."""
+        if not self.current or self.current[0].id != job_id:
+            return False
+        self._cancel_requested = job_id
+        if not self._child_pid:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the handler raises inside the job, in the main thread
+        return True
+
+
+class _StopNow(BaseException):
+    """Unwinds the loop at once (idle worker asked to stop, or a second stop signal)."""
+
+
+def _b64_json(value: Any) -> str:
+    try:
+        return b64encode(SERIALIZER.dumps(value)).decode()
+    except (TypeError, ValueError):
+        return b64encode(SERIALIZER.dumps(f"<unserializable {type(value).__name__}>")).decode()
 
 
 def rq_worker_name(process_name: str) -> str:
@@ -59,8 +363,7 @@ def run_worker(queue_names: list[str], connection: Redis, process_name: str, bur
     """Work on `queue_names` until told to stop (SIGTERM or SIGINT: warm shutdown) or, with `burst`, until empty."""
     worker = build_worker(queue_names, connection, process_name)
     logger.info("worker %s: serving %s (pid %d)", worker.name, ", ".join(queue_names), os.getpid())
-    # with_scheduler: RQ's scheduler thread moves delayed jobs and delayed retries into their queues.
-    return worker.work(burst=burst, with_scheduler=True, logging_level=logging.getLogger().level or logging.INFO)
+    return worker.work(burst=burst)
 
 
 def find_rq_worker(connection: Redis, pid: int, hostname: str | None = None) -> Worker | None:
@@ -75,9 +378,13 @@ def find_rq_worker(connection: Redis, pid: int, hostname: str | None = None) -> 
 def requeue_job_of_dead_worker(connection: Redis, worker: Worker) -> str | None:
     """Put the job a dead worker was running back at the front of its queue and drop the worker's registration.
 
+    The lost run does not count as an attempt: the worker was stopped, the job did not fail.
+
     Returns:
         The id of the requeued job, or None when the worker was idle.
     """
+    from rq.worker_registration import unregister
+
     job_id = worker.get_current_job_id()
     with connection.pipeline() as pipe:
         unregister(worker, pipe)
@@ -85,16 +392,10 @@ def requeue_job_of_dead_worker(connection: Redis, worker: Worker) -> str | None:
         pipe.execute()
     if not job_id:
         return None
-    job = fetch_job(job_id, connection)
-    if job is None or job.get_status() != JobStatus.STARTED:
+    origin = connection.hget(JOB_KEY_PREFIX + job_id, "origin")
+    if origin is None:
         return None
-    queue = get_queue(job.origin, connection)
-    with connection.pipeline() as pipe:
-        pipe.multi()  # one transaction: the job leaves the started registry and enters the queue together
-        StartedJobRegistry(queue.name, connection, job_class=BullJob, serializer=SERIALIZER).remove_executions(
-            job, pipe
-        )
-        queue.enqueue_job(job, pipeline=pipe, at_front=True)
-        pipe.execute()
-    logger.warning("job %s: requeued on %s after its worker %s died", job.id, queue.name, worker.name)
-    return job.id
+    taken = recover(connection, origin.decode(), job_id, consume_attempt=False, reason=f"requeued: {worker.name} died")
+    for taken_id, _ in taken:
+        logger.warning("job %s: requeued after its worker %s died", taken_id, worker.name)
+    return job_id if taken else None

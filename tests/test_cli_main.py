@@ -8,6 +8,7 @@ from rq.registry import ScheduledJobRegistry
 
 from app.jobs import fetch_job, get_queue
 from app.servers import free_port
+from queues import queue_keys
 from tests.fixtures import run_cli
 
 
@@ -23,7 +24,9 @@ def test_enqueue_prints_the_id_of_a_job_on_the_chosen_queue(redis_conn):
 def test_enqueue_with_priority_and_delay(redis_conn):
     low = run_cli("bullrq", "enqueue", "system.ping", "--queue", "sync").stdout.strip()
     high = run_cli("bullrq", "enqueue", "system.ping", "--queue", "sync", "--priority", "high").stdout.strip()
-    assert get_queue("sync", redis_conn).job_ids == [high, low]
+    keys = queue_keys("sync")
+    assert get_queue("sync", redis_conn).job_ids == [low]  # RQ's list holds normal priority
+    assert redis_conn.lrange(keys.lane(1), 0, -1) == [high.encode()]
     delayed = run_cli("bullrq", "enqueue", "system.ping", "--queue", "sync", "--delay", "60").stdout.strip()
     assert delayed in ScheduledJobRegistry("sync", connection=redis_conn).get_job_ids()
 

@@ -14,7 +14,7 @@ from app.enqueue import PRIORITIES, JobOptions, enqueue, retry_intervals
 from app.errors import InvalidJobError, UnknownQueueError, UnknownTaskError
 from app.jobs import SERIALIZER, fetch_job, get_queue
 from app.worker import build_worker
-from queues import Backoff, BackoffType, get_queue_spec
+from queues import Backoff, BackoffType, get_queue_spec, queue_keys
 
 
 def ping(conn, data=None, **options):
@@ -41,23 +41,30 @@ def test_queue_policy_applies_by_default(fake_redis):
     assert job.timeout == 300
     assert job.result_ttl == spec.result_ttl
     assert job.failure_ttl == spec.failure_ttl
-    assert job.meta == {"priority": PRIORITIES["normal"], "attempts": spec.attempts}
+    assert (job.priority, job.attempts) == (PRIORITIES["normal"], spec.attempts)
+    stored = fetch_job(job.id, fake_redis)
+    assert (stored.priority, stored.attempts, stored.attempt) == (PRIORITIES["normal"], spec.attempts, 1)
     assert job.retries_left == spec.attempts - 1
 
 
-def test_high_priority_goes_to_the_front(fake_redis):
+def test_each_priority_waits_in_its_own_lane_in_fifo_order(fake_redis):
     first = ping(fake_redis)
     low = ping(fake_redis, priority="low")
     urgent = ping(fake_redis, priority="high")
-    assert get_queue("sync", fake_redis).job_ids == [urgent.id, first.id, low.id]
-    assert urgent.meta["priority"] == 1
+    second = ping(fake_redis)
+    keys = queue_keys("sync")
+    assert get_queue("sync", fake_redis).job_ids == [first.id, second.id]  # RQ's list holds normal priority
+    assert fake_redis.lrange(keys.lane(1), 0, -1) == [urgent.id.encode()]
+    assert fake_redis.lrange(keys.lane(10), 0, -1) == [low.id.encode()]
+    assert fetch_job(urgent.id, fake_redis).priority == 1
 
 
 def test_notifications_are_high_priority_by_default(fake_redis):
     first = enqueue(fake_redis, "system.ping", {}, {"queue": "notifications"})
     second = enqueue(fake_redis, "system.ping", {}, {"queue": "notifications"})
-    assert second.meta["priority"] == PRIORITIES["high"]
-    assert get_queue("notifications", fake_redis).job_ids == [second.id, first.id]
+    assert second.priority == PRIORITIES["high"]
+    lane = queue_keys("notifications").lane(PRIORITIES["high"])
+    assert fake_redis.lrange(lane, 0, -1) == [first.id.encode(), second.id.encode()]
 
 
 def test_delay_puts_the_job_in_the_scheduled_registry(fake_redis):
@@ -74,7 +81,7 @@ def test_attempts_and_backoff_become_rq_retries(fake_redis):
     assert stored.retries_left == 3
     assert stored.retry_intervals == [7, 7, 7]
     assert stored.timeout == 42
-    assert stored.meta["attempts"] == 4
+    assert stored.attempts == 4
 
 
 def test_queue_backoff_is_the_default(fake_redis):

@@ -1,0 +1,27 @@
+--[[ Cancel a job that waits (in a lane) or is delayed (in the scheduled set). A running job is left to its
+  worker, which the caller tells to stop it.
+
+  KEYS[1] job hash        KEYS[2] scheduled zset      KEYS[3] canceled zset     KEYS[4] stats hash
+  KEYS[5..14] lanes of priority 1..10
+  ARGV[1] job id          ARGV[2] now, epoch seconds  ARGV[3] now, RQ's format  ARGV[4] seconds to keep the job
+  Returns "canceled", or the job's status when it was neither waiting nor delayed ("" when it does not exist).
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return '' end
+local removed = 0
+if status == 'queued' then
+  for lane = 5, 14 do
+    removed = redis.call('LREM', KEYS[lane], 1, ARGV[1])
+    if removed > 0 then break end
+  end
+elseif status == 'scheduled' then
+  removed = redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if removed == 0 then return status end
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'ended_at', ARGV[3])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[4]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[4], 'canceled', 1)
+local dedup = redis.call('HGET', KEYS[1], 'dedup_key')
+if dedup and redis.call('GET', dedup) == ARGV[1] then redis.call('DEL', dedup) end
+return 'canceled'

@@ -1,0 +1,36 @@
+--[[ Add a job: save its hash, then make it wait in its lane (or in the scheduled set when delayed).
+  With a dedup key, a job still queued, scheduled or running under that key wins: nothing is created.
+
+  KEYS[1] job hash            KEYS[2] lane list              KEYS[3] marker list
+  KEYS[4] scheduled zset      KEYS[5] RQ's set of queues     KEYS[6] dedup string (optional)
+  ARGV[1] job id              ARGV[2] queue key (member of KEYS[5])
+  ARGV[3] due time, epoch seconds (0: now)                   ARGV[4] "1": push at the front of the lane
+  ARGV[5] dedup TTL, seconds  ARGV[6] job key prefix         ARGV[7..] job hash field, value, ...
+  Returns {1, job id} when created, {0, id of the earlier job} on a dedup hit.
+]]
+local live = {queued = true, scheduled = true, started = true, deferred = true, created = true}
+if KEYS[6] then
+  local earlier = redis.call('GET', KEYS[6])
+  if earlier then
+    local status = redis.call('HGET', ARGV[6] .. earlier, 'status')
+    if status and live[status] then
+      return {0, earlier}
+    end
+  end
+  redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[5])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('SADD', KEYS[5], ARGV[2])
+local due = tonumber(ARGV[3])
+if due > 0 then
+  redis.call('ZADD', KEYS[4], due, ARGV[1])
+else
+  if ARGV[4] == '1' then
+    redis.call('LPUSH', KEYS[2], ARGV[1])
+  else
+    redis.call('RPUSH', KEYS[2], ARGV[1])
+  end
+  redis.call('LPUSH', KEYS[3], '1')
+  redis.call('LTRIM', KEYS[3], 0, 0)
+end
+return {1, ARGV[1]}

@@ -1,0 +1,62 @@
+--[[ Record how a run ended and release the job's lease, in one step.
+
+  KEYS[1] job hash       KEYS[2] started zset     KEYS[3] worker hash      KEYS[4] results stream
+  KEYS[5] stats hash     KEYS[6] target zset: finished, failed, canceled or scheduled (for a delayed retry)
+  KEYS[7] lane list (an immediate retry waits there)                        KEYS[8] marker list
+  ARGV[1] outcome: completed | failed | canceled | retried
+  ARGV[2] started-set member     ARGV[3] job id       ARGV[4] now, epoch seconds    ARGV[5] now, RQ's format
+  ARGV[6] completed, failed, canceled: seconds to keep the job (-1 forever, 0 delete at once);
+          retried: seconds until the retry (0: now)
+  ARGV[7] seconds the run took   ARGV[8] number of job hash field/value pairs that follow
+  ARGV[9..] job hash field, value, ... then results stream field, value, ...
+  Returns 1, or 0 when the lease was no longer held (the job was recovered elsewhere): nothing is changed.
+]]
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then
+  return 0
+end
+local outcome, id, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local pairs_end = 8 + 2 * tonumber(ARGV[8])
+local job_fields = {}
+for i = 9, pairs_end do job_fields[#job_fields + 1] = ARGV[i] end
+local stream_fields = {}
+for i = pairs_end + 1, #ARGV do stream_fields[#stream_fields + 1] = ARGV[i] end
+
+local status = {completed = 'finished', failed = 'failed', canceled = 'canceled', retried = 'queued'}
+local delay = tonumber(ARGV[6])
+if outcome == 'retried' and delay > 0 then status.retried = 'scheduled' end
+redis.call('HSET', KEYS[1], 'status', status[outcome], 'ended_at', ARGV[5], unpack(job_fields))
+
+local keep = delay
+if outcome == 'retried' then
+  if delay > 0 then
+    redis.call('ZADD', KEYS[6], now + delay, id)
+  else
+    redis.call('RPUSH', KEYS[7], id)
+    redis.call('LPUSH', KEYS[8], '1')
+    redis.call('LTRIM', KEYS[8], 0, 0)
+  end
+  keep = tonumber(redis.call('HGET', KEYS[1], 'failure_ttl') or '604800')
+else
+  local dedup = redis.call('HGET', KEYS[1], 'dedup_key')
+  if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+  if keep == 0 then
+    redis.call('DEL', KEYS[1])
+  elseif keep < 0 then
+    redis.call('ZADD', KEYS[6], '+inf', id)
+    redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('ZADD', KEYS[6], now + keep, id)
+    redis.call('EXPIRE', KEYS[1], keep)
+  end
+end
+if keep ~= 0 and #stream_fields > 0 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10, '*', unpack(stream_fields))
+  if keep > 0 then redis.call('EXPIRE', KEYS[4], keep) else redis.call('PERSIST', KEYS[4]) end
+end
+
+local counter = outcome == 'completed' and 'successful_job_count' or 'failed_job_count'
+redis.call('HSET', KEYS[3], 'state', 'idle', 'current_job', '')
+redis.call('HINCRBY', KEYS[3], counter, 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 'total_working_time', ARGV[7])
+redis.call('HINCRBY', KEYS[5], outcome, 1)
+return 1

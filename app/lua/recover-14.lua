@@ -1,0 +1,51 @@
+--[[ Take back running jobs whose worker is gone: leases that expired (no heartbeat), or the lease of one job
+  whose worker was killed. Each goes back to the front of its lane, or to the failed set when it has no attempt
+  left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
+
+  KEYS[1] started zset     KEYS[2] failed zset      KEYS[3] marker list      KEYS[4] stats hash
+  KEYS[5..14] lanes of priority 1..10
+  ARGV[1] now, epoch seconds    ARGV[2] now, RQ's format    ARGV[3] job key prefix    ARGV[4] most leases
+  ARGV[5] "expired" (leases past their end) or a job id (that job's leases, expired or not)
+  ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
+  Returns a flat list: job id, "requeued" | "failed", ...
+]]
+local members = {}
+if ARGV[5] == 'expired' then
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+else
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. ':' then members[#members + 1] = member end
+  end
+end
+local out = {}
+for _, member in ipairs(members) do
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local id = string.match(member, '^(.*):[^:]*$') or member
+    local job = ARGV[3] .. id
+    if redis.call('EXISTS', job) == 1 then
+      local left = tonumber(redis.call('HGET', job, 'retries_left') or '0') or 0
+      redis.call('HINCRBY', KEYS[4], 'abandoned', 1)
+      if ARGV[6] == '0' or left > 0 then
+        if ARGV[6] == '1' then redis.call('HSET', job, 'retries_left', left - 1) end
+        local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
+        redis.call('LPUSH', KEYS[4 + priority], id)
+        redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[2], 'exc_info', ARGV[7])
+        redis.call('LPUSH', KEYS[3], '1')
+        redis.call('LTRIM', KEYS[3], 0, 0)
+        out[#out + 1] = id
+        out[#out + 1] = 'requeued'
+      else
+        local keep = tonumber(redis.call('HGET', job, 'failure_ttl') or '604800') or 604800
+        redis.call('HSET', job, 'status', 'failed', 'ended_at', ARGV[2], 'exc_info', ARGV[7])
+        redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + keep, id)
+        redis.call('EXPIRE', job, keep)
+        redis.call('HINCRBY', KEYS[4], 'failed', 1)
+        local dedup = redis.call('HGET', job, 'dedup_key')
+        if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+        out[#out + 1] = id
+        out[#out + 1] = 'failed'
+      end
+    end
+  end
+end
+return out

@@ -1,0 +1,26 @@
+--[[ Put failed or canceled jobs back to wait, their attempts reset (retry-failed).
+
+  KEYS[1] the registry zset they are in (failed or canceled)      KEYS[2] marker list
+  KEYS[3..12] lanes of priority 1..10
+  ARGV[1] now, RQ's format      ARGV[2] job key prefix          ARGV[3..] job ids
+  Returns the ids requeued (ids not in the registry, or whose job is gone, are skipped).
+]]
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local job = ARGV[2] .. id
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', job) == 1 then
+    local attempts = tonumber(redis.call('HGET', job, 'attempts') or '1') or 1
+    local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
+    redis.call('PERSIST', job)
+    redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[1], 'retries_left', attempts - 1)
+    redis.call('HDEL', job, 'ended_at', 'exc_info')
+    redis.call('RPUSH', KEYS[2 + priority], id)
+    out[#out + 1] = id
+  end
+end
+if #out > 0 then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+return out

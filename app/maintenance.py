@@ -1,0 +1,109 @@
+"""A worker's side thread: everything that runs on a timer rather than per job.
+
+- renews the running job's lease (so a live job is never taken for abandoned) and the worker's heartbeat;
+- moves due delayed jobs and delayed retries into their lanes;
+- recovers jobs whose lease expired (their worker died) and retries them per policy;
+- carries out commands sent to this worker (`cancel <job id>`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from app.leases import LEASE, recover, rq_time
+from app.redis_scripts import SCRIPTS
+from queues import JOB_KEY_PREFIX, queue_keys, worker_commands_key
+
+if TYPE_CHECKING:
+    from app.worker import BullWorker
+
+logger = logging.getLogger(__name__)
+
+#: seconds between lease renewals and heartbeats
+RENEW_INTERVAL = 5.0
+#: seconds between looks for due delayed jobs
+PROMOTE_INTERVAL = 0.25
+#: seconds between looks for expired leases
+RECOVER_INTERVAL = 2.0
+#: seconds the thread blocks waiting for a command; bounds how late the timers fire
+COMMAND_WAIT = 0.2
+#: most delayed jobs moved per queue per look
+PROMOTE_BATCH = 500
+
+
+class Maintenance(threading.Thread):
+    """The timer thread of one worker process."""
+
+    def __init__(self, worker: BullWorker):
+        super().__init__(name=f"maintenance-{worker.name}", daemon=True)
+        self.worker = worker
+        self.connection = worker.connection
+        self.commands_key = worker_commands_key(worker.name)
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=COMMAND_WAIT + 5)
+
+    def run(self) -> None:
+        next_renew = next_promote = next_recover = 0.0
+        while not self._stopped.is_set():
+            try:
+                now = time.monotonic()
+                if now >= next_renew:
+                    self.renew()
+                    next_renew = now + RENEW_INTERVAL
+                if now >= next_promote:
+                    self.promote_due()
+                    next_promote = now + PROMOTE_INTERVAL
+                if now >= next_recover:
+                    self.recover_abandoned()
+                    next_recover = now + RECOVER_INTERVAL
+                command = self.connection.blpop([self.commands_key], timeout=COMMAND_WAIT)
+                if command:
+                    self.handle(command[1].decode())
+            except RedisError as exc:
+                logger.warning("worker %s: maintenance skipped a beat: %s", self.worker.name, exc)
+                self._stopped.wait(1)
+
+    def renew(self) -> None:
+        """Extend the running job's lease and the worker's registration."""
+        now = time.time()
+        with self.connection.pipeline(transaction=False) as pipe:
+            current = self.worker.current
+            if current is not None:
+                job, member = current
+                pipe.zadd(queue_keys(job.origin).started, {member: now + LEASE}, xx=True)
+                pipe.hset(job.key, "last_heartbeat", rq_time(now))
+            self.worker.heartbeat(pipeline=pipe)
+            pipe.execute()
+
+    def promote_due(self) -> int:
+        """Move due delayed jobs of the worker's queues into their lanes; returns how many moved."""
+        now = time.time()
+        moved = 0
+        for keys in self.worker._keys:
+            moved += SCRIPTS.promote(
+                self.connection,
+                [keys.scheduled, keys.marker, *keys.lanes], [now, rq_time(now), JOB_KEY_PREFIX, PROMOTE_BATCH]
+            )
+        return moved
+
+    def recover_abandoned(self) -> None:
+        for keys in self.worker._keys:
+            for job_id, outcome in recover(self.connection, keys.name):
+                logger.warning("job %s: abandoned by a dead worker on %s, %s", job_id, keys.name, outcome)
+
+    def handle(self, command: str) -> None:
+        verb, _, argument = command.partition(" ")
+        if verb == "cancel":
+            if self.worker.request_cancel(argument):
+                logger.info("job %s: cancel requested", argument)
+        else:
+            logger.warning("worker %s: unknown command %r", self.worker.name, command)

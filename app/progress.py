@@ -1,0 +1,47 @@
+"""Progress reports from inside a running handler: percent, a message, items processed and failed.
+
+Handlers call `report(...)`; the values land in the job's hash (field `progress`, JSON) at once, readable while
+the job runs and after it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+_current: dict[str, Any] = {}
+
+
+def _bind(connection, job) -> None:
+    """Called by the worker around each run: reports go to this job."""
+    _current.clear()
+    if job is not None:
+        _current.update(connection=connection, key=job.key, values={})
+
+
+def report(
+    percent: float | None = None,
+    message: str | None = None,
+    processed: int | None = None,
+    failed: int | None = None,
+) -> dict:
+    """Record the running job's progress; arguments left out keep their last value. Returns what is stored.
+
+    Raises:
+        RuntimeError: called outside a running job.
+    """
+    if not _current:
+        raise RuntimeError("progress.report() is only available inside a running job")
+    values = _current["values"]
+    if percent is not None:
+        values["percent"] = max(0.0, min(100.0, float(percent)))
+    if message is not None:
+        values["message"] = str(message)[:500]
+    if processed is not None:
+        values["processed"] = int(processed)
+    if failed is not None:
+        values["failed"] = int(failed)
+    values["updated_at"] = round(time.time(), 3)
+    _current["connection"].hset(_current["key"], "progress", json.dumps(values))
+    return dict(values)
