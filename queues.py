@@ -36,6 +36,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app.errors import UnknownQueueError
 
@@ -105,7 +106,8 @@ QUEUES: dict[str, QueueSpec] = {
             attempts=3,
             backoff=Backoff(BackoffType.FIXED, 30),
             timeout=600,
-            concurrency=5,
+            concurrency=5,  # the original system sent at most 5 requests at once
+            rate_limit=RateLimit(max_jobs=20, period=1.0),  # the providers' APIs throttle bursts
         ),
         QueueSpec(
             "reports",
@@ -191,6 +193,11 @@ class QueueKeys:
     @property
     def canceled(self) -> str:
         return CanceledJobRegistry.key_template.format(self.name)
+
+    @property
+    def workers(self) -> str:
+        """RQ's set of the worker keys serving this queue."""
+        return WORKERS_BY_QUEUE_KEY % self.name
 
     @property
     def paused(self) -> str:

@@ -177,3 +177,36 @@ class RunningJob:
 
 def _int(value: bytes | None) -> int | None:
     return int(value) if value not in (None, b"") else None
+
+
+def describe_job(job: BullJob) -> dict:
+    """The job as the API and CLI show it, with Bull's state names."""
+    latest = job.latest_result()
+    result = error = None
+    if latest is not None:
+        result = latest.return_value
+        error = latest.exc_string
+    status = job.get_status(refresh=False)
+    return {
+        "id": job.id,
+        "type": job.func_name,
+        "queue": job.origin,
+        "status": state_of(status).value if state_of(status) else None,
+        "data": job.kwargs,
+        "priority": job.priority,
+        "progress": job.progress,
+        "attempts": job.attempts,
+        "attempt": job.attempt,
+        "attempts_left": job.retries_left or 0,
+        "result": result,
+        "error": error,
+        "worker": job.worker_name,
+        "created_at": _iso(job.created_at),
+        "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at),
+        "ended_at": _iso(job.ended_at),
+    }
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None

@@ -9,6 +9,7 @@ import click
 import psycopg
 
 from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
+from app.cli.queues import jobs_group, queues_group
 from app.enqueue import PRIORITIES, enqueue
 from app.logs import configure_logging
 from app.migrate import apply_migrations, migration_status
@@ -19,21 +20,26 @@ def cli():
     """Bull-style background jobs on Redis and RQ."""
 
 
+cli.add_command(queues_group)
+cli.add_command(jobs_group)
+
+
 @cli.command("enqueue")
 @click.argument("task_type")
 @click.option("--data", default="{}", show_default=True, help="The job's data as a JSON object.")
 @click.option("--queue", default=None, help="Queue for task types that run on any queue (e.g. system.ping).")
 @click.option("--priority", default=None, help=f"{' | '.join(PRIORITIES)} or 1 (first) to 10.")
 @click.option("--delay", default=None, type=float, help="Seconds to wait before the job may start.")
+@click.option("--dedup", default=None, help="Dedup key: while a job with this key is pending, print its id instead.")
 @redis_option
 @user_errors
-def enqueue_command(task_type, data, queue, priority, delay):
+def enqueue_command(task_type, data, queue, priority, delay, dedup):
     """Enqueue a job of registered type TASK_TYPE and print its id."""
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         fail(f"--data is not valid JSON: {exc}", EXIT_USAGE)
-    options = {"queue": queue, "delay": delay}
+    options = {"queue": queue, "delay": delay, "jobId": dedup}
     if priority is not None:
         options["priority"] = int(priority) if priority.isdigit() else priority
     config = settings()

@@ -1,0 +1,184 @@
+"""Queue and job controls: pause, resume, cancel, retry-failed, clean, empty.
+
+Every control works on Redis alone, across all workers on all machines, and is safe to call at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from redis import Redis
+from rq.utils import str_to_date
+
+from app.errors import InvalidJobError
+from app.leases import rq_time
+from app.redis_scripts import SCRIPTS
+from queues import JOB_KEY_PREFIX, get_queue_spec, job_key, queue_keys, results_key, worker_commands_key
+
+logger = logging.getLogger(__name__)
+
+#: ids handled per Redis call while cleaning or emptying, so no call blocks Redis for more than a few ms
+BATCH = 200
+#: states `clean` removes, and the registry that holds each
+CLEANABLE = ("completed", "failed", "canceled")
+#: seconds a command for a worker waits to be picked up
+COMMAND_TTL = 24 * 3600
+
+
+def pause(connection: Redis, queue: str) -> None:
+    """Stop workers from starting jobs of `queue` (running jobs finish; enqueueing still works)."""
+    connection.set(queue_keys(queue).paused, "1")
+    logger.info("queue %s: paused", queue)
+
+
+def resume(connection: Redis, queue: str) -> None:
+    """Let workers start jobs of `queue` again, at once."""
+    keys = queue_keys(queue)
+    with connection.pipeline() as pipe:
+        pipe.delete(keys.paused)
+        pipe.lpush(keys.marker, "1")  # wake an idle worker now rather than at its next look
+        pipe.ltrim(keys.marker, 0, 0)
+        pipe.execute()
+    logger.info("queue %s: resumed", queue)
+
+
+def is_paused(connection: Redis, queue: str) -> bool:
+    return bool(connection.exists(queue_keys(queue).paused))
+
+
+def cancel(connection: Redis, job_id: str) -> str:
+    """Cancel a job: a waiting or delayed one at once; a running one is stopped by its worker (which survives).
+
+    Returns:
+        "canceled", "canceling" (its worker was told), or the state that cannot be canceled
+        ("finished", "failed", "canceled").
+
+    Raises:
+        InvalidJobError: no such job.
+    """
+    origin, worker = connection.hmget(job_key(job_id), "origin", "worker_name")
+    if origin is None:
+        raise InvalidJobError(f"no job {job_id!r}")
+    queue = origin.decode()
+    keys = queue_keys(queue)
+    now = time.time()
+    outcome = SCRIPTS.cancel(
+        connection,
+        [job_key(job_id), keys.scheduled, keys.canceled, keys.stats, *keys.lanes],
+        [job_id, now, rq_time(now), get_queue_spec(queue).failure_ttl],
+    ).decode()
+    if outcome == "started" and worker:
+        command_key = worker_commands_key(worker.decode())
+        with connection.pipeline() as pipe:
+            pipe.rpush(command_key, f"cancel {job_id}")
+            pipe.expire(command_key, COMMAND_TTL)
+            pipe.execute()
+        outcome = "canceling"
+    logger.info("job %s: cancel → %s", job_id, outcome)
+    return outcome
+
+
+def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = None) -> list[str]:
+    """Put failed jobs of `queue` back to wait with their attempts reset: those of `job_ids`, or all of them.
+
+    Returns:
+        The ids requeued (ids not in the failed registry are skipped).
+    """
+    keys = queue_keys(queue)
+    script_keys = [keys.failed, keys.marker, *keys.lanes]
+
+    def requeue(batch: list[str]) -> list[str]:
+        return _decode(SCRIPTS.requeue(connection, script_keys, [rq_time(time.time()), JOB_KEY_PREFIX, *batch]))
+
+    requeued: list[str] = []
+    if job_ids is not None:
+        ids = list(job_ids)
+        for start in range(0, len(ids), BATCH):
+            requeued += requeue(ids[start : start + BATCH])
+        return requeued
+    # the script takes every id it is given out of the registry (also those whose job expired): the loop ends
+    while batch := _decode(connection.zrange(keys.failed, 0, BATCH - 1)):
+        requeued += requeue(batch)
+    return requeued
+
+
+def clean(connection: Redis, queue: str, state: str, grace: float = 0, limit: int | None = None) -> int:
+    """Delete jobs of `queue` in `state` (completed, failed, canceled) that ended more than `grace` seconds ago.
+
+    Works in batches of `BATCH` ids, so Redis is never blocked for long. Returns how many jobs were deleted.
+    """
+    if state not in CLEANABLE:
+        raise InvalidJobError(f"state {state!r} cannot be cleaned; use one of {', '.join(CLEANABLE)}")
+    keys = queue_keys(queue)
+    registry = {"completed": keys.finished, "failed": keys.failed, "canceled": keys.canceled}[state]
+    cutoff = time.time() - grace
+    removed, start = 0, 0
+    while limit is None or removed < limit:
+        batch = _decode(connection.zrange(registry, start, start + BATCH - 1))
+        if not batch:
+            break
+        ended = connection.pipeline(transaction=False)
+        for job_id in batch:
+            ended.hget(job_key(job_id), "ended_at")
+        doomed = [
+            job_id
+            for job_id, stamp in zip(batch, ended.execute(), strict=True)
+            if stamp is None or _epoch(stamp.decode()) <= cutoff
+        ]
+        if limit is not None:
+            doomed = doomed[: limit - removed]
+        if doomed:
+            _delete(connection, registry, doomed)
+            removed += len(doomed)
+        start += len(batch) - len(doomed)
+    logger.info("queue %s: cleaned %d %s job(s) older than %s s", queue, removed, state, grace)
+    return removed
+
+
+def empty(connection: Redis, queue: str) -> int:
+    """Delete every waiting and delayed job of `queue` (running jobs finish). Returns how many were deleted."""
+    keys = queue_keys(queue)
+    removed = 0
+    for lane in keys.lanes:
+        while batch := _decode(connection.lrange(lane, 0, BATCH - 1)):
+            _release_dedup(connection, batch)
+            with connection.pipeline() as pipe:
+                pipe.ltrim(lane, len(batch), -1)
+                for job_id in batch:
+                    pipe.delete(job_key(job_id), results_key(job_id))
+                pipe.execute()
+            removed += len(batch)
+    while batch := _decode(connection.zrange(keys.scheduled, 0, BATCH - 1)):
+        _release_dedup(connection, batch)
+        _delete(connection, keys.scheduled, batch)
+        removed += len(batch)
+    logger.info("queue %s: emptied, %d job(s) deleted", queue, removed)
+    return removed
+
+
+def _delete(connection: Redis, registry: str, job_ids: list[str]) -> None:
+    with connection.pipeline() as pipe:
+        pipe.zrem(registry, *job_ids)
+        for job_id in job_ids:
+            pipe.delete(job_key(job_id), results_key(job_id))
+        pipe.execute()
+
+
+def _release_dedup(connection: Redis, job_ids: list[str]) -> None:
+    """Free the dedup keys held by jobs about to be deleted."""
+    reads = connection.pipeline(transaction=False)
+    for job_id in job_ids:
+        reads.hget(job_key(job_id), "dedup_key")
+    held = [key for key in reads.execute() if key]
+    if held:
+        connection.delete(*held)
+
+
+def _decode(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
+def _epoch(stamp: str) -> float:
+    return str_to_date(stamp).timestamp()
