@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.results import Result
 from rq.worker import Worker, WorkerStatus
 
@@ -51,6 +54,8 @@ IDLE_WAIT = 1.0
 MAX_TRACEBACK = 20_000
 #: seconds a forked job's child gets after its timeout before it is killed
 FORK_GRACE = 2
+#: longest pause, in seconds, between attempts to reach Redis again
+REDIS_RETRY_MAX = 5
 
 
 @dataclass
@@ -103,31 +108,51 @@ class BullWorker(Worker):
         maintenance.start()
         ran = False
         try:
-            reply = self._dequeue(self.connection)
+            reply = self._redis(self._dequeue, self.connection)
             while not self._stopping:
                 if reply[0]:
                     ran = True
                     job, member = self._job_from_reply(reply)
                     outcome = self._execute(job, member)
-                    reply = self._finish(job, member, outcome, dequeue_next=not self._stopping)
+                    reply = self._redis(self._finish, job, member, outcome, dequeue_next=not self._stopping)
                     continue
-                if burst:
-                    maintenance.promote_due()
-                    reply = self._dequeue(self.connection)
-                    if not reply[0]:
+                if burst and reply[1] < 0:  # empty (a rate limit only delays: wait for it)
+                    self._redis(maintenance.promote_due)
+                    reply = self._redis(self._dequeue, self.connection)
+                    if not reply[0] and reply[1] < 0:
                         break
                     continue
-                self._wait_for_work(reply[1])
-                reply = self._dequeue(self.connection)
+                self._redis(self._wait_for_work, reply[1])
+                reply = self._redis(self._dequeue, self.connection)
             if reply and reply[0]:  # taken just as the stop came: give it back untouched
                 self._give_back(*self._job_from_reply(reply))
         except _StopNow:
             pass
         finally:
             maintenance.stop()
-            self.register_death()
+            try:
+                self.register_death()
+            except RedisError as exc:  # its registration expires on its own
+                logger.warning("worker %s: could not unregister: %s", self.name, exc)
             logger.info("worker %s: stopped", self.name)
         return ran
+
+    def _redis(self, call, *args, **kwargs):
+        """Run a Redis step, retrying while Redis is unreachable (a restart, a failover).
+
+        Every step is safe to repeat: a `finish` that already ran finds its lease gone and changes nothing, and a
+        `dequeue` whose reply was lost leaves a lease that expires and is recovered.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if self._stopping and call is not self._finish:
+                    raise _StopNow() from exc
+                logger.warning("worker %s: Redis unreachable (%s); retrying in %.1f s", self.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX)
 
     def _wait_for_work(self, rate_wait_ms: int) -> None:
         timeout = IDLE_WAIT if rate_wait_ms < 0 else max(0.01, min(IDLE_WAIT, rate_wait_ms / 1000))
