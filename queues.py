@@ -18,6 +18,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>                  TTL: 7 days, freed at end
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
+    bullrq:history          stream  run-history rows on their way to PostgreSQL (app.history)   capped length
 
 Every key is built here; nothing else writes our key names.
 """
@@ -47,6 +48,8 @@ PRIORITY_RANGE = range(1, 11)
 NORMAL_PRIORITY = 5
 JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
 RESULTS_KEY_PREFIX = "rq:results:"
+#: run-history rows waiting to be written to PostgreSQL
+HISTORY_STREAM = f"{KEY_PREFIX}:history"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
 

@@ -90,6 +90,7 @@ class Settings:
     timezone: str
     home: RunDir
     log_format: str  # "text" or "json"
+    history: bool  # record every run in PostgreSQL (BULLRQ_HISTORY)
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -210,6 +211,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         timezone=_timezone(env),
         home=home,
         log_format=log_format,
+        history=_bool(env, "BULLRQ_HISTORY", True),
     )
 
 

@@ -13,9 +13,10 @@ from redis import Redis
 from rq.utils import str_to_date
 
 from app.errors import InvalidJobError
+from app.history import stream_cap
 from app.leases import rq_time
 from app.redis_scripts import SCRIPTS
-from queues import JOB_KEY_PREFIX, get_queue_spec, job_key, queue_keys, results_key, worker_commands_key
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, get_queue_spec, job_key, queue_keys, results_key, worker_commands_key
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ def cancel(connection: Redis, job_id: str) -> str:
     now = time.time()
     outcome = SCRIPTS.cancel(
         connection,
-        [job_key(job_id), keys.scheduled, keys.canceled, keys.stats, *keys.lanes],
-        [job_id, now, rq_time(now), get_queue_spec(queue).failure_ttl],
+        [job_key(job_id), keys.scheduled, keys.canceled, keys.stats, *keys.lanes, HISTORY_STREAM],
+        [job_id, now, rq_time(now), get_queue_spec(queue).failure_ttl, stream_cap()],
     ).decode()
     if outcome == "started" and worker:
         command_key = worker_commands_key(worker.decode())

@@ -119,6 +119,7 @@ class RunningJob:
     #: the job hash fields the worker reads, in this order
     FIELDS: ClassVar[tuple[str, ...]] = (
         "data", "timeout", "retries_left", "retry_intervals", "result_ttl", "failure_ttl", "priority", "attempts",
+        "enqueued_at", "schedule_id",
     )  # fmt: skip
 
     id: str
@@ -132,13 +133,17 @@ class RunningJob:
     failure_ttl: int | None
     priority: int
     attempts: int
+    enqueued_at: str | None = None  #: RQ's date format
+    schedule_id: str | None = None  #: the schedules.yaml entry that created the job
+    started: float = 0.0  #: epoch seconds the run began
     duration: float = 0.0  #: seconds the run took
+    progress: dict | None = None  #: the last values the handler reported
     problem: str | None = None  #: why the stored job cannot run (it fails at once, without retry)
 
     @classmethod
     def from_fields(cls, job_id: str, origin: str, values: list[bytes | None]) -> RunningJob:
         """Build from the values of `FIELDS`; a job whose stored data is unreadable gets a `problem`."""
-        data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts = values
+        data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts, enqueued, schedule = values
         func_name, kwargs, problem = "", {}, None
         try:
             raw = zlib.decompress(data) if data else b""
@@ -163,6 +168,8 @@ class RunningJob:
             priority=_int(priority) or NORMAL_PRIORITY,
             attempts=_int(attempts) or 1,
             problem=problem,
+            enqueued_at=enqueued.decode() if enqueued else None,
+            schedule_id=schedule.decode() if schedule else None,
         )
 
     @property

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from redis import Redis
 from rq.utils import utcformat
 
+from app.history import stream_cap
 from app.redis_scripts import SCRIPTS
-from queues import JOB_KEY_PREFIX, queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
 
 #: seconds a lease lasts; renewed every `maintenance.RENEW_INTERVAL` while the worker lives, so the job of a dead
 #: worker is recovered within about LEASE seconds, and a healthy job of any length never is
@@ -44,7 +45,7 @@ def recover(
     now = time.time()
     reply = SCRIPTS.recover(
         connection,
-        [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes],
-        [now, rq_time(now), JOB_KEY_PREFIX, limit, job_id or "expired", int(consume_attempt), reason],
+        [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM],
+        [now, rq_time(now), JOB_KEY_PREFIX, limit, job_id or "expired", int(consume_attempt), reason, stream_cap()],
     )
     return [(reply[i].decode(), reply[i + 1].decode()) for i in range(0, len(reply), 2)]

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from app.history import run_row, stream_cap
 from app.leases import LEASE, recover, rq_time
 from app.redis_scripts import SCRIPTS
-from queues import JOB_KEY_PREFIX, queue_keys, worker_commands_key
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys, worker_commands_key
 
 if TYPE_CHECKING:
     from app.worker import BullWorker
@@ -32,6 +33,8 @@ PROMOTE_INTERVAL = 0.25
 RECOVER_INTERVAL = 2.0
 #: seconds the thread blocks waiting for a command; bounds how late the timers fire
 COMMAND_WAIT = 0.2
+#: seconds a run goes on before it gets a "started" history row
+STARTED_ROW_AFTER = 1.0
 #: most delayed jobs moved per queue per look
 PROMOTE_BATCH = 500
 
@@ -45,6 +48,7 @@ class Maintenance(threading.Thread):
         self.connection = worker.connection
         self.commands_key = worker_commands_key(worker.name)
         self._stopped = threading.Event()
+        self._started_recorded: str | None = None  #: lease member of the run whose "started" row was written
 
     def stop(self) -> None:
         self._stopped.set()
@@ -62,6 +66,7 @@ class Maintenance(threading.Thread):
                 if now >= next_promote:
                     self.promote_due()
                     next_promote = now + PROMOTE_INTERVAL
+                self.record_started()
                 if now >= next_recover:
                     self.recover_abandoned()
                     next_recover = now + RECOVER_INTERVAL
@@ -83,6 +88,21 @@ class Maintenance(threading.Thread):
                 pipe.hset(job.key, "last_heartbeat", rq_time(now))
             self.worker.heartbeat(pipeline=pipe)
             pipe.execute()
+
+    def record_started(self) -> None:
+        """Give a run that has gone on for a while its "started" history row (short runs get only their final one)."""
+        current = self.worker.current
+        if current is None or current[1] == self._started_recorded or not stream_cap():
+            return
+        job, member = current
+        if time.time() - job.started < STARTED_ROW_AFTER:
+            return
+        row = run_row(
+            job_id=job.id, attempt=job.attempt, queue=job.origin, task=job.func_name, status="started",
+            worker=self.worker.name, schedule_id=job.schedule_id, enqueued_at=job.enqueued_at, started_at=job.started,
+        )  # fmt: skip
+        self.connection.xadd(HISTORY_STREAM, {"row": row}, maxlen=stream_cap(), approximate=True)
+        self._started_recorded = member
 
     def promote_due(self) -> int:
         """Move due delayed jobs of the worker's queues into their lanes; returns how many moved."""

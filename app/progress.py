@@ -14,10 +14,16 @@ _current: dict[str, Any] = {}
 
 
 def _bind(connection, job) -> None:
-    """Called by the worker around each run: reports go to this job."""
+    """Called by the worker before each run: reports go to this job."""
     _current.clear()
-    if job is not None:
-        _current.update(connection=connection, key=job.key, values={})
+    _current.update(connection=connection, key=job.key, values={})
+
+
+def _unbind() -> dict | None:
+    """Called by the worker after each run: the last values reported, if any."""
+    values = _current.get("values") or None
+    _current.clear()
+    return values
 
 
 def report(

@@ -39,12 +39,13 @@ from app.errors import (
     RetryLater,
     UnknownTaskError,
 )
+from app.history import HistoryWriter, run_row, stream_cap
 from app.jobs import SERIALIZER, BullJob, RunningJob, get_queue
 from app.leases import LEASE, recover, rq_time
 from app.maintenance import Maintenance
 from app.redis_scripts import SCRIPTS
 from app.tasks import get_task, load_tasks
-from queues import JOB_KEY_PREFIX, QUEUES, Isolation, get_queue_spec, queue_keys, results_key
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QUEUES, Isolation, get_queue_spec, queue_keys, results_key
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +66,22 @@ class Outcome:
     kind: str  # completed | failed | retried | canceled
     result: Any = None
     error: str | None = None  #: traceback text
+    exc: BaseException | None = None
     delay: float = 0  #: retried: seconds until the retry
     retries_left: int | None = None
+
+    @property
+    def history_status(self) -> str:
+        """The run's status in the history table."""
+        return "timed_out" if isinstance(self.exc, JobTimeoutError) else self.kind
 
 
 class BullWorker(Worker):
     """A worker process serving one or more queues; registered like an RQ worker (`rq info`, `workers status`)."""
 
-    def __init__(self, queues, *args, **kwargs):
+    def __init__(self, queues, *args, database_url: str | None = None, **kwargs):
         super().__init__(queues, *args, **kwargs)
+        self.database_url = database_url  #: where this process writes run history (None: it leaves that to others)
         self._keys = [queue_keys(q.name) for q in self.queues]
         self._dequeue_keys = [self.key]
         self._dequeue_policy: list[Any] = []
@@ -106,6 +114,10 @@ class BullWorker(Worker):
         self.set_state(WorkerStatus.IDLE)
         maintenance = Maintenance(self)
         maintenance.start()
+        history = None
+        if self.database_url and stream_cap():
+            history = HistoryWriter(self.connection, self.database_url, self.name)
+            history.start()
         ran = False
         try:
             reply = self._redis(self._dequeue, self.connection)
@@ -130,6 +142,8 @@ class BullWorker(Worker):
             pass
         finally:
             maintenance.stop()
+            if history is not None:
+                history.stop()
             try:
                 self.register_death()
             except RedisError as exc:  # its registration expires on its own
@@ -165,7 +179,7 @@ class BullWorker(Worker):
             self._idle = False
 
     def _dequeue(self, client) -> list:
-        now = time.time()
+        now = self._dequeued_at = time.time()
         self._exec_count += 1
         args = [
             now,
@@ -183,7 +197,9 @@ class BullWorker(Worker):
     def _job_from_reply(self, reply: list) -> tuple[RunningJob, str]:
         queue_number, member, values = reply
         member = member.decode()
-        return RunningJob.from_fields(member.rsplit(":", 1)[0], self._keys[queue_number - 1].name, values), member
+        job = RunningJob.from_fields(member.rsplit(":", 1)[0], self._keys[queue_number - 1].name, values)
+        job.started = self._dequeued_at
+        return job, member
 
     # -- running a job ------------------------------------------------------------------------------------------
 
@@ -218,12 +234,12 @@ class BullWorker(Worker):
                 self._interruptible = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
             return Outcome("completed", result=result)
-        except JobCanceledError:
-            return Outcome("canceled", error="canceled while running")
+        except JobCanceledError as exc:
+            return Outcome("canceled", error="canceled while running", exc=exc)
         except Exception as exc:  # noqa: BLE001 - every handler error is recorded on the job, never swallowed
             return self._failure(job, exc)
         finally:
-            progress._bind(None, None)
+            job.progress = progress._unbind()
 
     def _failure(self, job: RunningJob, exc: Exception) -> Outcome:
         error = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
@@ -231,14 +247,14 @@ class BullWorker(Worker):
         left = job.retries_left or 0
         if permanent or left <= 0:
             logger.warning("job %s: %s failed for good (attempt %d): %r", job.id, job.func_name, job.attempt, exc)
-            return Outcome("failed", error=error)
+            return Outcome("failed", error=error, exc=exc)
         if isinstance(exc, RetryLater):
             delay = exc.delay
         else:
             intervals = job.retry_intervals or [0]
             delay = intervals[min(job.attempts - 1 - left, len(intervals) - 1)]
         logger.info("job %s: attempt %d failed (%r), retry in %s s", job.id, job.attempt, exc, delay)
-        return Outcome("retried", error=error, delay=delay, retries_left=left - 1)
+        return Outcome("retried", error=error, exc=exc, delay=delay, retries_left=left - 1)
 
     def _run_forked(self, job: RunningJob, member: str) -> Outcome | None:
         pid = os.fork()
@@ -262,7 +278,7 @@ class BullWorker(Worker):
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                     if self._cancel_requested == job.id:
-                        return Outcome("canceled", error="canceled while running")
+                        return Outcome("canceled", error="canceled while running", exc=JobCanceledError())
                     return self._failure(job, JobTimeoutError(f"job exceeded its timeout of {job.timeout} s"))
                 time.sleep(0.005)
         finally:
@@ -294,11 +310,13 @@ class BullWorker(Worker):
             job_fields += ["exc_info", outcome.error]
             if outcome.kind == "retried":
                 job_fields += ["retries_left", outcome.retries_left]
-        args = [outcome.kind, member, job.id, now, rq_time(now), keep, round(getattr(job, "duration", 0), 6)]
+        cap = stream_cap()
+        row = self._history_row(job, outcome, now) if cap else ""
+        args = [outcome.kind, member, job.id, now, rq_time(now), keep, round(job.duration, 6), row, cap]
         args += [len(job_fields) // 2, *job_fields, *stream]
         finish_keys = [
             job.key, keys.started, self.key, results_key(job.id), keys.stats, target,
-            keys.lane(job.priority), keys.marker,
+            keys.lane(job.priority), keys.marker, HISTORY_STREAM,
         ]  # fmt: skip
         if not dequeue_next:
             SCRIPTS.finish(self.connection, finish_keys, args)
@@ -313,6 +331,28 @@ class BullWorker(Worker):
             logger.warning("job %s: its lease was taken back before it ended; outcome %s not recorded", job.id,
                            outcome.kind)
         return reply
+
+    def _history_row(self, job: RunningJob, outcome: Outcome, now: float) -> str:
+        processed = failed = None
+        if job.progress:
+            processed, failed = job.progress.get("processed"), job.progress.get("failed")
+        return run_row(
+            job_id=job.id,
+            attempt=job.attempt,
+            queue=job.origin,
+            task=job.func_name,
+            status=outcome.history_status,
+            worker=self.name,
+            schedule_id=job.schedule_id,
+            enqueued_at=job.enqueued_at,
+            started_at=job.started,
+            ended_at=now,
+            items_processed=processed,
+            items_failed=failed,
+            error=outcome.exc,
+            traceback=outcome.error,
+            result=outcome.result,
+        )
 
     def _give_back(self, job: RunningJob, member: str) -> None:
         """Return a job taken but not started (the worker is stopping) to the front of its lane."""
@@ -371,8 +411,11 @@ def rq_worker_name(process_name: str) -> str:
     return f"{process_name}.{socket.gethostname()}.{os.getpid()}"
 
 
-def build_worker(queue_names: list[str], connection: Redis, process_name: str) -> BullWorker:
-    """A worker serving `queue_names` (validated) under the RQ name derived from `process_name`."""
+def build_worker(
+    queue_names: list[str], connection: Redis, process_name: str, database_url: str | None = None
+) -> BullWorker:
+    """A worker serving `queue_names` (validated) under the RQ name derived from `process_name`; with a
+    `database_url` it also writes run history to PostgreSQL."""
     load_tasks()
     queues = [get_queue(name, connection) for name in queue_names]
     return BullWorker(
@@ -381,12 +424,19 @@ def build_worker(queue_names: list[str], connection: Redis, process_name: str) -
         connection=connection,
         job_class=BullJob,
         serializer=SERIALIZER,
+        database_url=database_url,
     )
 
 
-def run_worker(queue_names: list[str], connection: Redis, process_name: str, burst: bool = False) -> bool:
+def run_worker(
+    queue_names: list[str],
+    connection: Redis,
+    process_name: str,
+    burst: bool = False,
+    database_url: str | None = None,
+) -> bool:
     """Work on `queue_names` until told to stop (SIGTERM or SIGINT: warm shutdown) or, with `burst`, until empty."""
-    worker = build_worker(queue_names, connection, process_name)
+    worker = build_worker(queue_names, connection, process_name, database_url)
     logger.info("worker %s: serving %s (pid %d)", worker.name, ", ".join(queue_names), os.getpid())
     return worker.work(burst=burst)
 

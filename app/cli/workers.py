@@ -300,7 +300,7 @@ def run(queues, name, burst):
     config = settings()
     configure_logging(config.log_format, logging.DEBUG if config.debug else logging.INFO)
     connection = connect_redis(config)
-    run_worker(names, connection, name or "+".join(names), burst=burst)
+    run_worker(names, connection, name or "+".join(names), burst=burst, database_url=config.database_url)
 
 
 if __name__ == "__main__":

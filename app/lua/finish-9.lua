@@ -3,21 +3,23 @@
   KEYS[1] job hash       KEYS[2] started zset     KEYS[3] worker hash      KEYS[4] results stream
   KEYS[5] stats hash     KEYS[6] target zset: finished, failed, canceled or scheduled (for a delayed retry)
   KEYS[7] lane list (an immediate retry waits there)                        KEYS[8] marker list
+  KEYS[9] history stream
   ARGV[1] outcome: completed | failed | canceled | retried
   ARGV[2] started-set member     ARGV[3] job id       ARGV[4] now, epoch seconds    ARGV[5] now, RQ's format
   ARGV[6] completed, failed, canceled: seconds to keep the job (-1 forever, 0 delete at once);
           retried: seconds until the retry (0: now)
-  ARGV[7] seconds the run took   ARGV[8] number of job hash field/value pairs that follow
-  ARGV[9..] job hash field, value, ... then results stream field, value, ...
+  ARGV[7] seconds the run took   ARGV[8] the run's history row, JSON ("": history is off)
+  ARGV[9] history stream cap     ARGV[10] number of job hash field/value pairs that follow
+  ARGV[11..] job hash field, value, ... then results stream field, value, ...
   Returns 1, or 0 when the lease was no longer held (the job was recovered elsewhere): nothing is changed.
 ]]
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then
   return 0
 end
 local outcome, id, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
-local pairs_end = 8 + 2 * tonumber(ARGV[8])
+local pairs_end = 10 + 2 * tonumber(ARGV[10])
 local job_fields = {}
-for i = 9, pairs_end do job_fields[#job_fields + 1] = ARGV[i] end
+for i = 11, pairs_end do job_fields[#job_fields + 1] = ARGV[i] end
 local stream_fields = {}
 for i = pairs_end + 1, #ARGV do stream_fields[#stream_fields + 1] = ARGV[i] end
 
@@ -59,4 +61,7 @@ redis.call('HSET', KEYS[3], 'state', 'idle', 'current_job', '')
 redis.call('HINCRBY', KEYS[3], counter, 1)
 redis.call('HINCRBYFLOAT', KEYS[3], 'total_working_time', ARGV[7])
 redis.call('HINCRBY', KEYS[5], outcome, 1)
+if ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[9], '*', 'row', ARGV[8])
+end
 return 1

@@ -3,10 +3,11 @@
   left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
 
   KEYS[1] started zset     KEYS[2] failed zset      KEYS[3] marker list      KEYS[4] stats hash
-  KEYS[5..14] lanes of priority 1..10
+  KEYS[5..14] lanes of priority 1..10                                       KEYS[15] history stream
   ARGV[1] now, epoch seconds    ARGV[2] now, RQ's format    ARGV[3] job key prefix    ARGV[4] most leases
   ARGV[5] "expired" (leases past their end) or a job id (that job's leases, expired or not)
   ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
+  ARGV[8] history stream cap (0: history is off)
   Returns a flat list: job id, "requeued" | "failed", ...
 ]]
 local members = {}
@@ -25,6 +26,15 @@ for _, member in ipairs(members) do
     if redis.call('EXISTS', job) == 1 then
       local left = tonumber(redis.call('HGET', job, 'retries_left') or '0') or 0
       redis.call('HINCRBY', KEYS[4], 'abandoned', 1)
+      if ARGV[8] ~= '0' then
+        local f = redis.call('HMGET', job, 'attempts', 'origin', 'description', 'worker_name', 'enqueued_at',
+          'schedule_id')
+        local row = {job_id = id, attempt = math.max(1, (tonumber(f[1]) or 1) - left), queue = f[2] or nil,
+          task = f[3] and string.match(f[3], '^([^(]+)') or '?', status = 'abandoned', worker = f[4] or nil,
+          enqueued_at = f[5] or nil, schedule_id = f[6] or nil, ended_at = tonumber(ARGV[1]),
+          error_type = 'Abandoned', error_message = ARGV[7]}
+        redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[8], '*', 'row', cjson.encode(row))
+      end
       if ARGV[6] == '0' or left > 0 then
         if ARGV[6] == '1' then redis.call('HSET', job, 'retries_left', left - 1) end
         local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
