@@ -91,6 +91,8 @@ class Settings:
     home: RunDir
     log_format: str  # "text" or "json"
     history: bool  # record every run in PostgreSQL (BULLRQ_HISTORY)
+    run_retention_days: float  # history rows older than this are deleted (BULLRQ_RUN_RETENTION_DAYS)
+    job_retention_days: float  # ended jobs older than this leave Redis (BULLRQ_JOB_RETENTION_DAYS)
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -118,6 +120,19 @@ def _bool(env: dict, name: str, default: bool) -> bool:
     if value in _FALSE:
         return False
     raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def _days(env: dict, name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not 0 < value <= 3650:
+        raise ConfigError(f"{name}={raw!r} is not a number of days from 0 to 3650")
+    return value
 
 
 def _url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
@@ -212,6 +227,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         home=home,
         log_format=log_format,
         history=_bool(env, "BULLRQ_HISTORY", True),
+        run_retention_days=_days(env, "BULLRQ_RUN_RETENTION_DAYS", 60),
+        job_retention_days=_days(env, "BULLRQ_JOB_RETENTION_DAYS", 30),
     )
 
 

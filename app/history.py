@@ -109,13 +109,14 @@ def _record(fields: dict) -> tuple:
     """A stream entry's row as a tuple in COLUMNS order, ready for COPY."""
     row = json.loads(fields[b"row"])
     started, ended = row.get("started_at"), row.get("ended_at")
-    if started is not None and ended is not None:
+    if isinstance(started, float | int) and isinstance(ended, float | int):
         row["duration_ms"] = round((ended - started) * 1000, 3)
-    for name in ("started_at", "ended_at"):
-        if row.get(name) is not None:
-            row[name] = _timestamp(row[name])
-    if isinstance(row.get("enqueued_at"), str) and row["enqueued_at"]:
-        row["enqueued_at"] = row["enqueued_at"].replace("Z", "+00:00")
+    for name in ("enqueued_at", "started_at", "ended_at"):
+        value = row.get(name)
+        if isinstance(value, float | int):
+            row[name] = _timestamp(value)
+        elif isinstance(value, str):  # RQ's date format, written by the Lua scripts
+            row[name] = value.replace("Z", "+00:00") if value else None
     row.setdefault("metadata", "{}")
     if isinstance(row["metadata"], dict):
         row["metadata"] = json.dumps(row["metadata"])

@@ -24,3 +24,24 @@ def ping(sleep: float = 0, echo: Any = None) -> Any:
     if sleep:
         time.sleep(sleep)
     return echo
+
+
+@task("system.retention_cleanup", queue="cache-cleanup")
+def retention_cleanup(run_days: float | None = None, job_days: float | None = None) -> dict:
+    """Delete history rows and ended jobs past their retention (defaults from the settings: 60 and 30 days)."""
+    from app import control, progress
+    from app.config import load_settings
+    from app.connections import get_redis
+    from app.db import connect
+    from app.runs import delete_older_than
+    from queues import queue_names
+
+    settings = load_settings()
+    with connect(settings.database_url, autocommit=True) as conn:
+        runs = delete_older_than(conn, run_days or settings.run_retention_days)
+    progress.report(percent=50, message="history rows deleted", processed=runs)
+    grace = (job_days or settings.job_retention_days) * 86400
+    redis = get_redis(settings)
+    jobs = sum(control.clean(redis, queue, state, grace) for queue in queue_names() for state in control.CLEANABLE)
+    progress.report(percent=100, message="done", processed=runs + jobs)
+    return {"runs_deleted": runs, "jobs_deleted": jobs}

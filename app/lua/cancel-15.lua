@@ -28,7 +28,7 @@ if ARGV[5] ~= '0' then
     'schedule_id')
   local row = {job_id = ARGV[1], attempt = math.max(1, (tonumber(f[1]) or 1) - (tonumber(f[2]) or 0)),
     queue = f[3] or nil, task = f[4] and string.match(f[4], '^([^(]+)') or '?', status = 'canceled',
-    enqueued_at = f[5] or nil, schedule_id = f[6] or nil, ended_at = tonumber(ARGV[2])}
+    enqueued_at = f[5] or nil, schedule_id = f[6] or nil, started_at = tonumber(ARGV[2]), ended_at = tonumber(ARGV[2])}
   redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[5], '*', 'row', cjson.encode(row))
 end
 local dedup = redis.call('HGET', KEYS[1], 'dedup_key')
