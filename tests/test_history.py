@@ -1,0 +1,203 @@
+"""Run history in PostgreSQL: a row per attempt, nothing lost while PostgreSQL is down, retention."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app import control
+from app.db import connect
+from app.enqueue import enqueue, enqueue_many
+from app.errors import PermanentFailure
+from app.history import HistoryWriter, _record, run_row, write_rows
+from app.jobs import fetch_job
+from app.leases import recover
+from app.migrate import apply_migrations
+from app.runs import RunFilter, delete_older_than, list_runs
+from app.servers import EmbeddedPostgres
+from app.tasks import Task, registry
+from app.worker import build_worker
+from queues import HISTORY_STREAM, queue_keys
+from tests.fixtures import wait_for
+
+
+def _boom(kind: str = "permanent") -> None:
+    if kind == "permanent":
+        raise PermanentFailure("the provider rejected the record")
+    raise RuntimeError("provider answered 503")
+
+
+_CALLS: dict[str, int] = {}
+
+
+def _flaky(key: str) -> str:
+    _CALLS[key] = _CALLS.get(key, 0) + 1
+    if _CALLS[key] == 1:
+        raise RuntimeError("first try fails")
+    return "second try works"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def history_tasks():
+    for task in (Task("test.boom", _boom, None), Task("test.flaky", _flaky, None)):
+        registry.register(task)
+    yield
+
+
+@pytest.fixture
+def db(database_url):
+    apply_migrations(database_url)
+    with connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+def _drain(redis_conn, database_url) -> int:
+    writer = HistoryWriter(redis_conn, database_url, "test-drain")
+    total = 0
+    while written := writer.drain_once(block=0.05):
+        total += written
+    writer.stop()
+    return total
+
+
+def _runs(db, job_id: str) -> list[tuple]:
+    rows = list_runs(db, RunFilter(job_id=job_id))["runs"]
+    return sorted((r["attempt"], r["status"], r["error_type"]) for r in rows)
+
+
+def test_every_outcome_leaves_one_row_per_attempt(redis_conn, database_url, db):
+    queue = "harvest"
+    done = enqueue(redis_conn, "system.ping", {"echo": {"ok": 1}}, {"queue": queue})
+    permanent = enqueue(redis_conn, "test.boom", {}, {"queue": queue, "attempts": 3})
+    exhausted = enqueue(redis_conn, "test.boom", {"kind": "transient"}, {"queue": queue, "attempts": 2,
+                                                                         "backoff": {"type": "fixed", "delay": 0}})
+    flaky = enqueue(redis_conn, "test.flaky", {"key": "a"}, {"queue": queue, "attempts": 2,
+                                                             "backoff": {"type": "fixed", "delay": 0}})
+    timed_out = enqueue(redis_conn, "system.ping", {"sleep": 3}, {"queue": queue, "timeout": 1, "attempts": 1})
+    canceled = enqueue(redis_conn, "system.ping", {}, {"queue": queue, "delay": 600})
+    assert control.cancel(redis_conn, canceled.id) == "canceled"
+
+    build_worker([queue], redis_conn, "history-test", database_url).work(burst=True)
+    _drain(redis_conn, database_url)
+
+    assert _runs(db, done.id) == [(1, "completed", None)]
+    row = list_runs(db, RunFilter(job_id=done.id))["runs"][0]
+    assert row["task"] == "system.ping" and row["queue"] == queue and row["result"] == {"ok": 1}
+    assert row["duration_ms"] >= 0 and row["started_at"] <= row["ended_at"] and row["worker"].startswith("history-")
+    assert _runs(db, permanent.id) == [(1, "failed", "PermanentFailure")]
+    assert _runs(db, exhausted.id) == [(1, "retried", "RuntimeError"), (2, "failed", "RuntimeError")]
+    assert _runs(db, flaky.id) == [(1, "retried", "RuntimeError"), (2, "completed", None)]
+    assert _runs(db, timed_out.id) == [(1, "timed_out", "JobTimeoutError")]
+    assert _runs(db, canceled.id) == [(1, "canceled", None)]
+    failed = list_runs(db, RunFilter(error_text="503"))["runs"]
+    assert {r["job_id"] for r in failed} == {exhausted.id}
+
+
+def test_an_abandoned_attempt_is_recorded_and_retried(redis_conn, database_url, db):
+    job = enqueue(redis_conn, "system.ping", {}, {"queue": "harvest", "attempts": 2})
+    worker = build_worker(["harvest"], redis_conn, "dies")
+    reply = worker._dequeue(redis_conn)  # lease the job as a worker would, then "die"
+    assert reply[0] == 1
+    keys = queue_keys("harvest")
+    member = reply[1].decode()
+    redis_conn.zadd(keys.started, {member: time.time() - 1})  # its lease ran out: no heartbeat came
+
+    assert recover(redis_conn, "harvest") == [(job.id, "requeued")]
+    assert recover(redis_conn, "harvest") == []  # recovered once only
+    build_worker(["harvest"], redis_conn, "survivor").work(burst=True)
+    _drain(redis_conn, database_url)
+    assert _runs(db, job.id) == [(1, "abandoned", "Abandoned"), (2, "completed", None)]
+
+
+def test_replayed_and_late_rows_never_duplicate_or_regress(db):
+    now = time.time()
+    started = run_row(job_id="j1", attempt=1, queue="sync", task="system.ping", status="started", started_at=now)
+    ended = run_row(job_id="j1", attempt=1, queue="sync", task="system.ping", status="completed",
+                    started_at=now, ended_at=now + 0.5, result="ok")
+    for batch in ([started], [ended], [started], [ended, started], [started, ended]):
+        write_rows(db, [_record({b"row": row.encode()}) for row in batch])
+    rows = list_runs(db, RunFilter(job_id="j1"))["runs"]
+    assert [(r["attempt"], r["status"], r["duration_ms"]) for r in rows] == [(1, "completed", 500.0)]
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL of this test's own, which the test may stop and start."""
+    parent = Path(tempfile.mkdtemp(prefix="bullrq-pg-"))
+    parent.chmod(0o755)
+    server = EmbeddedPostgres(parent / "postgres", durable=False)
+    url = server.start()
+    apply_migrations(url)
+    yield server, url
+    server.stop()
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgres_down_mid_stream_loses_and_duplicates_nothing(redis_conn, redis_url, own_postgres):
+    server, url = own_postgres
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": url}
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "app.cli.workers", "run", "harvest", "--name", f"hist-{n}"], env=env)
+        for n in (1, 2)
+    ]
+    try:
+        wait_for(lambda: redis_conn.scard(queue_keys("harvest").workers) == 2, message="two workers")
+        ids = []
+        for step in range(30):
+            batch = [("system.ping", {"echo": step}, {"queue": "harvest"})] * 20
+            ids += [enqueued.id for enqueued in enqueue_many(redis_conn, batch)]
+            if step == 10:
+                server.stop()  # PostgreSQL goes away mid-stream; the workers keep going
+            if step == 20:
+                assert redis_conn.xlen(HISTORY_STREAM) > 0  # rows wait in Redis meanwhile
+            time.sleep(0.05)
+        stats_key = queue_keys("harvest").stats
+        wait_for(lambda: int(redis_conn.hget(stats_key, "completed") or 0) == len(ids), timeout=30,
+                 message="every job to complete while PostgreSQL is down")
+        server.start()
+
+        def written():
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT count(*) FROM job_runs").fetchone()[0] >= len(ids)
+
+        wait_for(written, timeout=60, interval=0.5, message="the waiting rows to reach PostgreSQL")
+        with psycopg.connect(url) as conn:
+            total, distinct = conn.execute("SELECT count(*), count(DISTINCT job_id) FROM job_runs").fetchone()
+            statuses = conn.execute("SELECT DISTINCT status FROM job_runs").fetchall()
+        assert (total, distinct) == (len(ids), len(ids))
+        assert statuses == [("completed",)]
+        wait_for(lambda: redis_conn.xlen(HISTORY_STREAM) == 0, message="the stream to empty")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
+
+
+def test_retention_deletes_exactly_what_is_due(redis_conn, database_url, db, monkeypatch):
+    now = datetime.now(UTC)
+    ages = {"old-1": 90, "old-2": 61, "kept-1": 59, "kept-2": 1}
+    for job_id, days in ages.items():
+        stamp = (now - timedelta(days=days)).timestamp()
+        write_rows(db, [_record({b"row": run_row(job_id=job_id, attempt=1, queue="sync", task="system.ping",
+                                                  status="completed", started_at=stamp, ended_at=stamp).encode()})])
+    assert delete_older_than(db, 60, batch=1) == 2
+    left = {r["job_id"] for r in list_runs(db)["runs"]}
+    assert left == {"kept-1", "kept-2"}
+
+    monkeypatch.setenv("DATABASE_URL", database_url)  # the task reads the settings, as in a worker process
+    job = enqueue(redis_conn, "system.retention_cleanup", {"runDays": 30})
+    build_worker(["cache-cleanup"], redis_conn, "retention").work(burst=True)
+    assert fetch_job(job.id, redis_conn).return_value() == {"runs_deleted": 1, "jobs_deleted": 0}
+    assert {r["job_id"] for r in list_runs(db)["runs"]} == {"kept-2"}
