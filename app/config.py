@@ -93,6 +93,7 @@ class Settings:
     history: bool  # record every run in PostgreSQL (BULLRQ_HISTORY)
     run_retention_days: float  # history rows older than this are deleted (BULLRQ_RUN_RETENTION_DAYS)
     job_retention_days: float  # ended jobs older than this leave Redis (BULLRQ_JOB_RETENTION_DAYS)
+    schedules_file: Path  # the recurring entries (BULLRQ_SCHEDULES, default schedules.yaml)
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -229,6 +230,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         history=_bool(env, "BULLRQ_HISTORY", True),
         run_retention_days=_days(env, "BULLRQ_RUN_RETENTION_DAYS", 60),
         job_retention_days=_days(env, "BULLRQ_JOB_RETENTION_DAYS", 30),
+        schedules_file=Path(env.get("BULLRQ_SCHEDULES") or PROJECT_ROOT / "schedules.yaml"),
     )
 
 

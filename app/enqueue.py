@@ -139,7 +139,16 @@ class Enqueued(NamedTuple):
     created: bool  #: False: a pending job held the dedup key; `id` is that job's
 
 
-def enqueue(connection: Redis, task_type: str, data: dict | None = None, options: JobOptions | dict | None = None):
+def enqueue(
+    connection: Redis,
+    task_type: str,
+    data: dict | None = None,
+    options: JobOptions | dict | None = None,
+    *,
+    schedule_id: str | None = None,
+    schedule_slot: float | None = None,
+    job_id: str | None = None,
+):
     """Create a job of a registered task type under its queue's policy.
 
     Args:
@@ -147,6 +156,9 @@ def enqueue(connection: Redis, task_type: str, data: dict | None = None, options
         task_type: a registered task type, e.g. `system.ping`.
         data: the job's JSON object; its keys are the handler's keyword arguments (camelCase accepted).
         options: `JobOptions` or their JSON form.
+        schedule_id: the schedules.yaml entry that fires this job (recorded with its runs).
+        schedule_slot: the due time it fires for, epoch seconds (None: run on request).
+        job_id: the id to give the job (the scheduler claims a slot with it before enqueueing).
 
     Returns:
         The job (an RQ job: `job.id`; `job.origin` is its queue). `job.created` is False when a dedup key
@@ -157,7 +169,7 @@ def enqueue(connection: Redis, task_type: str, data: dict | None = None, options
         UnknownQueueError: `options.queue` names no declared queue.
         InvalidJobError: the data or options are not acceptable for this type.
     """
-    request = _prepare(task_type, data, options)
+    request = _prepare(task_type, data, options, schedule_id=schedule_id, schedule_slot=schedule_slot, job_id=job_id)
     outcome = _submit(connection, [request])[0]
     if not outcome.created:
         job = fetch_job(outcome.id, connection)
@@ -198,7 +210,14 @@ def _submit(connection: Redis, requests: list[_Request]) -> list[Enqueued]:
     ]
 
 
-def _prepare(task_type: str, data: dict | None, options: JobOptions | dict | None) -> _Request:
+def _prepare(
+    task_type: str,
+    data: dict | None,
+    options: JobOptions | dict | None,
+    schedule_id: str | None = None,
+    schedule_slot: float | None = None,
+    job_id: str | None = None,
+) -> _Request:
     """Validate one request and build its job hash (RQ's layout), script keys and arguments; no Redis call."""
     task = get_task(task_type)
     opts = options if isinstance(options, JobOptions) else JobOptions.parse(options)
@@ -216,7 +235,7 @@ def _prepare(task_type: str, data: dict | None, options: JobOptions | dict | Non
     spec = get_queue_spec(queue_name)
     keys = queue_keys(queue_name)
 
-    job_id = str(uuid.uuid4())
+    job_id = job_id or str(uuid.uuid4())
     attempts = opts.attempts or spec.attempts
     priority = opts.priority or PRIORITIES[spec.priority]
     now = time.time()
@@ -235,6 +254,10 @@ def _prepare(task_type: str, data: dict | None, options: JobOptions | dict | Non
     }
     if not due:
         fields["enqueued_at"] = fields["created_at"]
+    if schedule_id:
+        fields["schedule_id"] = schedule_id
+    if schedule_slot is not None:
+        fields["schedule_slot"] = rq_time(schedule_slot)
     if attempts > 1:
         fields["retries_left"] = attempts - 1
         fields["retry_intervals"] = json.dumps(retry_intervals(opts.backoff or spec.backoff, attempts - 1))

@@ -10,6 +10,7 @@ import psycopg
 
 from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
 from app.cli.queues import jobs_group, queues_group
+from app.cli.schedules import schedules_group
 from app.enqueue import PRIORITIES, enqueue
 from app.logs import configure_logging
 from app.migrate import apply_migrations, migration_status
@@ -22,6 +23,7 @@ def cli():
 
 cli.add_command(queues_group)
 cli.add_command(jobs_group)
+cli.add_command(schedules_group)
 
 
 @cli.command("enqueue")
@@ -101,19 +103,24 @@ def web(host, port):
 
 
 @cli.command()
-@click.option("--interval", default=1.0, type=click.FloatRange(min=0.1), show_default=True,
-              help="Seconds between checks for due jobs.")
 @redis_option
-def scheduler(interval):
-    """Run the scheduler process: moves due delayed jobs into their queues (one active across all processes)."""
-    from rq_scheduler import Scheduler
+def scheduler():
+    """Run a scheduler process: fires schedules.yaml's entries on time (one process active, others stand by)."""
+    import signal
 
-    from app.jobs import BullJob
+    from app.scheduler import Scheduler
+    from app.schedules import ScheduleError, load_schedules
 
     config = settings()
     configure_logging(config.log_format)
-    engine = Scheduler(connection=connect_redis(config), interval=interval, job_class=BullJob)
-    engine.run()
+    try:
+        entries = load_schedules(config.schedules_file, default_timezone=config.timezone)
+    except ScheduleError as exc:
+        fail(str(exc), EXIT_USAGE)
+    process = Scheduler(connect_redis(config), config.database_url, entries)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: process.stop())
+    process.run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+"""The scheduler process: fires the entries of schedules.yaml on time; one process active, others on standby.
+
+The active process holds a short Redis lease (`bullrq:scheduler:leader`), renewed every `RENEW` seconds; when it
+dies, a standby takes over within `LEADER_TTL` + `RENEW` seconds. The lease only decides who does the work:
+exactly-once per slot comes from the compare-and-set in `schedule_store.fire`, so two processes that both
+believe they lead (Redis flushed, a network split) still fire a slot once. While active it also runs
+rq-scheduler's loop, the engine behind jobs scheduled through rq-scheduler's own API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from redis import Redis
+from redis.exceptions import RedisError
+
+from app import schedule_store
+from app.db import connect
+from app.jobs import BullJob
+from app.migrate import apply_migrations
+from app.schedules import ScheduleEntry
+from queues import SCHEDULER_LEADER_KEY
+
+logger = logging.getLogger(__name__)
+
+#: seconds between looks at the schedule (bounds how late a slot fires)
+TICK = 0.2
+#: seconds the leader's lease lasts, and between its renewals
+LEADER_TTL = 5.0
+RENEW = 1.0
+#: a slot more than this many seconds in the past was missed (everything was down), not merely due
+MISSED_AFTER = 30.0
+
+_RENEW_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Scheduler:
+    """One scheduler process."""
+
+    def __init__(self, redis: Redis, database_url: str, entries: list[ScheduleEntry], clock=None):
+        self.redis = redis
+        self.database_url = database_url
+        self.entries = entries
+        self.identity = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.leading = False
+        self._stop = threading.Event()
+        self._renew = redis.register_script(_RENEW_IF_OURS)
+        self._conn: psycopg.Connection | None = None
+        self._lease_checked = 0.0
+        self._rq_scheduler = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Lead or stand by until `stop()`; survives Redis and PostgreSQL outages."""
+        logger.info("scheduler %s: %d entries declared", self.identity, len(self.entries))
+        while not self._stop.is_set():
+            try:
+                if self._holds_lease():
+                    self.tick()
+            except (RedisError, psycopg.Error) as exc:
+                logger.warning("scheduler %s: %s; retrying", self.identity, str(exc).strip().splitlines()[0])
+                self._drop_connection()
+                self._stop.wait(1)
+            self._stop.wait(TICK)
+        self._release()
+
+    # -- leadership ------------------------------------------------------------------------------------------
+
+    def _holds_lease(self) -> bool:
+        now = time.monotonic()
+        if now - self._lease_checked < RENEW:
+            return self.leading
+        self._lease_checked = now
+        ttl_ms = int(LEADER_TTL * 1000)
+        if self.leading:
+            self.leading = bool(self._renew(keys=[SCHEDULER_LEADER_KEY], args=[self.identity, ttl_ms]))
+            if not self.leading:
+                logger.warning("scheduler %s: lost the lead", self.identity)
+        if not self.leading and self.redis.set(SCHEDULER_LEADER_KEY, self.identity, nx=True, px=ttl_ms):
+            self.leading = True
+            logger.info("scheduler %s: now active", self.identity)
+            self._on_lead()
+        return self.leading
+
+    def _release(self) -> None:
+        if self.leading:
+            try:
+                if self.redis.get(SCHEDULER_LEADER_KEY) == self.identity.encode():
+                    self.redis.delete(SCHEDULER_LEADER_KEY)
+            except RedisError:
+                pass
+        self._drop_connection()
+
+    def _on_lead(self) -> None:
+        """Taking over: the schema is in place and the table matches schedules.yaml."""
+        apply_migrations(self.database_url)
+        schedule_store.sync_declared(self._db(), self.entries, self.clock())
+
+    # -- work ------------------------------------------------------------------------------------------------
+
+    def _db(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.database_url, autocommit=True)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def tick(self) -> None:
+        """Fire every entry that is due; bring running entries' state up to date."""
+        conn = self._db()
+        now = self.clock()
+        for row in schedule_store.list_schedules(conn):
+            row = schedule_store.refresh_status(conn, self.redis, row)
+            if not row["effective_enabled"] or row["next_run_at"] is None or row["next_run_at"] > now:
+                continue
+            self._due(conn, row, now)
+        self._rq_scheduler_tick()
+
+    def _due(self, conn: psycopg.Connection, row: dict, now: datetime) -> None:
+        slot = row["next_run_at"]
+        next_run_at = schedule_store.cron_of(row).next_after(now)  # missed slots collapse into this one run
+        if row["last_status"] == "running":
+            started = row["current_started_at"]
+            if started is not None and now - started > timedelta(seconds=row["max_runtime"]):
+                schedule_store.mark_stuck(conn, row)
+            else:
+                schedule_store.skip(conn, row, slot, next_run_at, "the previous run is still going")
+                return
+        if now - slot > timedelta(seconds=MISSED_AFTER) and not row["catch_up"]:
+            schedule_store.skip(conn, row, slot, next_run_at, "missed while down, and catch_up is off")
+            return
+        schedule_store.fire(conn, self.redis, row, slot, next_run_at, now)
+
+    def _rq_scheduler_tick(self) -> None:
+        from rq_scheduler import Scheduler as RQScheduler
+
+        if self._rq_scheduler is None:
+            self._rq_scheduler = RQScheduler(connection=self.redis, job_class=BullJob, name=self.identity)
+        self._rq_scheduler.enqueue_jobs()
