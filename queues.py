@@ -19,6 +19,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.history)   capped length
+    bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
 
 Every key is built here; nothing else writes our key names.
 """
@@ -50,6 +51,8 @@ JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
 RESULTS_KEY_PREFIX = "rq:results:"
 #: run-history rows waiting to be written to PostgreSQL
 HISTORY_STREAM = f"{KEY_PREFIX}:history"
+#: the active scheduler's lease
+SCHEDULER_LEADER_KEY = f"{KEY_PREFIX}:scheduler:leader"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
 
