@@ -21,6 +21,7 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from app import rollup
 from app.config import load_settings
 from app.db import connect
 from queues import HISTORY_STREAM
@@ -60,6 +61,17 @@ WHERE job_runs.status = 'started' OR EXCLUDED.status <> 'started'
 def stream_cap() -> int:
     """The stream's cap to pass to the Lua scripts, 0 when history is switched off (BULLRQ_HISTORY=0)."""
     return STREAM_MAXLEN if load_settings().history else 0
+
+
+# Attempts whose row turns final with this batch: new ones, and those only known as "started" so far.
+_NEWLY_FINISHED = """
+SELECT i.queue, i.task, i.status, COALESCE(i.started_at, r.started_at) AS started_at,
+       COALESCE(i.duration_ms, EXTRACT(EPOCH FROM i.ended_at - r.started_at) * 1000) AS duration_ms
+FROM incoming i LEFT JOIN job_runs r ON r.job_id = i.job_id AND r.attempt = i.attempt
+WHERE i.status <> 'started' AND (r.status IS NULL OR r.status = 'started')
+"""
+#: transaction-level advisory lock key shared by history writers ("bullrq-history")
+WRITE_LOCK = 0x62756C6C72716869
 
 
 def run_row(
@@ -128,15 +140,20 @@ def _timestamp(epoch: float) -> str:
 
 
 def write_rows(conn: psycopg.Connection, records: list[tuple]) -> None:
-    """Upsert rows (tuples in COLUMNS order) in one transaction: COPY into a temporary table, then one INSERT."""
+    """Upsert rows (tuples in COLUMNS order) and count newly finished attempts in the hourly rollup, in one
+    transaction: COPY into a temporary table, then one INSERT. Writers take turns (a transaction-level lock), so
+    an attempt that reaches its final status is counted exactly once, however often its row is replayed."""
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE job_runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         with conn.cursor().copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
             for record in _last_per_attempt(records):
                 copy.write_row(record)
+        finishing = conn.execute(_NEWLY_FINISHED).fetchall()
         conn.execute(_UPSERT)
+        rollup.add_finished(conn, finishing)
 
 
 def _last_per_attempt(records: list[tuple]) -> list[tuple]:

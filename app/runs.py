@@ -1,8 +1,8 @@
 """Queries over the run history (`job_runs`) for the API, the pages and the CLI.
 
-Every query is bounded: lists are paginated, aggregates read a time window through the (queue, started_at) and
-(started_at) indexes. Times are `started_at`: when the attempt began (for a job canceled before it ran, when
-it was canceled).
+Every query is bounded: lists are paginated and read through the indexes of `job_runs`; aggregates over a
+window read the hourly rollup (`app.rollup`). Times are `started_at`: when the attempt began (for a job canceled
+before it ran, when it was canceled).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from app import rollup
+
 #: most rows one page may hold
 MAX_LIMIT = 100
 STATUSES = ("started", "completed", "failed", "retried", "canceled", "abandoned", "timed_out", "skipped")
-FAILED_STATUSES = ("failed", "timed_out", "abandoned")
 
 _LIST_COLUMNS = (
     "id, job_id, attempt, queue, task, schedule_id, worker, status, enqueued_at, started_at, ended_at, "
@@ -75,52 +76,52 @@ def latest_run(conn: psycopg.Connection, where: RunFilter) -> dict | None:
     return page["runs"][0] if page["runs"] else None
 
 
-def _window(since: datetime | None, hours: float) -> datetime:
-    return since or datetime.now(UTC) - timedelta(hours=hours)
+def _since(hours: float) -> datetime:
+    """The start of the hour `hours` ago: rollup windows are whole hours."""
+    return (datetime.now(UTC) - timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
+
+
+def _rollup(conn: psycopg.Connection, select: str, queue: str | None, hours: float, group: str) -> list[dict]:
+    where = "hour >= %s" + (" AND queue = %s" if queue else "")
+    params = [_since(hours)] + ([queue] if queue else [])
+    return conn.execute(f"SELECT {select} FROM job_runs_hourly WHERE {where} GROUP BY {group} ORDER BY {group}",
+                        params).fetchall()
 
 
 def throughput_per_hour(conn: psycopg.Connection, queue: str | None = None, hours: float = 24) -> list[dict]:
-    """Runs ended per hour and queue over the last `hours`: completed, failed (incl. timed out, abandoned), all."""
-    condition, params = RunFilter(queue=queue, since=_window(None, hours)).where()
-    query = sql.SQL(
-        """
-        SELECT date_trunc('hour', started_at) AS hour, queue,
-               count(*) FILTER (WHERE status = 'completed') AS completed,
-               count(*) FILTER (WHERE status = ANY(%s)) AS failed,
-               count(*) AS total
-        FROM job_runs WHERE {} AND status <> 'started'
-        GROUP BY 1, 2 ORDER BY 1, 2
-        """
-    ).format(condition)
-    return conn.execute(query, [list(FAILED_STATUSES), *params]).fetchall()
+    """Finished attempts per hour and queue over the last `hours`: completed, failed (incl. timed out and
+    abandoned) and all of them."""
+    return _rollup(
+        conn, "hour, queue, sum(completed)::bigint AS completed, sum(failed)::bigint AS failed, "
+        "sum(total)::bigint AS total",
+        queue, hours, "hour, queue",
+    )  # fmt: skip
 
 
 def failure_rate(conn: psycopg.Connection, queue: str | None = None, hours: float = 24) -> list[dict]:
-    """Per queue over the last `hours`: finished runs, failed runs, and their ratio."""
-    condition, params = RunFilter(queue=queue, since=_window(None, hours)).where()
-    query = sql.SQL(
-        """
-        SELECT queue, count(*) AS total, count(*) FILTER (WHERE status = ANY(%s)) AS failed,
-               round(count(*) FILTER (WHERE status = ANY(%s))::numeric / greatest(count(*), 1), 4) AS rate
-        FROM job_runs WHERE {} AND status <> 'started' GROUP BY queue ORDER BY queue
-        """
-    ).format(condition)
-    return conn.execute(query, [list(FAILED_STATUSES), list(FAILED_STATUSES), *params]).fetchall()
+    """Per queue over the last `hours`: finished attempts, failed ones, and their ratio."""
+    rows = _rollup(conn, "queue, sum(total)::bigint AS total, sum(failed)::bigint AS failed", queue, hours, "queue")
+    return [{**row, "rate": round(row["failed"] / row["total"], 4) if row["total"] else 0.0} for row in rows]
 
 
 def duration_percentiles(conn: psycopg.Connection, queue: str | None = None, hours: float = 24) -> list[dict]:
-    """Per queue over the last `hours`: p50, p95 and p99 of completed runs' durations, in milliseconds."""
-    condition, params = RunFilter(queue=queue, status="completed", since=_window(None, hours)).where()
-    query = sql.SQL(
-        """
-        SELECT queue, count(*) AS runs,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,
-               percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99
-        FROM job_runs WHERE {} GROUP BY queue ORDER BY queue
-        """
-    ).format(condition)
-    return conn.execute(query, params).fetchall()
+    """Per queue over the last `hours`: p50, p95 and p99 of completed runs' durations in milliseconds (from the
+    rollup's histogram, within 9 % of the exact values), and their mean."""
+    rows = _rollup(conn, "queue, sum(completed)::bigint AS runs, sum(duration_ms) AS total_ms, "
+                   "array_agg(array_to_string(buckets, ',')) AS histograms", queue, hours, "queue")
+    out = []
+    for row in rows:
+        merged = [0] * rollup.BUCKETS
+        for text in row["histograms"]:
+            for index, count in enumerate(text.split(",")):
+                merged[index] += int(count)
+        out.append({
+            "queue": row["queue"], "runs": row["runs"],
+            "mean": row["total_ms"] / row["runs"] if row["runs"] else None,
+            "p50": rollup.percentile(merged, 0.5), "p95": rollup.percentile(merged, 0.95),
+            "p99": rollup.percentile(merged, 0.99),
+        })  # fmt: skip
+    return out
 
 
 def delete_older_than(conn: psycopg.Connection, days: float, batch: int = 5000) -> int:

@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from app import runs
+from app import rollup, runs
 from app.db import connect
 from app.migrate import apply_migrations
 
@@ -53,7 +53,7 @@ def fill(url: str, rows: int) -> None:
     apply_migrations(url)
     with connect(url, autocommit=True) as conn:
         have = conn.execute("SELECT count(*) AS n FROM job_runs").fetchone()["n"]
-        if have == rows:
+        if have == rows and conn.execute("SELECT 1 FROM job_runs_hourly LIMIT 1").fetchone():
             print(f"job_runs already holds {rows:,} rows")
             return
         conn.execute("TRUNCATE job_runs")
@@ -65,6 +65,7 @@ def fill(url: str, rows: int) -> None:
             conn.execute(_FILL, {"queues": list(QUEUES), "spacing": spacing, "start": start, "stop": stop})
             print(f"  {stop:,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
         conn.execute("VACUUM ANALYZE job_runs")
+        print(f"rollup rebuilt: {rollup.rebuild(conn):,} hourly rows ({time.perf_counter() - started:.0f} s)")
         print(f"filled {rows:,} rows in {time.perf_counter() - started:.0f} s")
 
 

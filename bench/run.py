@@ -10,6 +10,7 @@ worker is registered until the queue's `completed` counter reaches the number of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.worker import Worker
 
 from app.config import redact
@@ -44,14 +46,26 @@ BULK_TARGET = 10_000
 LATENCY_P99_TARGET = 10.0
 #: seconds between two jobs of the latency run, so the worker is idle when each arrives
 LATENCY_PAUSE = 0.002
-#: seconds a rate-limited drain may take at the policy's rate; N is cut to fit
-POLICY_BUDGET = 10
 #: seconds to wait for workers to register, and for a drain to make progress
 REGISTER_TIMEOUT = 30
 STALL_TIMEOUT = 30
 #: seconds between polls of a draining queue
 POLL = 0.005
 RQ_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section does."""
+
+    jobs: int = 20_000  #: jobs per enqueue and no-limit drain section
+    fork_jobs: int = 300  #: jobs of the fork-per-job drain
+    samples: int = 500  #: jobs of the latency run
+    policy_budget: float = 10  #: seconds a rate-limited drain may take at the policy's rate; its N is cut to fit
+
+
+#: --quick: a smoke run of a few seconds per section
+QUICK = Sizes(jobs=300, fork_jobs=30, samples=50, policy_budget=2)
 
 
 class BenchError(Exception):
@@ -70,6 +84,7 @@ class Row:
     seconds: float
     rate: float  #: jobs/s
     note: str = ""
+    limited_by_policy: bool = False  #: the queue's rate limit, not the runtime, set the pace
 
 
 @dataclass
@@ -77,7 +92,8 @@ class Latency:
     """Enqueue-to-start latency of jobs sent one at a time to an idle worker, in milliseconds."""
 
     queue: str
-    samples: int
+    requested: int  #: jobs sent
+    samples: int  #: jobs whose start was measured
     p50: float
     p95: float
     p99: float
@@ -87,7 +103,7 @@ class Latency:
 # -- Redis helpers -------------------------------------------------------------------------------------------------
 
 
-def waiting(conn: Redis, keys: QueueKeys) -> tuple[int, int, int]:
+def queue_counts(conn: Redis, keys: QueueKeys) -> tuple[int, int, int]:
     """(waiting in the lanes, running, completed) for one queue, in one round trip."""
     with conn.pipeline(transaction=False) as pipe:
         for lane in keys.lanes:
@@ -152,7 +168,7 @@ class Workers:
         """Poll until nothing waits or runs and `completed` jobs are counted; returns the completed count."""
         last, progress_at = None, time.monotonic()
         while True:
-            state = waiting(conn, keys)
+            state = queue_counts(conn, keys)
             lanes, running, done = state
             if done >= completed and lanes == running == 0:
                 return done
@@ -183,7 +199,7 @@ class Bench:
         for _ in range(n):
             enqueue(self.conn, TASK, {}, {"queue": queue})
         seconds = time.perf_counter() - start
-        jobs = waiting(self.conn, queue_keys(queue))[0]
+        jobs = queue_counts(self.conn, queue_keys(queue))[0]
         return Row("single enqueue (enqueue)", queue, 0, n, jobs, seconds, n / seconds)
 
     def bulk_enqueue(self, n: int, queue: str = "harvest") -> Row:
@@ -191,7 +207,7 @@ class Bench:
         start = time.perf_counter()
         fill(self.conn, queue, n)
         seconds = time.perf_counter() - start
-        jobs = waiting(self.conn, queue_keys(queue))[0]
+        jobs = queue_counts(self.conn, queue_keys(queue))[0]
         met = "met" if n / seconds >= BULK_TARGET else "MISSED"
         return Row(
             f"bulk enqueue (enqueue_many x{CHUNK})",
@@ -244,35 +260,36 @@ class Bench:
             for stamp, sent_at in zip(started, sent.values(), strict=True)
         )
         cuts = statistics.quantiles(ms, n=100, method="inclusive")
-        return Latency(queue, len(ms), cuts[49], cuts[94], cuts[98], ms[-1])
+        return Latency(queue, m, len(ms), cuts[49], cuts[94], cuts[98], ms[-1])
 
 
-def policy_note(queue: str, n: int) -> tuple[int, str]:
-    """The jobs to run on `queue` with its policy on, and a note on that policy."""
-    spec = get_queue_spec(queue)
-    parts = [f"concurrency cap {spec.concurrency}" if spec.concurrency else "no concurrency cap"]
-    parts.append(f"{spec.attempts} attempts")
-    if spec.rate_limit:
-        per_second = spec.rate_limit.max_jobs / spec.rate_limit.period
-        n = min(n, max(1, int(per_second * POLICY_BUDGET)))
-        parts.append(f"rate limit {spec.rate_limit.max_jobs}/{spec.rate_limit.period:g} s: LIMITED BY POLICY")
+def sync_drain(bench: Bench, n: int, budget: float) -> Row:
+    """Drain `sync` with its whole policy on: concurrency cap, rate limit (N cut to fit `budget` seconds), retries."""
+    spec = get_queue_spec("sync")
+    notes = [f"concurrency cap {spec.concurrency}" if spec.concurrency else "no concurrency cap"]
+    notes.append(f"{spec.attempts} attempts")
+    rate = spec.rate_limit
+    if rate:
+        n = min(n, max(1, int(rate.max_jobs / rate.period * budget)))
+        notes.append(f"rate limit {rate.max_jobs}/{rate.period:g} s: LIMITED BY POLICY")
     else:
-        parts.append("no rate limit set")
-    return n, ", ".join(parts)
+        notes.append("no rate limit set")
+    row = bench.drain("drain, everything on", "sync", 2, n, ", ".join(notes))
+    row.limited_by_policy = rate is not None
+    return row
 
 
-def run_all(bench: Bench, n: int, fork_jobs: int, samples: int) -> tuple[list[Row], Latency]:
-    sync_jobs, sync_note = policy_note("sync", n)
+def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency]:
+    n = sizes.jobs
     rows = [
         bench.single_enqueue(n),
         bench.bulk_enqueue(n),
         bench.drain("drain, no limits", "harvest", 1, n),
         bench.drain("drain, no limits", "harvest", 2, n),
-        bench.drain("drain, everything on", "sync", 1, sync_jobs, sync_note),
-        bench.drain("drain, everything on", "sync", 2, sync_jobs, sync_note),
-        bench.drain("drain, fork per job", "documents", 1, fork_jobs, "isolation=fork"),
+        sync_drain(bench, n, sizes.policy_budget),
+        bench.drain("drain, fork per job", "documents", 1, sizes.fork_jobs, "isolation=fork"),
     ]
-    return rows, bench.latency(samples)
+    return rows, bench.latency(sizes.samples)
 
 
 # -- output --------------------------------------------------------------------------------------------------------
@@ -295,7 +312,9 @@ def print_table(url: str, rows: list[Row], latency: Latency) -> None:
     print(f"{'':<24}" + "".join(f"{name:>20}" for name in names))
     print(f"{'reference jobs/s':<24}" + "".join(f"{REFERENCES[name]:>20,}" for name in names))
     for r in rows:
-        if r.workers:
+        if r.limited_by_policy:
+            print(f"{r.queue} x{r.workers}: limited by its rate-limit policy ({r.rate:,.1f}/s), not comparable")
+        elif r.workers:
             label = f"{r.queue} x{r.workers} ({r.rate:,.0f}/s)"
             print(f"{label:<24}" + "".join(f"{r.rate / REFERENCES[name]:>19.1f}x" for name in names))
     print()
@@ -333,18 +352,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    n = 300 if args.quick else args.jobs
-    fork_jobs, samples = (30, 50) if args.quick else (min(300, n), 500)
+    sizes = QUICK if args.quick else Sizes(jobs=args.jobs, fork_jobs=min(Sizes.fork_jobs, args.jobs))
     conn = redis_from_url(url)
-    SCRIPTS.load(conn)
     with tempfile.TemporaryDirectory(prefix="bullrq-bench-") as logs:
         try:
-            rows, latency = run_all(Bench(conn, url, Path(logs)), n, fork_jobs, samples)
+            SCRIPTS.load(conn)
+            rows, latency = run_all(Bench(conn, url, Path(logs)), sizes)
+        except RedisError as exc:
+            print(f"error: Redis at {redact(url)} failed: {exc}", file=sys.stderr)
+            return 1
         except BenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
-            conn.flushdb()
+            with contextlib.suppress(RedisError):
+                conn.flushdb()
     if args.json:
         print(
             json.dumps(
@@ -352,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     "redis": redact(url),
                     "sections": [asdict(r) for r in rows],
                     "latency": asdict(latency),
+                    "sizes": asdict(sizes),
                     "references": REFERENCES,
                 },
                 indent=2,

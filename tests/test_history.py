@@ -23,7 +23,7 @@ from app.history import HistoryWriter, _record, run_row, write_rows
 from app.jobs import fetch_job
 from app.leases import recover
 from app.migrate import apply_migrations
-from app.runs import RunFilter, delete_older_than, list_runs
+from app.runs import RunFilter, delete_older_than, duration_percentiles, failure_rate, list_runs, throughput_per_hour
 from app.servers import EmbeddedPostgres
 from app.tasks import Task, registry
 from app.worker import build_worker
@@ -128,6 +128,27 @@ def test_replayed_and_late_rows_never_duplicate_or_regress(db):
         write_rows(db, [_record({b"row": row.encode()}) for row in batch])
     rows = list_runs(db, RunFilter(job_id="j1"))["runs"]
     assert [(r["attempt"], r["status"], r["duration_ms"]) for r in rows] == [(1, "completed", 500.0)]
+    # the hourly rollup counted the attempt once, whatever the replays
+    assert db.execute("SELECT sum(completed) AS c, sum(total) AS t FROM job_runs_hourly").fetchone() == {"c": 1, "t": 1}
+
+
+def test_window_stats_come_from_the_rollup_and_match_the_rows(db):
+    now = time.time()
+    rows = []
+    for n in range(1, 201):  # durations 10 ms .. 2000 ms, 1 in 10 failing
+        status = "failed" if n % 10 == 0 else "completed"
+        rows.append(run_row(job_id=f"w{n}", attempt=1, queue="reports", task="system.ping", status=status,
+                            started_at=now - n, ended_at=now - n + n / 100))
+    write_rows(db, [_record({b"row": row.encode()}) for row in rows])
+    [rate] = failure_rate(db, queue="reports", hours=1)
+    assert (rate["total"], rate["failed"], rate["rate"]) == (200, 20, 0.1)
+    assert sum(r["total"] for r in throughput_per_hour(db, hours=1)) == 200
+    [stats] = duration_percentiles(db, queue="reports", hours=1)
+    exact = sorted(n * 10 for n in range(1, 201) if n % 10)
+    assert stats["runs"] == 180
+    for fraction, key in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        expected = exact[round(fraction * len(exact)) - 1]
+        assert abs(stats[key] - expected) <= 0.09 * expected, (key, stats[key], expected)
 
 
 @pytest.fixture

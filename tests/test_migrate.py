@@ -44,10 +44,12 @@ def two_files(tmp_path):
 def test_apply_on_an_empty_database_creates_the_schema(database_url):
     assert not _exists(database_url, "job_runs")
     applied = apply_migrations(database_url)
-    assert [m.version for m in applied] == [1]
-    assert _exists(database_url, "job_runs")
+    shipped = discover()
+    assert [m.version for m in applied] == [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+    assert _exists(database_url, "job_runs") and _exists(database_url, "job_schedules")
     checksum = hashlib.sha256((MIGRATIONS_DIR / "0001_job_runs.sql").read_bytes()).hexdigest()
-    assert _query(database_url, "SELECT version, name, checksum FROM schema_migrations") == [(1, "job_runs", checksum)]
+    rows = _query(database_url, "SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+    assert rows[0] == (1, "job_runs", checksum) and len(rows) == len(shipped)
 
 
 def test_second_run_applies_nothing_and_changes_nothing(database_url):
@@ -58,9 +60,10 @@ def test_second_run_applies_nothing_and_changes_nothing(database_url):
 
 
 def test_migration_status_before_and_after(database_url):
-    assert [(m.path.name, done) for m, done in migration_status(database_url)] == [("0001_job_runs.sql", False)]
+    names = [m.path.name for m in discover()]
+    assert [(m.path.name, done) for m, done in migration_status(database_url)] == [(n, False) for n in names]
     apply_migrations(database_url)
-    assert [(m.path.name, done) for m, done in migration_status(database_url)] == [("0001_job_runs.sql", True)]
+    assert [(m.path.name, done) for m, done in migration_status(database_url)] == [(n, True) for n in names]
 
 
 def test_a_failing_file_leaves_nothing_behind(database_url, two_files):
@@ -107,7 +110,8 @@ def test_concurrent_runs_apply_each_migration_once(database_url):
         thread.join(timeout=60)
     assert errors == []
     assert sorted(m.version for applied in results for m in applied) == [m.version for m in discover()]
-    assert _query(database_url, "SELECT version, count(*) FROM schema_migrations GROUP BY version") == [(1, 1)]
+    counts = _query(database_url, "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY 1")
+    assert counts == [(m.version, 1) for m in discover()]
 
 
 def test_job_runs_rejects_a_duplicate_attempt_and_an_unknown_status(database_url):
@@ -124,16 +128,19 @@ def test_job_runs_rejects_a_duplicate_attempt_and_an_unknown_status(database_url
 
 def test_cli_db_migrate_and_status(runner, database_url, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", database_url)
+    names = [m.path.name for m in discover()]
     status = runner.invoke(cli, ["db", "status"])
-    assert status.exit_code == 0 and status.output.split() == ["pending", "0001_job_runs.sql"]
+    assert status.exit_code == 0 and status.output.split() == [w for n in names for w in ("pending", n)]
 
     first = runner.invoke(cli, ["db", "migrate"])
     assert first.exit_code == 0, first.output
-    assert first.output.splitlines() == ["applied 0001_job_runs.sql", "1 migration(s) applied; schema up to date"]
+    assert first.output.splitlines() == [f"applied {n}" for n in names] + [
+        f"{len(names)} migration(s) applied; schema up to date"
+    ]
     second = runner.invoke(cli, ["db", "migrate"])
     assert second.exit_code == 0
     assert second.output.splitlines() == ["0 migration(s) applied; schema up to date"]
-    assert runner.invoke(cli, ["db", "status"]).output.split() == ["applied", "0001_job_runs.sql"]
+    assert runner.invoke(cli, ["db", "status"]).output.split() == [w for n in names for w in ("applied", n)]
 
 
 @pytest.mark.parametrize("command", ["migrate", "status"])
