@@ -32,6 +32,7 @@ MAX_SECONDS = 30 * 24 * 3600
 MAX_ATTEMPTS = 100
 _OPTION_NAMES = ("queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId")
 _DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
+_JITTER = random.Random()
 #: seconds a dedup key is held at most (it is freed as soon as its job ends)
 DEDUP_TTL = 7 * 24 * 3600
 
@@ -126,7 +127,7 @@ def retry_intervals(backoff: Backoff, retries: int, rng: random.Random | None = 
     """Seconds to wait before each retry: fixed, or doubling per retry with +-20 % jitter (RQ takes whole seconds)."""
     if backoff.type is BackoffType.FIXED:
         return [max(0, round(backoff.delay))] * retries
-    rng = rng or random.Random()
+    rng = rng or _JITTER
     return [max(1, round(backoff.delay * 2**n * rng.uniform(0.8, 1.2))) for n in range(retries)]
 
 
