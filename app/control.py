@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from redis import Redis
 from rq.utils import str_to_date
 
+from app.enqueue import DEDUP_TTL
 from app.errors import InvalidJobError
 from app.history import stream_cap
 from app.leases import rq_time
@@ -91,7 +92,8 @@ def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = 
     script_keys = [keys.failed, keys.marker, *keys.lanes]
 
     def requeue(batch: list[str]) -> list[str]:
-        return _decode(SCRIPTS.requeue(connection, script_keys, [rq_time(time.time()), JOB_KEY_PREFIX, *batch]))
+        args = [rq_time(time.time()), JOB_KEY_PREFIX, DEDUP_TTL, *batch]
+        return _decode(SCRIPTS.requeue(connection, script_keys, args))
 
     requeued: list[str] = []
     if job_ids is not None:
@@ -130,38 +132,46 @@ def clean(connection: Redis, queue: str, state: str, grace: float = 0, limit: in
         ]
         if limit is not None:
             doomed = doomed[: limit - removed]
-        if doomed:
-            _delete(connection, registry, doomed)
-            removed += len(doomed)
-        start += len(batch) - len(doomed)
+        taken = _delete(connection, registry, doomed) if doomed else []
+        removed += len(taken)
+        start += len(batch) - len(taken)
     logger.info("queue %s: cleaned %d %s job(s) older than %s s", queue, removed, state, grace)
     return removed
 
 
 def empty(connection: Redis, queue: str) -> int:
-    """Delete every waiting and delayed job of `queue` (running jobs finish). Returns how many were deleted."""
+    """Delete every waiting and delayed job of `queue` (running jobs finish). Returns how many were deleted.
+
+    Ids are taken out of the lanes with LPOP and out of the delayed set with ZREM before their jobs are deleted:
+    a job a worker takes meanwhile is never deleted under it, and a job pushed back meanwhile is never lost.
+    """
     keys = queue_keys(queue)
     removed = 0
     for lane in keys.lanes:
-        while batch := _decode(connection.lrange(lane, 0, BATCH - 1)):
-            _release_dedup(connection, batch)
-            with connection.pipeline() as pipe:
-                pipe.ltrim(lane, len(batch), -1)
-                for job_id in batch:
-                    pipe.delete(job_key(job_id), results_key(job_id))
-                pipe.execute()
+        while batch := _decode(connection.lpop(lane, BATCH) or []):
+            _delete_jobs(connection, batch)
             removed += len(batch)
     while batch := _decode(connection.zrange(keys.scheduled, 0, BATCH - 1)):
-        _release_dedup(connection, batch)
-        _delete(connection, keys.scheduled, batch)
-        removed += len(batch)
+        removed += len(_delete(connection, keys.scheduled, batch))
     logger.info("queue %s: emptied, %d job(s) deleted", queue, removed)
     return removed
 
 
-def _delete(connection: Redis, registry: str, job_ids: list[str]) -> None:
-    with connection.pipeline() as pipe:
-        pipe.zrem(registry, *job_ids)
+def _delete(connection: Redis, registry: str, job_ids: list[str]) -> list[str]:
+    """Take `job_ids` out of `registry` and delete those this call took out (not those another caller moved)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.zrem(registry, job_id)
+        taken = [job_id for job_id, n in zip(job_ids, pipe.execute(), strict=True) if n]
+    _delete_jobs(connection, taken)
+    return taken
+
+
+def _delete_jobs(connection: Redis, job_ids: list[str]) -> None:
+    if not job_ids:
+        return
+    _release_dedup(connection, job_ids)
+    with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.delete(job_key(job_id), results_key(job_id))
         pipe.execute()

@@ -57,8 +57,9 @@ class RetryLater(BullrqError):
         self.delay = delay
 
 
-class JobTimeoutError(BullrqError):
-    """Raised inside a job that ran past its timeout; the run fails and is retried per policy."""
+class JobTimeoutError(BaseException):
+    """Raised inside a job that ran past its timeout; the run fails and is retried per policy (a BaseException,
+    so a handler's `except Exception` cannot swallow it and run on without a limit)."""
 
 
 class JobCanceledError(BaseException):

@@ -119,7 +119,7 @@ class RunningJob:
     #: the job hash fields the worker reads, in this order
     FIELDS: ClassVar[tuple[str, ...]] = (
         "data", "timeout", "retries_left", "retry_intervals", "result_ttl", "failure_ttl", "priority", "attempts",
-        "enqueued_at", "schedule_id",
+        "enqueued_at", "schedule_id", "cancel_requested",
     )  # fmt: skip
 
     id: str
@@ -138,12 +138,14 @@ class RunningJob:
     started: float = 0.0  #: epoch seconds the run began
     duration: float = 0.0  #: seconds the run took
     progress: dict | None = None  #: the last values the handler reported
+    cancel_requested: bool = False  #: canceled while its worker was taking it: it must not run
     problem: str | None = None  #: why the stored job cannot run (it fails at once, without retry)
 
     @classmethod
     def from_fields(cls, job_id: str, origin: str, values: list[bytes | None]) -> RunningJob:
         """Build from the values of `FIELDS`; a job whose stored data is unreadable gets a `problem`."""
-        data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts, enqueued, schedule = values
+        data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts = values[:8]
+        enqueued, schedule, cancel = values[8:]
         func_name, kwargs, problem = "", {}, None
         try:
             raw = zlib.decompress(data) if data else b""
@@ -170,6 +172,7 @@ class RunningJob:
             problem=problem,
             enqueued_at=enqueued.decode() if enqueued else None,
             schedule_id=schedule.decode() if schedule else None,
+            cancel_requested=bool(cancel),
         )
 
     @property

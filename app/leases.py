@@ -39,13 +39,13 @@ def recover(
     Each goes back to the front of its lane, or to the failed registry when no attempt is left.
 
     Returns:
-        (job id, "requeued" | "failed") per job taken back.
+        (job id, "requeued" | "failed" | "canceled") per job taken back.
     """
     keys = queue_keys(queue)
     now = time.time()
     reply = SCRIPTS.recover(
         connection,
-        [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM],
+        [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM, keys.canceled],
         [now, rq_time(now), JOB_KEY_PREFIX, limit, job_id or "expired", int(consume_attempt), reason, stream_cap()],
     )
     return [(reply[i].decode(), reply[i + 1].decode()) for i in range(0, len(reply), 2)]

@@ -11,6 +11,8 @@ a crash or a leak in the handler cannot hurt the worker.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -101,6 +103,7 @@ class BullWorker(Worker):
         self._idle = False
         self.current: tuple[RunningJob, str] | None = None  #: the running job and its lease member
         self._cancel_requested: str | None = None
+        self._pending_cancels: set[str] = set()  #: cancels that arrived before their job was current
         self._interruptible = False
         self._child_pid: int | None = None
 
@@ -205,7 +208,8 @@ class BullWorker(Worker):
 
     def _execute(self, job: RunningJob, member: str) -> Outcome:
         self.current = (job, member)
-        self._cancel_requested = None
+        self._cancel_requested = job.id if job.cancel_requested or job.id in self._pending_cancels else None
+        self._pending_cancels.discard(job.id)
         started = time.monotonic()
         try:
             if QUEUES[job.origin].isolation is Isolation.FORK:
@@ -236,12 +240,12 @@ class BullWorker(Worker):
             return Outcome("completed", result=result)
         except JobCanceledError as exc:
             return Outcome("canceled", error="canceled while running", exc=exc)
-        except Exception as exc:  # noqa: BLE001 - every handler error is recorded on the job, never swallowed
+        except (Exception, JobTimeoutError) as exc:  # every handler error is recorded on the job, never swallowed
             return self._failure(job, exc)
         finally:
             job.progress = progress._unbind()
 
-    def _failure(self, job: RunningJob, exc: Exception) -> Outcome:
+    def _failure(self, job: RunningJob, exc: BaseException) -> Outcome:
         error = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
         permanent = isinstance(exc, PermanentFailure | UnknownTaskError | InvalidJobError)
         left = job.retries_left or 0
@@ -257,10 +261,12 @@ class BullWorker(Worker):
         return Outcome("retried", error=error, exc=exc, delay=delay, retries_left=left - 1)
 
     def _run_forked(self, job: RunningJob, member: str) -> Outcome | None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: run, record the outcome itself, exit
             code = 1
             try:
+                _die_with_parent(parent)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
                 self._finish(job, member, self._run_inline(job), dequeue_next=False)
@@ -386,13 +392,30 @@ class BullWorker(Worker):
             raise JobCanceledError()
 
     def request_cancel(self, job_id: str) -> bool:
-        """From the maintenance thread: stop `job_id` if it is the running job. Returns whether it is."""
+        """From the maintenance thread: stop `job_id` if it is the running job. Returns whether it is; a cancel
+        for a job this worker has taken but not started yet is kept for when it starts."""
         if not self.current or self.current[0].id != job_id:
+            self._pending_cancels.add(job_id)
             return False
         self._cancel_requested = job_id
         if not self._child_pid:
             os.kill(os.getpid(), signal.SIGUSR1)  # the handler raises inside the job, in the main thread
         return True
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked child: be killed when the worker dies, so a job never runs on beside its own retry (Linux)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the worker died before the request took effect
+        os._exit(1)
+
+
+#: prctl option: the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1
 
 
 class _StopNow(BaseException):

@@ -6,6 +6,8 @@
   ARGV[1] job id          ARGV[2] now, epoch seconds  ARGV[3] now, RQ's format  ARGV[4] seconds to keep the job
   ARGV[5] history stream cap (0: history is off)
   Returns "canceled", or the job's status when it was neither waiting nor delayed ("" when it does not exist).
+  A running job is marked `cancel_requested`: its worker stops it, and if that worker is dead, the job is
+  canceled when recovered instead of run again.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
@@ -17,6 +19,8 @@ if status == 'queued' then
   end
 elseif status == 'scheduled' then
   removed = redis.call('ZREM', KEYS[2], ARGV[1])
+elseif status == 'started' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 end
 if removed == 0 then return status end
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'ended_at', ARGV[3])

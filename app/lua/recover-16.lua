@@ -3,12 +3,13 @@
   left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
 
   KEYS[1] started zset     KEYS[2] failed zset      KEYS[3] marker list      KEYS[4] stats hash
-  KEYS[5..14] lanes of priority 1..10                                       KEYS[15] history stream
+  KEYS[5..14] lanes of priority 1..10      KEYS[15] history stream          KEYS[16] canceled zset
   ARGV[1] now, epoch seconds    ARGV[2] now, RQ's format    ARGV[3] job key prefix    ARGV[4] most leases
   ARGV[5] "expired" (leases past their end) or a job id (that job's leases, expired or not)
   ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
   ARGV[8] history stream cap (0: history is off)
-  Returns a flat list: job id, "requeued" | "failed", ...
+  A job canceled while it ran (`cancel_requested`) goes to the canceled set instead.
+  Returns a flat list: job id, "requeued" | "failed" | "canceled", ...
 ]]
 local members = {}
 if ARGV[5] == 'expired' then
@@ -25,6 +26,7 @@ for _, member in ipairs(members) do
     local job = ARGV[3] .. id
     if redis.call('EXISTS', job) == 1 then
       local left = tonumber(redis.call('HGET', job, 'retries_left') or '0') or 0
+      local canceled = redis.call('HGET', job, 'cancel_requested') == '1'
       redis.call('HINCRBY', KEYS[4], 'abandoned', 1)
       if ARGV[8] ~= '0' then
         local f = redis.call('HMGET', job, 'attempts', 'origin', 'description', 'worker_name', 'enqueued_at',
@@ -32,10 +34,20 @@ for _, member in ipairs(members) do
         local row = {job_id = id, attempt = math.max(1, (tonumber(f[1]) or 1) - left), queue = f[2] or nil,
           task = f[3] and string.match(f[3], '^([^(]+)') or '?', status = 'abandoned', worker = f[4] or nil,
           enqueued_at = f[5] or nil, schedule_id = f[6] or nil, started_at = f[7] or nil, ended_at = tonumber(ARGV[1]),
-          error_type = 'Abandoned', error_message = ARGV[7]}
+          error_type = canceled and 'Canceled' or 'Abandoned', error_message = ARGV[7]}
         redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[8], '*', 'row', cjson.encode(row))
       end
-      if ARGV[6] == '0' or left > 0 then
+      if canceled then
+        local keep = tonumber(redis.call('HGET', job, 'failure_ttl') or '604800') or 604800
+        redis.call('HSET', job, 'status', 'canceled', 'ended_at', ARGV[2], 'exc_info', 'canceled while running')
+        redis.call('ZADD', KEYS[16], tonumber(ARGV[1]) + keep, id)
+        redis.call('EXPIRE', job, keep)
+        redis.call('HINCRBY', KEYS[4], 'canceled', 1)
+        local dedup = redis.call('HGET', job, 'dedup_key')
+        if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+        out[#out + 1] = id
+        out[#out + 1] = 'canceled'
+      elseif ARGV[6] == '0' or left > 0 then
         if ARGV[6] == '1' then redis.call('HSET', job, 'retries_left', left - 1) end
         local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
         redis.call('LPUSH', KEYS[4 + priority], id)

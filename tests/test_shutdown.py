@@ -1,0 +1,60 @@
+"""Stopping real worker processes: SIGTERM lets the running job finish and takes no other (warm shutdown), inline
+and forked; a SIGKILLed fork worker must not leave its work horse running the job on its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from app.enqueue import enqueue
+from queues import queue_keys
+from tests.fixtures import wait_for
+from tests.handlers import runs
+from tests.waits import status, wait_status
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
+
+
+@pytest.mark.parametrize("queue", ["harvest", "documents"])  # inline, and in a forked work horse
+def test_sigterm_lets_the_running_job_finish_and_takes_no_other(redis_conn, workers, queue):
+    workers.start(queue, name="w-1")
+    running = enqueue(redis_conn, "semantics.record", {"tag": "running", "sleep": 1.5}, {"queue": queue})
+    waiting = enqueue(redis_conn, "semantics.record", {"tag": "waiting"}, {"queue": queue})
+    wait_status(redis_conn, running.id, "started")
+
+    workers.procs["w-1"].send_signal(signal.SIGTERM)
+    assert workers.wait_exit("w-1", timeout=15) == 0
+    assert status(redis_conn, running.id) == "finished"
+    assert len(runs(redis_conn, "running", event="end")) == 1
+    assert status(redis_conn, waiting.id) == "queued"
+    assert redis_conn.lrange(queue_keys(queue).queue, 0, -1) == [waiting.id.encode()]
+    assert redis_conn.zcard(queue_keys(queue).started) == 0
+    assert runs(redis_conn, "waiting") == []
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped yet is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state not in "ZX"
+
+
+def test_a_sigkilled_fork_worker_leaves_no_work_horse_running(redis_conn, workers):
+    workers.start("documents", name="d-1")
+    job = enqueue(redis_conn, "semantics.record", {"tag": "horse", "sleep": 20}, {"queue": "documents"})
+    wait_status(redis_conn, job.id, "started")
+    horse = wait_for(lambda: runs(redis_conn, "horse"), message="the work horse to start")[0]["pid"]
+    assert horse != workers.procs["d-1"].pid
+
+    workers.kill("d-1")
+    try:
+        wait_for(lambda: not _running(horse), timeout=3, message="the work horse to end with its worker")
+    finally:
+        if _running(horse):  # our own grandchild: do not leave it behind
+            os.kill(horse, signal.SIGKILL)
