@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -47,6 +46,38 @@ COLUMNS = (
     "error_traceback", "result", "metadata",
 )  # fmt: skip
 
+
+def _time(field: str) -> str:
+    """SQL reading a time of a raw row: epoch seconds (from Python) or RQ's date text (from the Lua scripts)."""
+    return (
+        f"CASE jsonb_typeof(row->'{field}') WHEN 'number' THEN to_timestamp((row->>'{field}')::float8) "
+        f"WHEN 'string' THEN (row->>'{field}')::timestamptz END"
+    )
+
+
+# The raw rows (JSON, COPYed as they are) become one typed row per attempt; the final one wins over "started".
+_TYPED = f"""
+INSERT INTO incoming ({", ".join(COLUMNS)})
+SELECT DISTINCT ON (job_id, attempt) job_id, attempt, queue, task, schedule_id, worker, status, enqueued_at,
+       started_at, ended_at, EXTRACT(EPOCH FROM ended_at - started_at) * 1000, items_processed, items_failed,
+       error_type, error_message, error_traceback, result, '{{}}'::jsonb
+FROM (
+    SELECT r.*, {_time("enqueued_at")} AS enqueued_at, {_time("started_at")} AS started_at,
+           {_time("ended_at")} AS ended_at, (row->>'result')::jsonb AS result
+    FROM incoming_raw, jsonb_to_record(row) AS r(
+        job_id text, attempt int, queue text, task text, schedule_id text, worker text, status text,
+        items_processed int, items_failed int, error_type text, error_message text, error_traceback text)
+) AS parsed
+ORDER BY job_id, attempt, status = 'started'
+"""
+# Attempts whose row turns final with this batch: new ones, and those only known as "started" so far.
+_FINISHING = """
+INSERT INTO finishing (queue, task, status, started_at, duration_ms)
+SELECT i.queue, i.task, i.status, COALESCE(i.started_at, r.started_at),
+       COALESCE(i.duration_ms, EXTRACT(EPOCH FROM i.ended_at - r.started_at) * 1000)
+FROM incoming i LEFT JOIN job_runs r ON r.job_id = i.job_id AND r.attempt = i.attempt
+WHERE i.status <> 'started' AND (r.status IS NULL OR r.status = 'started')
+"""
 # A replayed or late row never turns a finished run back into "started".
 _UPSERT = f"""
 INSERT INTO job_runs ({", ".join(COLUMNS)})
@@ -55,23 +86,20 @@ ON CONFLICT (job_id, attempt) DO UPDATE SET
     {", ".join(f"{c} = COALESCE(EXCLUDED.{c}, job_runs.{c})" for c in COLUMNS[2:])}
 WHERE job_runs.status = 'started' OR EXCLUDED.status <> 'started'
 """
+_TEMP_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_raw (row jsonb) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE job_runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS finishing (queue text, task text, status text, started_at timestamptz, "
+    "duration_ms double precision) ON COMMIT DELETE ROWS",
+)
+#: transaction-level advisory lock key shared by history writers ("bullrq-history")
+WRITE_LOCK = 0x62756C6C72716869
 
 
 @functools.cache
 def stream_cap() -> int:
     """The stream's cap to pass to the Lua scripts, 0 when history is switched off (BULLRQ_HISTORY=0)."""
     return STREAM_MAXLEN if load_settings().history else 0
-
-
-# Attempts whose row turns final with this batch: new ones, and those only known as "started" so far.
-_NEWLY_FINISHED = """
-SELECT i.queue, i.task, i.status, COALESCE(i.started_at, r.started_at) AS started_at,
-       COALESCE(i.duration_ms, EXTRACT(EPOCH FROM i.ended_at - r.started_at) * 1000) AS duration_ms
-FROM incoming i LEFT JOIN job_runs r ON r.job_id = i.job_id AND r.attempt = i.attempt
-WHERE i.status <> 'started' AND (r.status IS NULL OR r.status = 'started')
-"""
-#: transaction-level advisory lock key shared by history writers ("bullrq-history")
-WRITE_LOCK = 0x62756C6C72716869
 
 
 def run_row(
@@ -117,54 +145,22 @@ def run_row(
     return json.dumps({k: v for k, v in row.items() if v is not None}, default=str)
 
 
-def _record(fields: dict) -> tuple:
-    """A stream entry's row as a tuple in COLUMNS order, ready for COPY."""
-    row = json.loads(fields[b"row"])
-    started, ended = row.get("started_at"), row.get("ended_at")
-    if isinstance(started, float | int) and isinstance(ended, float | int):
-        row["duration_ms"] = round((ended - started) * 1000, 3)
-    for name in ("enqueued_at", "started_at", "ended_at"):
-        value = row.get(name)
-        if isinstance(value, float | int):
-            row[name] = _timestamp(value)
-        elif isinstance(value, str):  # RQ's date format, written by the Lua scripts
-            row[name] = value.replace("Z", "+00:00") if value else None
-    row.setdefault("metadata", "{}")
-    if isinstance(row["metadata"], dict):
-        row["metadata"] = json.dumps(row["metadata"])
-    return tuple(row.get(column) for column in COLUMNS)
-
-
-def _timestamp(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}+00:00"
-
-
-def write_rows(conn: psycopg.Connection, records: list[tuple]) -> None:
-    """Upsert rows (tuples in COLUMNS order) and count newly finished attempts in the hourly rollup, in one
-    transaction: COPY into a temporary table, then one INSERT. Writers take turns (a transaction-level lock), so
-    an attempt that reaches its final status is counted exactly once, however often its row is replayed."""
+def write_rows(conn: psycopg.Connection, rows: list[bytes | str]) -> None:
+    """Upsert rows (the JSON texts of `run_row`) and count newly finished attempts in the hourly rollup, in one
+    transaction; PostgreSQL parses the rows, Python only copies their bytes. Writers take turns (a transaction
+    lock), so an attempt that reaches its final status is counted once, however often its row is replayed."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-        conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE job_runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with conn.cursor().copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for record in _last_per_attempt(records):
-                copy.write_row(record)
-        finishing = conn.execute(_NEWLY_FINISHED).fetchall()
+        for statement in _TEMP_TABLES:
+            conn.execute(statement)
+        with conn.cursor().copy("COPY incoming_raw (row) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((row.decode() if isinstance(row, bytes) else row,))
+        conn.execute(_TYPED)
+        conn.execute(_FINISHING)
+        for statement in rollup.add_sql("finishing"):
+            conn.execute(statement)
         conn.execute(_UPSERT)
-        rollup.add_finished(conn, finishing)
-
-
-def _last_per_attempt(records: list[tuple]) -> list[tuple]:
-    """One row per (job, attempt) within a batch (ON CONFLICT refuses two): the final one wins over "started"."""
-    chosen: dict[tuple, tuple] = {}
-    status_at = COLUMNS.index("status")
-    for record in records:
-        key = record[:2]
-        if key not in chosen or record[status_at] != "started":
-            chosen[key] = record
-    return list(chosen.values())
 
 
 def ensure_group(connection: Redis) -> None:
@@ -225,7 +221,15 @@ class HistoryWriter(threading.Thread):
             return 0
         if self._conn is None:
             self._conn = connect(self.database_url, autocommit=True)
-        write_rows(self._conn, [_record(fields) for _, fields in entries])
+        rows = [fields[b"row"] for _, fields in entries]
+        try:
+            write_rows(self._conn, rows)
+        except psycopg.DataError:  # a malformed row: write the others one by one, log and drop the bad one
+            for row in rows:
+                try:
+                    write_rows(self._conn, [row])
+                except psycopg.DataError as exc:
+                    logger.error("history: dropped a malformed row (%s): %.200r", _first_line(exc), row)
         ids = [entry_id for entry_id, _ in entries]
         with self.connection.pipeline() as pipe:
             pipe.xack(HISTORY_STREAM, GROUP, *ids)

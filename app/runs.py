@@ -107,21 +107,25 @@ def failure_rate(conn: psycopg.Connection, queue: str | None = None, hours: floa
 def duration_percentiles(conn: psycopg.Connection, queue: str | None = None, hours: float = 24) -> list[dict]:
     """Per queue over the last `hours`: p50, p95 and p99 of completed runs' durations in milliseconds (from the
     rollup's histogram, within 9 % of the exact values), and their mean."""
-    rows = _rollup(conn, "queue, sum(completed)::bigint AS runs, sum(duration_ms) AS total_ms, "
-                   "array_agg(array_to_string(buckets, ',')) AS histograms", queue, hours, "queue")
-    out = []
-    for row in rows:
-        merged = [0] * rollup.BUCKETS
-        for text in row["histograms"]:
-            for index, count in enumerate(text.split(",")):
-                merged[index] += int(count)
-        out.append({
-            "queue": row["queue"], "runs": row["runs"],
-            "mean": row["total_ms"] / row["runs"] if row["runs"] else None,
-            "p50": rollup.percentile(merged, 0.5), "p95": rollup.percentile(merged, 0.95),
-            "p99": rollup.percentile(merged, 0.99),
-        })  # fmt: skip
-    return out
+    totals = {r["queue"]: r for r in _rollup(conn, "queue, sum(completed)::bigint AS runs, sum(duration_ms) AS ms",
+                                             queue, hours, "queue")}
+    where = "hour >= %s" + (" AND queue = %s" if queue else "")
+    histograms: dict[str, dict[int, int]] = {}
+    for row in conn.execute(
+        f"SELECT queue, bucket, sum(runs)::bigint AS runs FROM job_runs_hourly_buckets WHERE {where} "
+        "GROUP BY queue, bucket",
+        [_since(hours)] + ([queue] if queue else []),
+    ):
+        histograms.setdefault(row["queue"], {})[row["bucket"]] = row["runs"]
+    return [
+        {
+            "queue": name,
+            "runs": row["runs"],
+            "mean": row["ms"] / row["runs"] if row["runs"] else None,
+            **{f"p{q}": rollup.percentile(histograms.get(name, {}), q / 100) for q in (50, 95, 99)},
+        }
+        for name, row in sorted(totals.items())
+    ]
 
 
 def delete_older_than(conn: psycopg.Connection, days: float, batch: int = 5000) -> int:

@@ -31,9 +31,10 @@ from rq.worker import Worker
 from app.config import redact
 from app.connections import redis_from_url
 from app.enqueue import enqueue, enqueue_many
+from app.migrate import apply_migrations
 from app.redis_scripts import SCRIPTS
 from app.servers import THROWAWAY_FLAG
-from queues import QueueKeys, get_queue_spec, job_key, queue_keys
+from queues import HISTORY_STREAM, QueueKeys, get_queue_spec, job_key, queue_keys
 
 TASK = "system.ping"
 #: jobs per `enqueue_many` call
@@ -126,12 +127,12 @@ def fill(conn: Redis, queue: str, n: int) -> None:
 class Workers:
     """`count` real worker processes of `queue`, stopped with SIGTERM on exit."""
 
-    def __init__(self, url: str, queue: str, count: int, logs: Path):
-        self.url, self.queue, self.count, self.logs = url, queue, count, logs
+    def __init__(self, url: str, queue: str, count: int, logs: Path, env: dict | None = None):
+        self.url, self.queue, self.count, self.logs, self.env = url, queue, count, logs, env or {}
         self.procs: list[tuple[subprocess.Popen, Path]] = []
 
     def __enter__(self) -> Workers:
-        env = {**os.environ, "REDIS_URL": self.url}
+        env = {**os.environ, "REDIS_URL": self.url, **self.env}
         for n in range(1, self.count + 1):
             log = self.logs / f"{self.queue}-{n}.log"
             argv = [sys.executable, "-m", "app.cli.workers", "run", self.queue, "--name", f"bench-{n}"]
@@ -220,13 +221,13 @@ class Bench:
             f"target >= {BULK_TARGET:,}/s: {met}",
         )
 
-    def drain(self, section: str, queue: str, workers: int, n: int, note: str = "") -> Row:
+    def drain(self, section: str, queue: str, workers: int, n: int, note: str = "", env: dict | None = None) -> Row:
         """Time `workers` processes draining `n` jobs that wait on the paused queue before the clock starts."""
         self.fresh()
         keys = queue_keys(queue)
         self.conn.set(keys.paused, "1")  # the workers must not start before every job waits and they are all up
         fill(self.conn, queue, n)
-        with Workers(self.url, queue, workers, self.logs) as procs:
+        with Workers(self.url, queue, workers, self.logs, env) as procs:
             procs.wait_registered(self.conn)
             start = time.perf_counter()
             with self.conn.pipeline() as pipe:
@@ -236,6 +237,12 @@ class Bench:
                 pipe.execute()
             done = procs.wait_drained(self.conn, keys, n)
             seconds = time.perf_counter() - start
+            if history_on(env):  # the run's rows must reach PostgreSQL too: say how long after the last job
+                while self.conn.xlen(HISTORY_STREAM):
+                    procs.check_alive()
+                    time.sleep(POLL)
+                lag = time.perf_counter() - start - seconds
+                note = (note + "; " if note else "") + f"history rows all in PostgreSQL {lag:.2f} s after the last job"
         return Row(section, queue, workers, n, done, seconds, done / seconds, note)
 
     def latency(self, m: int, queue: str = "harvest") -> Latency:
@@ -263,6 +270,11 @@ class Bench:
         return Latency(queue, m, len(ms), cuts[49], cuts[94], cuts[98], ms[-1])
 
 
+def history_on(env: dict | None) -> bool:
+    """Whether workers started with `env` write run history (a reachable DATABASE_URL and history not off)."""
+    return bool(os.environ.get("DATABASE_URL")) and (env or {}).get("BULLRQ_HISTORY", "1") != "0"
+
+
 def sync_drain(bench: Bench, n: int, budget: float) -> Row:
     """Drain `sync` with its whole policy on: concurrency cap, rate limit (N cut to fit `budget` seconds), retries."""
     spec = get_queue_spec("sync")
@@ -285,6 +297,7 @@ def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency]:
         bench.single_enqueue(n),
         bench.bulk_enqueue(n),
         bench.drain("drain, no limits", "harvest", 1, n),
+        bench.drain("drain, no limits, history off", "harvest", 1, n, env={"BULLRQ_HISTORY": "0"}),
         bench.drain("drain, no limits", "harvest", 2, n),
         sync_drain(bench, n, sizes.policy_budget),
         bench.drain("drain, fork per job", "documents", 1, sizes.fork_jobs, "isolation=fork"),
@@ -357,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bullrq-bench-") as logs:
         try:
             SCRIPTS.load(conn)
+            if os.environ.get("DATABASE_URL"):
+                apply_migrations(os.environ["DATABASE_URL"])  # history on: the workers write job_runs
             rows, latency = run_all(Bench(conn, url, Path(logs)), sizes)
         except RedisError as exc:
             print(f"error: Redis at {redact(url)} failed: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from app import control
 from app.db import connect
 from app.enqueue import enqueue, enqueue_many
 from app.errors import PermanentFailure
-from app.history import HistoryWriter, _record, run_row, write_rows
+from app.history import HistoryWriter, run_row, write_rows
 from app.jobs import fetch_job
 from app.leases import recover
 from app.migrate import apply_migrations
@@ -125,7 +125,7 @@ def test_replayed_and_late_rows_never_duplicate_or_regress(db):
     ended = run_row(job_id="j1", attempt=1, queue="sync", task="system.ping", status="completed",
                     started_at=now, ended_at=now + 0.5, result="ok")
     for batch in ([started], [ended], [started], [ended, started], [started, ended]):
-        write_rows(db, [_record({b"row": row.encode()}) for row in batch])
+        write_rows(db, batch)
     rows = list_runs(db, RunFilter(job_id="j1"))["runs"]
     assert [(r["attempt"], r["status"], r["duration_ms"]) for r in rows] == [(1, "completed", 500.0)]
     # the hourly rollup counted the attempt once, whatever the replays
@@ -139,7 +139,7 @@ def test_window_stats_come_from_the_rollup_and_match_the_rows(db):
         status = "failed" if n % 10 == 0 else "completed"
         rows.append(run_row(job_id=f"w{n}", attempt=1, queue="reports", task="system.ping", status=status,
                             started_at=now - n, ended_at=now - n + n / 100))
-    write_rows(db, [_record({b"row": row.encode()}) for row in rows])
+    write_rows(db, rows)
     [rate] = failure_rate(db, queue="reports", hours=1)
     assert (rate["total"], rate["failed"], rate["rate"]) == (200, 20, 0.1)
     assert sum(r["total"] for r in throughput_per_hour(db, hours=1)) == 200
@@ -211,8 +211,8 @@ def test_retention_deletes_exactly_what_is_due(redis_conn, database_url, db, mon
     ages = {"old-1": 90, "old-2": 61, "kept-1": 59, "kept-2": 1}
     for job_id, days in ages.items():
         stamp = (now - timedelta(days=days)).timestamp()
-        write_rows(db, [_record({b"row": run_row(job_id=job_id, attempt=1, queue="sync", task="system.ping",
-                                                  status="completed", started_at=stamp, ended_at=stamp).encode()})])
+        write_rows(db, [run_row(job_id=job_id, attempt=1, queue="sync", task="system.ping", status="completed",
+                                started_at=stamp, ended_at=stamp)])
     assert delete_older_than(db, 60, batch=1) == 2
     left = {r["job_id"] for r in list_runs(db)["runs"]}
     assert left == {"kept-1", "kept-2"}
@@ -222,3 +222,13 @@ def test_retention_deletes_exactly_what_is_due(redis_conn, database_url, db, mon
     build_worker(["cache-cleanup"], redis_conn, "retention").work(burst=True)
     assert fetch_job(job.id, redis_conn).return_value() == {"runs_deleted": 1, "jobs_deleted": 0}
     assert {r["job_id"] for r in list_runs(db)["runs"]} == {"kept-2"}
+
+
+def test_a_malformed_row_is_dropped_and_the_others_are_written(redis_conn, database_url, db):
+    good = run_row(job_id="good", attempt=1, queue="sync", task="system.ping", status="completed",
+                   started_at=time.time(), ended_at=time.time())
+    for row in (good, '{"job_id": "bad", "attempt": "not a number"}', "not json at all"):
+        redis_conn.xadd(HISTORY_STREAM, {"row": row})
+    assert _drain(redis_conn, database_url) == 3
+    assert [r["job_id"] for r in list_runs(db)["runs"]] == ["good"]
+    assert redis_conn.xlen(HISTORY_STREAM) == 0
