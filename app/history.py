@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -35,6 +36,8 @@ BATCH = 1000
 BLOCK = 0.5
 #: seconds after which rows read but not acknowledged by a (dead) consumer are claimed by another
 CLAIM_AFTER = 30
+#: seconds a writer lets a trickle of rows gather before writing them
+GATHER = 0.25
 #: characters kept of error messages, tracebacks and result summaries
 MAX_MESSAGE = 2000
 MAX_TRACEBACK = 8000
@@ -182,6 +185,8 @@ class HistoryWriter(threading.Thread):
         self._stopped = threading.Event()
         self._conn: psycopg.Connection | None = None
         self.written = 0
+        self._unsure = True  # at start: rows this consumer may have read before a restart
+        self._next_claim = 0.0
 
     def stop(self) -> None:
         self._stopped.set()
@@ -205,20 +210,28 @@ class HistoryWriter(threading.Thread):
                 backoff = min(backoff * 2, 10)
 
     def drain_once(self, block: float = BLOCK) -> int:
-        """Write one batch: this consumer's unacknowledged rows first, then rows claimed from dead consumers, then
-        new rows. Returns how many rows were written."""
-        ensure_group(self.connection)
-        entries = self._read("0", block=None)  # ours, read before a failure and not yet written
-        if not entries:
-            claimed = self.connection.xautoclaim(
+        """Write one batch: this consumer's unacknowledged rows first (after a failure), then rows claimed from
+        dead consumers (every CLAIM_AFTER seconds), then new rows. Returns how many rows were written."""
+        entries = []
+        if self._unsure:  # the last batch failed: its rows are still ours, pending
+            ensure_group(self.connection)
+            entries = self._read("0", block=None)
+        if not entries and time.monotonic() >= self._next_claim:
+            ensure_group(self.connection)
+            entries = self.connection.xautoclaim(
                 HISTORY_STREAM, GROUP, self.consumer, min_idle_time=CLAIM_AFTER * 1000, count=BATCH
-            )
-            entries = claimed[1]
+            )[1]
+            self._next_claim = time.monotonic() + CLAIM_AFTER / 3
         if not entries:
             entries = self._read(">", block=block)
+            if 0 < len(entries) < BATCH // 4 and block:
+                # a trickle: wait a moment so rows go in batches (fewer transactions), still well within 2 s
+                self._stopped.wait(GATHER)
+                entries += self._read(">", block=None, count=BATCH - len(entries))
         entries = [(entry_id, fields) for entry_id, fields in entries if fields]  # trimmed while pending
         if not entries:
             return 0
+        self._unsure = True
         if self._conn is None:
             self._conn = connect(self.database_url, autocommit=True)
         rows = [fields[b"row"] for _, fields in entries]
@@ -235,13 +248,20 @@ class HistoryWriter(threading.Thread):
             pipe.xack(HISTORY_STREAM, GROUP, *ids)
             pipe.xdel(HISTORY_STREAM, *ids)
             pipe.execute()
+        self._unsure = False
         self.written += len(entries)
         return len(entries)
 
-    def _read(self, start: str, block: float | None) -> list:
-        reply = self.connection.xreadgroup(
-            GROUP, self.consumer, {HISTORY_STREAM: start}, count=BATCH, block=int(block * 1000) if block else None
-        )
+    def _read(self, start: str, block: float | None, count: int = BATCH) -> list:
+        try:
+            reply = self.connection.xreadgroup(
+                GROUP, self.consumer, {HISTORY_STREAM: start}, count=count, block=int(block * 1000) if block else None
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            ensure_group(self.connection)  # the stream was deleted (Redis flushed): make it again
+            return []
         return reply[0][1] if reply else []
 
 

@@ -25,7 +25,7 @@ def test_quick_bench_runs_every_job_it_asks_for(redis_url):
 
     sections = report["sections"]
     assert [(s["queue"], s["workers"]) for s in sections] == [
-        ("harvest", 0), ("harvest", 0), ("harvest", 1), ("harvest", 2), ("sync", 2), ("documents", 1),
+        ("harvest", 0), ("harvest", 0), ("harvest", 1), ("harvest", 1), ("harvest", 2), ("sync", 2), ("documents", 1),
     ]  # fmt: skip
     assert [s["requested"] for s in sections[:4]] == [QUICK.jobs] * 4
     assert 0 < sections[4]["requested"] <= QUICK.jobs  # a rate limit on sync cuts its run to fit the time budget
