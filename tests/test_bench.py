@@ -27,9 +27,9 @@ def test_quick_bench_runs_every_job_it_asks_for(redis_url):
     assert [(s["queue"], s["workers"]) for s in sections] == [
         ("harvest", 0), ("harvest", 0), ("harvest", 1), ("harvest", 1), ("harvest", 2), ("sync", 2), ("documents", 1),
     ]  # fmt: skip
-    assert [s["requested"] for s in sections[:4]] == [QUICK.jobs] * 4
-    assert 0 < sections[4]["requested"] <= QUICK.jobs  # a rate limit on sync cuts its run to fit the time budget
-    assert sections[5]["requested"] == QUICK.fork_jobs
+    assert [s["requested"] for s in sections[:5]] == [QUICK.jobs] * 5
+    assert 0 < sections[5]["requested"] <= QUICK.jobs  # a rate limit on sync cuts its run to fit the time budget
+    assert sections[6]["requested"] == QUICK.fork_jobs
     for section in sections:
         assert section["jobs"] == section["requested"], section
         assert section["seconds"] > 0 and section["rate"] > 0, section
