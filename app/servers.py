@@ -124,17 +124,12 @@ def _wait_for_port(port: int, alive, log: Path) -> None:
     raise ServerError(f"server on port {port} did not start; log {log}:\n{tail}")
 
 
-class EmbeddedRedis:
-    """A redis-server on 127.0.0.1 with its data, log, pid and url files in `directory`."""
+class _LocalServer:
+    """What both servers share: a directory, a port kept between starts when it is still free, a url file."""
 
-    def __init__(self, directory: Path, port: int | None = None, persistent: bool = True):
+    def __init__(self, directory: Path, port: int | None = None):
         self.dir = Path(directory)
-        self.persistent = persistent  # append-only file: data kept across restarts (off for throwaway test servers)
         self._port = port
-
-    @property
-    def pid_file(self) -> Path:
-        return self.dir / "redis.pid"
 
     @property
     def url_file(self) -> Path:
@@ -146,6 +141,18 @@ class EmbeddedRedis:
             remembered = _read_int(self.dir / "port")
             self._port = remembered if remembered and _port_free(remembered) else free_port()
         return self._port
+
+
+class EmbeddedRedis(_LocalServer):
+    """A redis-server on 127.0.0.1 with its data, log, pid and url files in `directory`."""
+
+    def __init__(self, directory: Path, port: int | None = None, persistent: bool = True):
+        super().__init__(directory, port)
+        self.persistent = persistent  # append-only file: data kept across restarts (off for throwaway test servers)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "redis.pid"
 
     @property
     def url(self) -> str:
@@ -200,13 +207,12 @@ class EmbeddedRedis:
         self.pid_file.unlink(missing_ok=True)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_LocalServer):
     """A PostgreSQL cluster on 127.0.0.1 in `directory/data`, with user and database `bullrq`, password auth."""
 
     def __init__(self, directory: Path, port: int | None = None, durable: bool = True):
-        self.dir = Path(directory)
+        super().__init__(directory, port)
         self.durable = durable  # fsync on; throwaway test servers turn it off for speed
-        self._port = port
         self.bindir = find_pg_bindir()
 
     @property
@@ -214,19 +220,8 @@ class EmbeddedPostgres:
         return self.dir / "data"
 
     @property
-    def url_file(self) -> Path:
-        return self.dir / "url"
-
-    @property
     def password_file(self) -> Path:
         return self.dir / "password"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            remembered = _read_int(self.dir / "port")
-            self._port = remembered if remembered and _port_free(remembered) else free_port()
-        return self._port
 
     @property
     def url(self) -> str:

@@ -31,6 +31,12 @@ def _operate(call, *args, **kwargs):
         fail(str(exc), EXIT_USAGE)
 
 
+def _on_entry(operation, schedule_id: str, **changes) -> None:
+    """Run a schedule_store operation on one entry and print the entry as it is afterwards."""
+    with _db() as conn:
+        _show(_operate(operation, conn, schedule_id, **changes))
+
+
 def _when(moment) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "-"
 
@@ -68,24 +74,21 @@ def list_command(as_json):
 @click.argument("schedule_id")
 def show(schedule_id):
     """Print entry SCHEDULE_ID with its state as JSON."""
-    with _db() as conn:
-        _show(_operate(schedule_store.get_schedule, conn, schedule_id))
+    _on_entry(schedule_store.get_schedule, schedule_id)
 
 
 @schedules_group.command()
 @click.argument("schedule_id")
 def enable(schedule_id):
     """Switch entry SCHEDULE_ID on (until cleared)."""
-    with _db() as conn:
-        _show(_operate(schedule_store.set_overrides, conn, schedule_id, enabled=True))
+    _on_entry(schedule_store.set_overrides, schedule_id, enabled=True)
 
 
 @schedules_group.command()
 @click.argument("schedule_id")
 def disable(schedule_id):
     """Switch entry SCHEDULE_ID off (until cleared)."""
-    with _db() as conn:
-        _show(_operate(schedule_store.set_overrides, conn, schedule_id, enabled=False))
+    _on_entry(schedule_store.set_overrides, schedule_id, enabled=False)
 
 
 @schedules_group.command("set-cron")
@@ -93,8 +96,7 @@ def disable(schedule_id):
 @click.argument("cron")
 def set_cron(schedule_id, cron):
     """Fire entry SCHEDULE_ID on CRON instead of the declared one (until cleared)."""
-    with _db() as conn:
-        _show(_operate(schedule_store.set_overrides, conn, schedule_id, cron=cron))
+    _on_entry(schedule_store.set_overrides, schedule_id, cron=cron)
 
 
 @schedules_group.command("set-timezone")
@@ -102,24 +104,21 @@ def set_cron(schedule_id, cron):
 @click.argument("timezone")
 def set_timezone(schedule_id, timezone):
     """Read entry SCHEDULE_ID's cron in TIMEZONE (until cleared)."""
-    with _db() as conn:
-        _show(_operate(schedule_store.set_overrides, conn, schedule_id, timezone=timezone))
+    _on_entry(schedule_store.set_overrides, schedule_id, timezone=timezone)
 
 
 @schedules_group.command()
 @click.argument("schedule_id")
 def clear(schedule_id):
     """Drop entry SCHEDULE_ID's run-time overrides: back to schedules.yaml."""
-    with _db() as conn:
-        _show(_operate(schedule_store.clear_overrides, conn, schedule_id))
+    _on_entry(schedule_store.clear_overrides, schedule_id)
 
 
 @schedules_group.command()
 @click.argument("schedule_id")
 def reset(schedule_id):
     """Free entry SCHEDULE_ID when its run is stuck (the run is marked failed)."""
-    with _db() as conn:
-        _show(_operate(schedule_store.reset, conn, schedule_id))
+    _on_entry(schedule_store.reset, schedule_id)
 
 
 @schedules_group.command()

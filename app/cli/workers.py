@@ -120,6 +120,12 @@ def _stop(queues: list[str], timeout: float) -> None:
         click.echo(f"{daemon.name}: {outcome}" + (f" (pid {pid}{note})" if pid else ""))
 
 
+_timeout_option = click.option(
+    "--timeout", default=DEFAULT_STOP_TIMEOUT, type=click.FloatRange(min=0), show_default=True,
+    help="Seconds to let running jobs finish before the worker is killed (its job is requeued).",
+)  # fmt: skip
+
+
 @click.group()
 def cli():
     """Manage the worker processes of this machine (pid files and logs live in the run directory)."""
@@ -135,8 +141,7 @@ def start(queues):
 
 @cli.command()
 @click.argument("queues", nargs=-1)
-@click.option("--timeout", default=DEFAULT_STOP_TIMEOUT, type=click.FloatRange(min=0), show_default=True,
-              help="Seconds to let running jobs finish before the worker is killed (its job is requeued).")
+@_timeout_option
 @redis_option
 def stop(queues, timeout):
     """Stop the worker processes of QUEUES (all when none is named) after their current job."""
@@ -145,8 +150,7 @@ def stop(queues, timeout):
 
 @cli.command()
 @click.argument("queues", nargs=-1)
-@click.option("--timeout", default=DEFAULT_STOP_TIMEOUT, type=click.FloatRange(min=0), show_default=True,
-              help="Seconds to let running jobs finish before the worker is killed (its job is requeued).")
+@_timeout_option
 @redis_option
 def restart(queues, timeout):
     """Stop, then start again, the worker processes of QUEUES (all when none is named)."""

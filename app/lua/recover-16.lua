@@ -19,6 +19,17 @@ else
     if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. ':' then members[#members + 1] = member end
   end
 end
+-- The job ends for good: its status, the registry that keeps it for its failure TTL, its dedup key freed.
+local function end_job(job, id, status, text, registry)
+  local keep = tonumber(redis.call('HGET', job, 'failure_ttl') or '604800') or 604800
+  redis.call('HSET', job, 'status', status, 'ended_at', ARGV[2], 'exc_info', text)
+  redis.call('ZADD', registry, tonumber(ARGV[1]) + keep, id)
+  redis.call('EXPIRE', job, keep)
+  redis.call('HINCRBY', KEYS[4], status, 1)
+  local dedup = redis.call('HGET', job, 'dedup_key')
+  if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+end
+
 local out = {}
 for _, member in ipairs(members) do
   if redis.call('ZREM', KEYS[1], member) == 1 then
@@ -38,13 +49,7 @@ for _, member in ipairs(members) do
         redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[8], '*', 'row', cjson.encode(row))
       end
       if canceled then
-        local keep = tonumber(redis.call('HGET', job, 'failure_ttl') or '604800') or 604800
-        redis.call('HSET', job, 'status', 'canceled', 'ended_at', ARGV[2], 'exc_info', 'canceled while running')
-        redis.call('ZADD', KEYS[16], tonumber(ARGV[1]) + keep, id)
-        redis.call('EXPIRE', job, keep)
-        redis.call('HINCRBY', KEYS[4], 'canceled', 1)
-        local dedup = redis.call('HGET', job, 'dedup_key')
-        if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+        end_job(job, id, 'canceled', 'canceled while running', KEYS[16])
         out[#out + 1] = id
         out[#out + 1] = 'canceled'
       elseif ARGV[6] == '0' or left > 0 then
@@ -57,13 +62,7 @@ for _, member in ipairs(members) do
         out[#out + 1] = id
         out[#out + 1] = 'requeued'
       else
-        local keep = tonumber(redis.call('HGET', job, 'failure_ttl') or '604800') or 604800
-        redis.call('HSET', job, 'status', 'failed', 'ended_at', ARGV[2], 'exc_info', ARGV[7])
-        redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + keep, id)
-        redis.call('EXPIRE', job, keep)
-        redis.call('HINCRBY', KEYS[4], 'failed', 1)
-        local dedup = redis.call('HGET', job, 'dedup_key')
-        if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+        end_job(job, id, 'failed', ARGV[7], KEYS[2])
         out[#out + 1] = id
         out[#out + 1] = 'failed'
       end
