@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.results import Result
 from rq.worker import Worker, WorkerStatus
+from rq.worker_registration import unregister
 
 from app import progress
 from app.errors import (
@@ -481,8 +482,6 @@ def requeue_job_of_dead_worker(connection: Redis, worker: Worker) -> str | None:
     Returns:
         The id of the requeued job, or None when the worker was idle.
     """
-    from rq.worker_registration import unregister
-
     job_id = worker.get_current_job_id()
     with connection.pipeline() as pipe:
         unregister(worker, pipe)

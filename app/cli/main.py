@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 
 import click
 import psycopg
@@ -106,8 +107,6 @@ def web(host, port):
 @redis_option
 def scheduler():
     """Run a scheduler process: fires schedules.yaml's entries on time (one process active, others stand by)."""
-    import signal
-
     from app.scheduler import Scheduler
     from app.schedules import ScheduleError, load_schedules
 
