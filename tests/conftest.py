@@ -18,6 +18,8 @@ from click.testing import CliRunner
 
 from app.servers import THROWAWAY_FLAG
 
+#: the admin token of the `app` fixture
+TOKEN = "test-token-0123456789abcdef"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _REAL_REDIS_URL = os.environ.get("REDIS_URL") if os.environ.get(THROWAWAY_FLAG) else None
 _REAL_DATABASE_URL = os.environ.get("DATABASE_URL") if os.environ.get(THROWAWAY_FLAG) else None
@@ -85,7 +87,7 @@ def database_url():
 def app(redis_url, database_url):
     from app.web import create_app
 
-    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "DATABASE_URL": database_url})
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN})
     yield app
     pool = app.extensions.get("bullrq.db")
     if pool is not None:

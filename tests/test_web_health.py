@@ -22,7 +22,7 @@ def make_app(redis_url, database_url):
     apps = []
 
     def make(**overrides):
-        config = {"TESTING": True, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+        config = {"TESTING": True, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "ADMIN_TOKEN": "t" * 20}
         config.update(DATABASE_POOL_TIMEOUT=POOL_TIMEOUT, **overrides)
         apps.append(create_app(config))
         return apps[-1]

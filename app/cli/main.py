@@ -13,6 +13,7 @@ from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settin
 from app.cli.queues import jobs_group, queues_group
 from app.cli.schedules import schedules_group
 from app.enqueue import PRIORITIES, enqueue
+from app.errors import ConfigError
 from app.logs import configure_logging
 from app.migrate import apply_migrations, migration_status
 
@@ -100,7 +101,11 @@ def web(host, port):
     config = settings()
     configure_logging(config.log_format)
     _migrate()  # under the advisory lock: several web processes may start at once
-    run_simple(host, port, create_app(), threaded=True, use_reloader=False)
+    try:
+        application = create_app()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    run_simple(host, port, application, threaded=True, use_reloader=False)
 
 
 @cli.command()

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app.config import load_settings
+from app.config import ensure_admin_token, load_settings
 from app.connections import redis_from_url
-from app.web import db, health
+from app.errors import ConfigError
+from app.web import admin, db, errors, health
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the web app; `test_config` overrides settings (tests pass `{"TESTING": True, ...}`)."""
+    """Build the web app; `test_config` overrides settings (tests pass `{"TESTING": True, ...}`).
+
+    Raises:
+        ConfigError: no admin token is configured outside dev mode (DEBUG=1 generates one into the run directory).
+    """
     app = Flask(__name__)
     settings = load_settings()
-    app.config.from_mapping(SETTINGS=settings, REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url)
+    app.config.from_mapping(
+        SETTINGS=settings,
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
+        ADMIN_TOKEN=settings.admin_token or (ensure_admin_token(settings) if settings.debug else None),
+    )
     if test_config:
         app.config.update(test_config)
+    if not app.config["ADMIN_TOKEN"]:
+        raise ConfigError("ADMIN_TOKEN is not set: the admin API needs a token outside dev mode (DEBUG=1)")
     app.extensions["bullrq.redis"] = redis_from_url(app.config["REDIS_URL"])
     db.init_app(app)
+    errors.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
     return app

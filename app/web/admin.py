@@ -1,0 +1,196 @@
+"""The admin API (SPEC "Admin HTTP API"): worker and queue controls, job creation and inspection."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app import control
+from app.connections import ping
+from app.enqueue import enqueue
+from app.errors import InvalidJobError
+from app.jobs import describe_job, fetch_job
+from app.runs import failure_rate
+from app.schedule_store import sync_declared
+from app.schedules import ScheduleError, load_schedules
+from app.stats import queue_stats
+from app.web.auth import require_token
+from app.web.db import get_db
+from app.web.errors import ApiError
+from queues import get_queue_spec, queue_names
+
+bp = Blueprint("admin", __name__, url_prefix="/api/admin")
+bp.before_request(require_token)
+
+#: health thresholds: a queue with more waiting jobs, or a failure rate over the last hour above this, is degraded
+BACKLOG_LIMIT = 10_000
+FAILURE_RATE_LIMIT = 0.2
+
+
+def _redis():
+    return current_app.extensions["bullrq.redis"]
+
+
+def _body() -> dict:
+    """The request's JSON object; a body that is not one is a 400 saying so."""
+    if not request.get_data():
+        return {}
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+def _queues(name) -> list[str]:
+    """The queue named (validated), or every queue when none is."""
+    if name in (None, ""):
+        return queue_names()
+    if not isinstance(name, str):
+        raise ApiError(400, "invalid_request", "queueName must be a string")
+    return [get_queue_spec(name).name]
+
+
+def _create_job(body: dict):
+    """Create a job of a registered type: 201 with its id, or 200 with the earlier job's id on a dedup hit."""
+    task_type = body.get("type")
+    if not isinstance(task_type, str):
+        raise ApiError(400, "invalid_request", "'type' (a registered task type) is required")
+    unknown = sorted(set(body) - {"type", "data", "options"})
+    if unknown:
+        raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r}; fields: type, data, options")
+    job = enqueue(_redis(), task_type, body.get("data") or {}, body.get("options"))
+    return jsonify(jobId=job.id, queue=job.origin, type=job.func_name, created=job.created), (
+        201 if job.created else 200
+    )
+
+
+@bp.get("/workers")
+def workers_get():
+    """Queue statistics (`action=stats`), a health verdict (`health-check`) or both with history (`detailed-stats`)."""
+    action = request.args.get("action", "stats")
+    if action == "stats":
+        return jsonify(queue_stats(_redis()))
+    if action == "health-check":
+        report, status = _health()
+        return jsonify(report), status
+    if action == "detailed-stats":
+        report = queue_stats(_redis())
+        report["failure_rate_24h"] = {row["queue"]: row for row in failure_rate(get_db(), hours=24)}
+        report["health"], _ = _health(report)
+        return jsonify(report)
+    raise ApiError(400, "unknown_action", f"unknown action {action!r}", {"valid": ["stats", "health-check",
+                                                                               "detailed-stats"]})
+
+
+def _health(stats: dict | None = None) -> tuple[dict, int]:
+    checks, problems = {}, []
+    try:
+        checks["redis"] = {"ok": True, "latency_ms": round(ping(_redis()), 2)}
+        stats = stats or queue_stats(_redis())
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unhealthy", reported as such
+        checks["redis"] = {"ok": False, "error": str(exc)}
+        return {"status": "unhealthy", "checks": checks, "problems": ["redis unreachable"]}, 503
+    try:
+        rates = {row["queue"]: row["rate"] for row in failure_rate(get_db(), hours=1)}
+        checks["postgres"] = {"ok": True}
+    except Exception as exc:  # noqa: BLE001
+        checks["postgres"] = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        return {"status": "unhealthy", "checks": checks, "problems": ["postgres unreachable"]}, 503
+    for name, queue in stats["queues"].items():
+        if queue["workers"] == 0:
+            problems.append(f"{name}: no worker")
+        if queue["waiting"] > BACKLOG_LIMIT:
+            problems.append(f"{name}: {queue['waiting']} jobs waiting")
+        if rates.get(name, 0) > FAILURE_RATE_LIMIT:
+            problems.append(f"{name}: {rates[name]:.0%} of runs failed in the last hour")
+    checks["queues"] = {name: {"workers": q["workers"], "waiting": q["waiting"], "paused": q["paused"],
+                               "failure_rate_1h": rates.get(name, 0.0)} for name, q in stats["queues"].items()}
+    return {"status": "degraded" if problems else "healthy", "checks": checks, "problems": problems,
+            "time": time.time()}, 200
+
+
+@bp.post("/workers")
+def workers_post():
+    """A control action on one queue or all (`{"action", "queueName"?}`), or a new job (`{"type", "data"}`)."""
+    body = _body()
+    if "type" in body:
+        return _create_job(body)
+    action = body.get("action")
+    queues = _queues(body.get("queueName"))
+    redis = _redis()
+    if action == "pause":
+        for queue in queues:
+            control.pause(redis, queue)
+        return jsonify(action=action, queues=queues)
+    if action == "resume":
+        for queue in queues:
+            control.resume(redis, queue)
+        return jsonify(action=action, queues=queues)
+    if action == "retry-failed":
+        ids = body.get("jobIds")
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+            raise ApiError(400, "invalid_request", "jobIds must be a list of job ids")
+        requeued = {queue: control.retry_failed(redis, queue, ids) for queue in queues}
+        return jsonify(action=action, requeued={q: len(ids) for q, ids in requeued.items()})
+    if action == "clean":
+        state = body.get("state", "completed")
+        grace, limit = body.get("grace", 0), body.get("limit")
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            raise ApiError(400, "invalid_request", "grace must be a number of seconds >= 0")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ApiError(400, "invalid_request", "limit must be a whole number >= 1")
+        removed = {queue: control.clean(redis, queue, state, grace, limit) for queue in queues}
+        return jsonify(action=action, state=state, removed=removed)
+    if action == "setup-recurring":
+        settings = current_app.config["SETTINGS"]
+        try:
+            entries = load_schedules(settings.schedules_file, settings.timezone)
+        except ScheduleError as exc:
+            raise ApiError(400, "invalid_schedules", str(exc)) from None
+        sync_declared(get_db(), entries)
+        return jsonify(action=action, schedules=[entry.id for entry in entries])
+    raise ApiError(400, "unknown_action", f"unknown action {action!r}",
+                   {"valid": ["pause", "resume", "retry-failed", "clean", "setup-recurring"]})
+
+
+@bp.delete("/workers")
+def workers_delete():
+    """Empty one queue or all (waiting and delayed jobs); outside dev mode `?force=true` is required."""
+    if not current_app.config["SETTINGS"].debug and request.args.get("force") != "true":
+        raise ApiError(400, "force_required", "emptying queues deletes waiting jobs: add ?force=true")
+    queues = _queues(request.args.get("queueName"))
+    return jsonify(removed={queue: control.empty(_redis(), queue) for queue in queues})
+
+
+@bp.get("/jobs/stats")
+def jobs_stats():
+    """Queue statistics (the same document as `/workers?action=stats`)."""
+    return jsonify(queue_stats(_redis()))
+
+
+@bp.post("/jobs")
+def jobs_create():
+    """Create a job of a registered task type."""
+    return _create_job(_body())
+
+
+@bp.get("/jobs/<job_id>")
+def job_show(job_id: str):
+    """One job: type, queue, status (Bull's names), progress, attempts, result or error."""
+    job = fetch_job(job_id, _redis())
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)")
+    return jsonify(describe_job(job))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def job_cancel(job_id: str):
+    """Cancel a job: waiting or delayed at once, running through its worker."""
+    try:
+        outcome = control.cancel(_redis(), job_id)
+    except InvalidJobError:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)") from None
+    return jsonify(jobId=job_id, outcome=outcome)
