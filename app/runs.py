@@ -37,6 +37,7 @@ class RunFilter:
     since: datetime | None = None
     until: datetime | None = None
     error_text: str | None = None  #: case-insensitive substring of the error message
+    name: str | None = None  #: a task type or a schedule id (the API's `jobName`)
 
     def where(self) -> tuple[sql.Composable, list]:
         clauses, params = [], []
@@ -51,6 +52,9 @@ class RunFilter:
         if self.until is not None:
             clauses.append(sql.SQL("started_at < %s"))
             params.append(self.until)
+        if self.name is not None:
+            clauses.append(sql.SQL("(task = %s OR schedule_id = %s)"))
+            params += [self.name, self.name]
         if self.error_text:
             clauses.append(sql.SQL("error_message ILIKE %s"))
             params.append("%" + self.error_text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%")

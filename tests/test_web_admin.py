@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import psycopg
 import pytest
 
 from app.migrate import apply_migrations
@@ -145,3 +148,67 @@ def test_redis_down_is_a_503_json_error(app, client):
     _error(client.get("/api/admin/workers?action=stats", headers=AUTH), 503, "redis_unavailable")
     health = client.get("/api/admin/workers?action=health-check", headers=AUTH)
     assert health.status_code == 503 and health.get_json()["status"] == "unhealthy"
+
+
+SCHEDULES = """
+schedules:
+  - id: nightly
+    task: system.ping
+    queue: harvest
+    cron: "0 3 * * *"
+    args: {echo: night}
+"""
+
+
+def test_schedules_over_http(api, app, tmp_path, redis_conn, database_url):
+    path = tmp_path / "schedules.yaml"
+    path.write_text(SCHEDULES)
+    app.config["SETTINGS"] = dataclasses.replace(app.config["SETTINGS"], schedules_file=path)
+    setup = api.post("/api/admin/workers", headers=AUTH, json={"action": "setup-recurring"})
+    assert setup.get_json() == {"action": "setup-recurring", "schedules": ["nightly"]}
+
+    [entry] = api.get("/api/admin/jobs/schedules", headers=AUTH).get_json()["schedules"]
+    assert (entry["id"], entry["effective_cron"], entry["effective_enabled"]) == ("nightly", "0 3 * * *", True)
+    patched = api.patch("/api/admin/jobs/schedules/nightly", headers=AUTH,
+                        json={"cron_expression": "30 4 * * *", "timezone": "Europe/Lisbon", "is_active": False})
+    assert patched.status_code == 200
+    assert (patched.get_json()["effective_cron"], patched.get_json()["effective_enabled"]) == ("30 4 * * *", False)
+    _error(api.patch("/api/admin/jobs/schedules/nightly", headers=AUTH, json={"cron_expression": "99 * * * *"}),
+           400, "invalid_request")
+    _error(api.patch("/api/admin/jobs/schedules/nightly", headers=AUTH, json={"timezone": "Mars/Base"}),
+           400, "invalid_request")
+    _error(api.get("/api/admin/jobs/schedules/nope", headers=AUTH), 404, "schedule_not_found")
+
+    run = api.post("/api/admin/jobs/schedules/nightly/run", headers=AUTH)
+    assert run.status_code == 201
+    _error(api.post("/api/admin/jobs/schedules/nightly/run", headers=AUTH), 409, "already_running")
+    build_worker(["harvest"], redis_conn, "api-sched", database_url).work(burst=True)
+    from app.history import HistoryWriter
+
+    writer = HistoryWriter(redis_conn, database_url, "api-test")
+    while writer.drain_once(block=0.05):
+        pass
+    history = api.get("/api/admin/jobs/schedules/nightly/history", headers=AUTH).get_json()
+    assert [(r["status"], r["schedule_id"]) for r in history["runs"]] == [("completed", "nightly")]
+    assert api.get("/api/admin/jobs/logs?jobName=nightly&limit=5", headers=AUTH).get_json()["runs"][0]["status"] == (
+        "completed"
+    )
+    latest = api.get("/api/admin/jobs/logs/system.ping/latest", headers=AUTH).get_json()
+    assert latest["job_id"] == run.get_json()["jobId"]
+    _error(api.get("/api/admin/jobs/logs?limit=500", headers=AUTH), 400, "invalid_request")
+    status = api.get("/api/admin/jobs/status", headers=AUTH).get_json()["schedules"]
+    assert status[0]["latest_run"]["status"] == "completed" and status[0]["total_runs"] == 1
+    reset = api.post("/api/admin/jobs/schedules/nightly/reset", headers=AUTH)
+    assert reset.status_code == 200
+
+
+def test_state_changes_are_audited_without_the_token(api, database_url):
+    api.post("/api/admin/workers", headers=AUTH, json={"action": "pause", "queueName": "sync"})
+    api.post("/api/admin/workers", headers={"Authorization": "Bearer wrong-token-000000000"}, json={"action": "resume"})
+    api.get("/api/admin/workers?action=stats", headers=AUTH)  # reads are not audited
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT actor, method, path, status, request FROM audit_log ORDER BY id").fetchall()
+    assert [(r[1], r[2], r[3]) for r in rows] == [("POST", "/api/admin/workers", 200),
+                                                  ("POST", "/api/admin/workers", 401)]
+    assert rows[0][4] == {"action": "pause", "queueName": "sync"} and rows[0][0].startswith("token:")
+    assert rows[0][0] != rows[1][0] and all(TOKEN not in str(row) for row in rows)

@@ -7,7 +7,12 @@ from flask import Flask
 from app.config import ensure_admin_token, load_settings
 from app.connections import redis_from_url
 from app.errors import ConfigError
-from app.web import admin, db, errors, health
+from app.web import admin, db, errors, health, schedules_api
+from app.web.json import ApiJSONProvider
+
+
+class _App(Flask):
+    json_provider_class = ApiJSONProvider
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -16,7 +21,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     Raises:
         ConfigError: no admin token is configured outside dev mode (DEBUG=1 generates one into the run directory).
     """
-    app = Flask(__name__)
+    app = _App(__name__)
     settings = load_settings()
     app.config.from_mapping(
         SETTINGS=settings,
@@ -33,4 +38,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(schedules_api.bp)
     return app

@@ -15,6 +15,7 @@ from app.runs import failure_rate
 from app.schedule_store import sync_declared
 from app.schedules import ScheduleError, load_schedules
 from app.stats import queue_stats
+from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
@@ -22,6 +23,7 @@ from queues import get_queue_spec, queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_token)
+bp.after_request(audit.record)
 
 #: health thresholds: a queue with more waiting jobs, or a failure rate over the last hour above this, is degraded
 BACKLOG_LIMIT = 10_000

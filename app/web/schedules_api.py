@@ -1,0 +1,124 @@
+"""The admin API for recurring entries and run history: `/api/admin/jobs/schedules...`, `/jobs/logs...`,
+`/jobs/status`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app import schedule_store
+from app.runs import MAX_LIMIT, RunFilter, latest_run, list_runs
+from app.web import audit
+from app.web.auth import require_token
+from app.web.db import get_db
+from app.web.errors import ApiError
+
+bp = Blueprint("admin_schedules", __name__, url_prefix="/api/admin/jobs")
+bp.before_request(require_token)
+bp.after_request(audit.record)
+
+_PATCHABLE = {"cron_expression", "timezone", "is_active"}
+
+
+def _schedule(schedule_id: str) -> dict:
+    try:
+        return schedule_store.get_schedule(get_db(), schedule_id)
+    except schedule_store.UnknownScheduleError as exc:
+        raise ApiError(404, "schedule_not_found", str(exc)) from None
+
+
+def _page() -> tuple[int, int]:
+    try:
+        limit = int(request.args.get("limit", 50))
+        offset = int(request.args.get("offset", 0))
+    except ValueError:
+        raise ApiError(400, "invalid_request", "limit and offset must be whole numbers") from None
+    if not 1 <= limit <= MAX_LIMIT or offset < 0:
+        raise ApiError(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and offset >= 0")
+    return limit, offset
+
+
+@bp.get("/schedules")
+def schedules():
+    """Every recurring entry with its declared and effective cron, state, last and next run."""
+    return jsonify(schedules=schedule_store.list_schedules(get_db()))
+
+
+@bp.get("/schedules/<schedule_id>")
+def schedule(schedule_id: str):
+    """One recurring entry."""
+    return jsonify(_schedule(schedule_id))
+
+
+@bp.patch("/schedules/<schedule_id>")
+def schedule_patch(schedule_id: str):
+    """Change an entry at run time: `cron_expression`, `timezone`, `is_active` (kept until cleared)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not body:
+        raise ApiError(400, "invalid_json", "send a JSON object with cron_expression, timezone or is_active")
+    unknown = sorted(set(body) - _PATCHABLE)
+    if unknown:
+        raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(_PATCHABLE))}")
+    active = body.get("is_active")
+    if active is not None and not isinstance(active, bool):
+        raise ApiError(400, "invalid_request", "is_active must be true or false")
+    for field in ("cron_expression", "timezone"):
+        if body.get(field) is not None and not isinstance(body[field], str):
+            raise ApiError(400, "invalid_request", f"{field} must be a string")
+    _schedule(schedule_id)
+    row = schedule_store.set_overrides(
+        get_db(), schedule_id, enabled=active, cron=body.get("cron_expression"), timezone=body.get("timezone")
+    )
+    return jsonify(row)
+
+
+@bp.post("/schedules/<schedule_id>/run")
+def schedule_run(schedule_id: str):
+    """Run an entry now, outside its cron (409 while a run of it is going)."""
+    row = _schedule(schedule_id)
+    job_id = schedule_store.fire(get_db(), current_app.extensions["bullrq.redis"], row, slot=None, next_run_at=None)
+    if job_id is None:
+        raise ApiError(409, "already_running", f"schedule {schedule_id!r} is running already",
+                       {"jobId": row["current_job_id"]})
+    return jsonify(jobId=job_id, schedule=schedule_id), 201
+
+
+@bp.post("/schedules/<schedule_id>/reset")
+def schedule_reset(schedule_id: str):
+    """Free an entry whose run is stuck."""
+    _schedule(schedule_id)
+    return jsonify(schedule_store.reset(get_db(), schedule_id))
+
+
+@bp.get("/schedules/<schedule_id>/history")
+def schedule_history(schedule_id: str):
+    """An entry's runs, newest first."""
+    _schedule(schedule_id)
+    limit, offset = _page()
+    return jsonify(list_runs(get_db(), RunFilter(schedule_id=schedule_id), limit, offset))
+
+
+@bp.get("/logs")
+def logs():
+    """Runs, newest first; `jobName` selects a task type or a schedule id; `limit` (max 100) and `offset` page."""
+    limit, offset = _page()
+    name = request.args.get("jobName") or None
+    return jsonify(list_runs(get_db(), RunFilter(name=name), limit, offset))
+
+
+@bp.get("/logs/<name>/latest")
+def logs_latest(name: str):
+    """The latest run of a task type or schedule id."""
+    run = latest_run(get_db(), RunFilter(name=name))
+    if run is None:
+        raise ApiError(404, "no_runs", f"no run of {name!r} yet")
+    return jsonify(run)
+
+
+@bp.get("/status")
+def status():
+    """Every recurring entry with its latest run and total runs."""
+    db = get_db()
+    entries = schedule_store.list_schedules(db)
+    return jsonify(schedules=[
+        {**entry, "latest_run": latest_run(db, RunFilter(schedule_id=entry["id"]))} for entry in entries
+    ])  # fmt: skip
