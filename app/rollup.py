@@ -55,6 +55,11 @@ def _bounds(index: int) -> tuple[float, float]:
     return BASE * GROWTH ** (index - 1), BASE * GROWTH**index
 
 
+def upper_bound(index: int) -> float:
+    """The upper end of bucket `index`, in milliseconds."""
+    return _bounds(index)[1]
+
+
 def percentile(buckets: dict[int, int], fraction: float) -> float | None:
     """The `fraction` quantile (0..1) of a histogram {bucket: runs}, interpolated inside its bucket."""
     total = sum(buckets.values())

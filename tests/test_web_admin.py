@@ -212,3 +212,33 @@ def test_state_changes_are_audited_without_the_token(api, database_url):
                                                   ("POST", "/api/admin/workers", 401)]
     assert rows[0][4] == {"action": "pause", "queueName": "sync"} and rows[0][0].startswith("token:")
     assert rows[0][0] != rows[1][0] and all(TOKEN not in str(row) for row in rows)
+
+
+def test_metrics_in_prometheus_text(api, redis_conn, database_url):
+    from app.history import HistoryWriter
+
+    for n in range(4):
+        api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "data": {"echo": n},
+                                                        "options": {"queue": "reports"}})  # fmt: skip
+    build_worker(["reports"], redis_conn, "metrics-test", database_url).work(burst=True)
+    writer = HistoryWriter(redis_conn, database_url, "metrics-test")
+    while writer.drain_once(block=0.05):
+        pass
+    api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "options": {"queue": "reports"}})
+
+    _error(api.get("/metrics"), 401, "unauthorized")
+    response = api.get("/metrics", headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    lines = response.get_data(as_text=True).splitlines()
+    assert 'bullrq_queue_jobs{queue="reports",state="waiting"} 1' in lines
+    assert 'bullrq_queue_jobs{queue="reports",state="completed"} 4' in lines
+    assert 'bullrq_jobs_processed_total{queue="reports",task="system.ping"} 4' in lines
+    assert 'bullrq_jobs_failed_total{queue="reports",task="system.ping"} 0' in lines
+    assert 'bullrq_job_duration_seconds_bucket{queue="reports",le="+Inf"} 4' in lines
+    assert 'bullrq_job_duration_seconds_count{queue="reports"} 4' in lines
+    buckets = [int(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith('bullrq_job_duration_seconds_bucket{queue="reports"')]  # fmt: skip
+    assert buckets == sorted(buckets)  # cumulative
+    [memory] = [line for line in lines if line.startswith("bullrq_redis_memory_bytes ")]
+    assert int(memory.split()[1]) > 0
+    assert all(line.startswith(("# HELP", "# TYPE", "bullrq_")) for line in lines)

@@ -7,7 +7,7 @@ from flask import Flask
 from app.config import ensure_admin_token, load_settings
 from app.connections import redis_from_url
 from app.errors import ConfigError
-from app.web import admin, db, errors, health, schedules_api
+from app.web import admin, db, errors, health, metrics, schedules_api
 from app.web.json import ApiJSONProvider
 
 
@@ -39,4 +39,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(schedules_api.bp)
+    app.register_blueprint(metrics.bp)
     return app
