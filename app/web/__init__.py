@@ -7,7 +7,7 @@ from flask import Flask
 from app.config import ensure_admin_token, load_settings
 from app.connections import redis_from_url
 from app.errors import ConfigError
-from app.web import admin, db, errors, health, metrics, schedules_api
+from app.web import admin, auth, dashboard, db, errors, health, metrics, schedules_api
 from app.web.json import ApiJSONProvider
 
 
@@ -33,6 +33,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(test_config)
     if not app.config["ADMIN_TOKEN"]:
         raise ConfigError("ADMIN_TOKEN is not set: the admin API needs a token outside dev mode (DEBUG=1)")
+    app.config.update(
+        SECRET_KEY=auth.secret_key(app.config["ADMIN_TOKEN"]),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="bullrq_session",
+    )
     app.extensions["bullrq.redis"] = redis_from_url(app.config["REDIS_URL"])
     db.init_app(app)
     errors.init_app(app)
@@ -40,4 +46,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(schedules_api.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(auth.bp)
+    dashboard.init_app(app)
     return app
