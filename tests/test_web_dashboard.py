@@ -51,4 +51,4 @@ def test_login_sets_a_strict_httponly_cookie_and_guards_changes_by_origin(client
 
 def test_login_never_redirects_off_site(client):
     response = client.post("/login?next=//evil.example/x", data={"token": TOKEN})
-    assert response.headers["Location"].endswith("/api/admin/queues/")
+    assert response.headers["Location"].endswith("/admin/")

@@ -7,7 +7,7 @@ from flask import Flask
 from app.config import ensure_admin_token, load_settings
 from app.connections import redis_from_url
 from app.errors import ConfigError
-from app.web import admin, auth, dashboard, db, errors, health, metrics, schedules_api
+from app.web import admin, auth, dashboard, db, errors, health, metrics, pages, schedules_api
 from app.web.json import ApiJSONProvider
 
 
@@ -47,5 +47,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(schedules_api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(auth.bp)
+    app.register_blueprint(pages.bp)
     dashboard.init_app(app)
     return app

@@ -74,7 +74,7 @@ def _local(target: str | None) -> str:
     """Only redirect within this site after signing in."""
     if target and target.startswith("/") and not target.startswith("//"):
         return target
-    return "/api/admin/queues/"
+    return "/admin/"
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -6,7 +6,15 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from app import schedule_store
-from app.runs import MAX_LIMIT, RunFilter, latest_run, list_runs
+from app.runs import (
+    MAX_LIMIT,
+    RunFilter,
+    duration_percentiles,
+    failure_rate,
+    latest_run,
+    list_runs,
+    throughput_per_hour,
+)
 from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
@@ -112,6 +120,25 @@ def logs_latest(name: str):
     if run is None:
         raise ApiError(404, "no_runs", f"no run of {name!r} yet")
     return jsonify(run)
+
+
+@bp.get("/history-stats")
+def history_stats():
+    """Throughput per hour, failure rate and duration percentiles per queue over the last `hours` (default 24)."""
+    try:
+        hours = float(request.args.get("hours", 24))
+    except ValueError:
+        raise ApiError(400, "invalid_request", "hours must be a number") from None
+    if not 1 <= hours <= 24 * 90:
+        raise ApiError(400, "invalid_request", "hours must be from 1 to 2160")
+    queue = request.args.get("queue") or None
+    db = get_db()
+    return jsonify(
+        hours=hours,
+        throughput=throughput_per_hour(db, queue, hours),
+        failure_rate=failure_rate(db, queue, hours),
+        durations=duration_percentiles(db, queue, hours),
+    )
 
 
 @bp.get("/status")

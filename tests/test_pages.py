@@ -1,0 +1,106 @@
+"""The product's pages in a real headless Chromium (Debian's, driven by Playwright) against the real servers."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from app.enqueue import enqueue
+from app.migrate import apply_migrations
+from app.servers import free_port
+from queues import queue_keys, queue_names
+from tests.conftest import IN_CI, TOKEN
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        message = "needs Debian's chromium (.ci/run installs it as root)"
+        if IN_CI:
+            pytest.fail(f"{message}; in CI (CI=true) a missing browser is a failure, not a skip")
+        pytest.skip(f"{message} (skipped outside CI only)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def site(app, database_url, tmp_path):
+    """The app served over real HTTP on a free loopback port."""
+    apply_migrations(database_url)
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text("schedules:\n  - id: nightly\n    task: system.ping\n    queue: harvest\n"
+                         "    cron: \"0 3 * * *\"\n")  # fmt: skip
+    app.config["SETTINGS"] = dataclasses.replace(app.config["SETTINGS"], schedules_file=schedules)
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+
+
+def _sign_in(page, site: str) -> None:
+    page.goto(f"{site}/admin/")
+    assert "/login" in page.url
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_selector("body[data-loaded=true]")
+
+
+def test_sign_in_then_pause_and_resume_a_queue(browser, site, redis_conn):
+    page = browser.new_page()
+    page.goto(f"{site}/admin/")
+    page.fill("#token", "not-the-right-token-000")
+    page.click("button[type=submit]")
+    assert page.locator("[role=alert]").inner_text() == "That token is not valid."
+    _sign_in(page, site)
+    assert page.locator("#queues tbody tr").count() == len(queue_names())
+
+    page.click("#queues tr[data-queue=sync] button")
+    page.wait_for_selector("#queues tr[data-queue=sync] .paused")
+    assert redis_conn.exists(queue_keys("sync").paused)
+    assert "sync: paused" in page.locator("#status").inner_text()
+    page.click("#queues tr[data-queue=sync] button")
+    page.wait_for_function("!document.querySelector('#queues tr[data-queue=sync] .paused')")
+    assert not redis_conn.exists(queue_keys("sync").paused)
+
+
+def test_schedules_can_be_disabled_and_run_now(browser, site, client, redis_conn):
+    client.post("/api/admin/workers", headers={"Authorization": f"Bearer {TOKEN}"},
+                json={"action": "setup-recurring"})  # fmt: skip
+    page = browser.new_page()
+    _sign_in(page, site)
+    row = "#schedules tr[data-schedule=nightly]"
+    page.wait_for_selector(row)
+    page.click(f"{row} button:text('Run now')")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('started job')")
+    assert len(redis_conn.lrange(queue_keys("harvest").queue, 0, -1)) == 1
+    page.click(f"{row} button:text('Disable')")
+    page.wait_for_selector(f"{row} button:text('Enable')")
+    assert "disabled" in page.locator(row).inner_text()
+
+
+def test_job_data_with_markup_renders_inert(browser, site, redis_conn):
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    job = enqueue(redis_conn, "system.ping", {"echo": hostile}, {"queue": "sync"})
+    page = browser.new_page()
+    _sign_in(page, site)
+    page.fill("#job-id", job.id)
+    page.click("#search button")
+    page.wait_for_function("document.querySelector('#job').textContent.includes('onerror')")
+    assert hostile.replace('"', '\\"') in page.locator("#job").inner_text()
+    assert page.locator("#job img").count() == 0 and page.evaluate("window.pwned") is None
