@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import psycopg
 import pytest
@@ -242,3 +243,17 @@ def test_metrics_in_prometheus_text(api, redis_conn, database_url):
     [memory] = [line for line in lines if line.startswith("bullrq_redis_memory_bytes ")]
     assert int(memory.split()[1]) > 0
     assert all(line.startswith(("# HELP", "# TYPE", "bullrq_")) for line in lines)
+
+
+def test_the_openapi_document_describes_every_admin_route(app, client):
+    document = client.get("/api/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    documented = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
+    served = set()
+    for rule in app.url_map.iter_rules():
+        ours = rule.rule.startswith("/api/admin") or rule.rule == "/metrics"
+        if not ours or rule.rule.startswith("/api/admin/queues"):  # rq-dashboard documents itself
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        served |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert served == documented
