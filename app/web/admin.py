@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 
+import yaml
 from flask import Blueprint, current_app, jsonify, request
 
 from app import control
@@ -67,6 +70,17 @@ def _create_job(body: dict):
     return jsonify(jobId=job.id, queue=job.origin, type=job.func_name, created=job.created), (
         201 if job.created else 200
     )
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI document of this API."""
+    return jsonify(_openapi())
+
+
+@functools.cache
+def _openapi() -> dict:
+    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
 
 
 @bp.get("/workers")

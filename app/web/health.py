@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from pathlib import Path
 
-import yaml
 from flask import Blueprint, current_app, jsonify
 from psycopg import Error as PsycopgError
 from psycopg_pool import PoolTimeout
@@ -18,17 +15,6 @@ from app.web.db import get_db
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
-
-
-@bp.get("/api/openapi.json")
-def openapi():
-    """The OpenAPI document of the admin API."""
-    return jsonify(_openapi())
-
-
-@functools.cache
-def _openapi() -> dict:
-    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
 
 
 @bp.get("/healthz")
