@@ -9,9 +9,12 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
+from app.config import PROJECT_ROOT
 from app.enqueue import enqueue
+from app.history import HistoryWriter
 from app.migrate import apply_migrations
 from app.servers import free_port
+from app.worker import build_worker
 from queues import queue_keys, queue_names
 from tests.conftest import IN_CI, TOKEN
 
@@ -20,6 +23,9 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 pytestmark = pytest.mark.slow
+#: screenshots kept for people to look at (CI keeps the folder)
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+ARTIFACTS.mkdir(exist_ok=True)
 
 
 @pytest.fixture
@@ -79,19 +85,53 @@ def test_sign_in_then_pause_and_resume_a_queue(browser, site, redis_conn):
     assert not redis_conn.exists(queue_keys("sync").paused)
 
 
-def test_schedules_can_be_disabled_and_run_now(browser, site, client, redis_conn):
+def test_run_a_schedule_now_see_its_run_and_the_chart(browser, site, client, redis_conn, database_url):
     client.post("/api/admin/workers", headers={"Authorization": f"Bearer {TOKEN}"},
                 json={"action": "setup-recurring"})  # fmt: skip
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
     _sign_in(page, site)
     row = "#schedules tr[data-schedule=nightly]"
     page.wait_for_selector(row)
     page.click(f"{row} button:text('Run now')")
     page.wait_for_function("document.querySelector('#status').textContent.includes('started job')")
     assert len(redis_conn.lrange(queue_keys("harvest").queue, 0, -1)) == 1
+
+    build_worker(["harvest"], redis_conn, "pages-test", database_url).work(burst=True)
+    writer = HistoryWriter(redis_conn, database_url, "pages-test")
+    while writer.drain_once(block=0.05):
+        pass
+    page.fill("#runs-name", "nightly")
+    page.click("#runs-search button")
+    page.wait_for_selector("#runs tbody[data-count='1']")
+    assert "completed" in page.locator("#runs tbody").inner_text()
+    page.reload()
+    page.wait_for_selector("body[data-loaded=true]")
+    assert int(page.get_attribute("#throughput", "data-hours")) >= 1  # the chart has its bar
+    page.select_option("#window", "168")
+    page.wait_for_selector("#durations tbody tr")
+    page.screenshot(path=str(ARTIFACTS / "admin-overview.png"), full_page=True)
+
     page.click(f"{row} button:text('Disable')")
     page.wait_for_selector(f"{row} button:text('Enable')")
     assert "disabled" in page.locator(row).inner_text()
+
+
+def test_retry_failed_from_the_overview_and_search_by_error(browser, site, redis_conn, database_url):
+    job = enqueue(redis_conn, "system.ping", {"sleep": 2}, {"queue": "sync", "timeout": 1, "attempts": 1})
+    build_worker(["sync"], redis_conn, "pages-test", database_url).work(burst=True)
+    writer = HistoryWriter(redis_conn, database_url, "pages-test")
+    while writer.drain_once(block=0.05):
+        pass
+    page = browser.new_page()
+    _sign_in(page, site)
+    page.fill("#runs-error", "timeout")
+    page.select_option("#runs-status", "timed_out")
+    page.click("#runs-search button")
+    page.wait_for_selector("#runs tbody[data-count='1']")
+    assert job.id in page.locator("#runs tbody").inner_text()
+    page.click("#queues tr[data-queue=sync] button:text('Retry failed')")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('1 failed job(s) requeued')")
+    assert redis_conn.hget(f"rq:job:{job.id}", "status") == b"queued"
 
 
 def test_job_data_with_markup_renders_inert(browser, site, redis_conn):

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from app import schedule_store
 from app.runs import (
     MAX_LIMIT,
+    STATUSES,
     RunFilter,
     duration_percentiles,
     failure_rate,
@@ -107,10 +108,15 @@ def schedule_history(schedule_id: str):
 
 @bp.get("/logs")
 def logs():
-    """Runs, newest first; `jobName` selects a task type or a schedule id; `limit` (max 100) and `offset` page."""
+    """Runs, newest first: `jobName` (a task type or a schedule id), `status`, `error` (text in the error message);
+    `limit` (max 100) and `offset` page."""
     limit, offset = _page()
-    name = request.args.get("jobName") or None
-    return jsonify(list_runs(get_db(), RunFilter(name=name), limit, offset))
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, "invalid_request", f"unknown status {status!r}", {"valid": list(STATUSES)})
+    where = RunFilter(name=request.args.get("jobName") or None, status=status,
+                      error_text=request.args.get("error") or None)  # fmt: skip
+    return jsonify(list_runs(get_db(), where, limit, offset))
 
 
 @bp.get("/logs/<name>/latest")

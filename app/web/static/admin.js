@@ -47,9 +47,19 @@ async function showQueues() {
     const state = cell(row, q.paused ? "paused" : "running");
     if (q.paused) state.className = "paused";
     const action = q.paused ? "resume" : "pause";
-    button(row.insertCell(), action === "pause" ? "Pause" : "Resume", async () => {
-      await api("/api/admin/workers", { method: "POST", body: JSON.stringify({ action, queueName: name }) });
+    const actions = row.insertCell();
+    const post = (body) => api("/api/admin/workers", { method: "POST", body: JSON.stringify(body) });
+    button(actions, action === "pause" ? "Pause" : "Resume", async () => {
+      await post({ action, queueName: name });
       say(`${name}: ${action}d`);
+    });
+    button(actions, "Retry failed", async () => {
+      const done = await post({ action: "retry-failed", queueName: name });
+      say(`${name}: ${done.requeued[name]} failed job(s) requeued`);
+    });
+    button(actions, "Clean completed", async () => {
+      const done = await post({ action: "clean", queueName: name, state: "completed", grace: 3600 });
+      say(`${name}: ${done.removed[name]} completed job(s) older than 1 h removed`);
     });
   }
 }
@@ -108,7 +118,8 @@ function drawThroughput(rows) {
 }
 
 async function showHistory() {
-  const stats = await api("/api/admin/jobs/history-stats?hours=24");
+  const hours = document.getElementById("window").value;
+  const stats = await api(`/api/admin/jobs/history-stats?hours=${hours}`);
   drawThroughput(stats.throughput);
   const rates = Object.fromEntries(stats.failure_rate.map((r) => [r.queue, r]));
   const body = document.querySelector("#durations tbody");
@@ -135,11 +146,17 @@ document.getElementById("search").addEventListener("submit", async (event) => {
 
 document.getElementById("runs-search").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const name = document.getElementById("runs-name").value.trim();
+  const query = new URLSearchParams({ limit: "50" });
+  const fields = { jobName: "runs-name", status: "runs-status", error: "runs-error" };
+  for (const [param, id] of Object.entries(fields)) {
+    const value = document.getElementById(id).value.trim();
+    if (value) query.set(param, value);
+  }
   const body = document.querySelector("#runs tbody");
   body.replaceChildren();
   try {
-    const page = await api(`/api/admin/jobs/logs?jobName=${encodeURIComponent(name)}&limit=50`);
+    const page = await api(`/api/admin/jobs/logs?${query}`);
+    body.dataset.count = String(page.runs.length);
     for (const r of page.runs) {
       const row = body.insertRow();
       cell(row, when(r.started_at));
@@ -162,6 +179,8 @@ async function refresh() {
     say(error.message);
   }
 }
+
+document.getElementById("window").addEventListener("change", () => showHistory().catch((e) => say(e.message)));
 
 refresh();
 setInterval(refresh, 5000);
