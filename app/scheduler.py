@@ -136,7 +136,11 @@ class Scheduler:
 
     def _due(self, conn: psycopg.Connection, row: dict, now: datetime) -> None:
         slot = row["next_run_at"]
-        next_run_at = schedule_store.cron_of(row).next_after(now)  # missed slots collapse into this one run
+        cron = schedule_store.cron_of(row)
+        recent = now - slot <= timedelta(seconds=MISSED_AFTER)
+        # A slot only just due (a takeover, a busy tick) is followed by the next one, so none is lost; after a
+        # downtime the missed slots collapse into this one run and the schedule resumes from now.
+        next_run_at = cron.next_after(slot if recent else now)
         if row["last_status"] == "running":
             started = row["current_started_at"]
             if started is not None and now - started > timedelta(seconds=row["max_runtime"]):
@@ -144,7 +148,7 @@ class Scheduler:
             else:
                 schedule_store.skip(conn, row, slot, next_run_at, "the previous run is still going")
                 return
-        if now - slot > timedelta(seconds=MISSED_AFTER) and not row["catch_up"]:
+        if not recent and not row["catch_up"]:
             schedule_store.skip(conn, row, slot, next_run_at, "missed while down, and catch_up is off")
             return
         schedule_store.fire(conn, self.redis, row, slot, next_run_at, now)
