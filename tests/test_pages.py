@@ -144,3 +144,16 @@ def test_job_data_with_markup_renders_inert(browser, site, redis_conn):
     page.wait_for_function("document.querySelector('#job').textContent.includes('onerror')")
     assert hostile.replace('"', '\\"') in page.locator("#job").inner_text()
     assert page.locator("#job img").count() == 0 and page.evaluate("window.pwned") is None
+
+
+def test_job_data_with_markup_renders_inert_in_rq_dashboard(browser, site, redis_conn):
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    job = enqueue(redis_conn, "system.ping", {"echo": hostile}, {"queue": "sync"})
+    page = browser.new_page()
+    _sign_in(page, site)
+    page.goto(f"{site}/api/admin/queues/0/view/job/{job.id}")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # let its scripts fill the view
+    assert job.id in page.content()
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("img[src=x]").count() == 0
