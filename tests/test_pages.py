@@ -107,6 +107,8 @@ def test_run_a_schedule_now_see_its_run_and_the_chart(browser, site, client, red
     page.reload()
     page.wait_for_selector("body[data-loaded=true]")
     assert int(page.get_attribute("#throughput", "data-hours")) >= 1  # the chart has its bar
+    assert int(page.get_attribute("#queue-charts figure[data-queue=harvest] canvas", "data-hours")) >= 1
+    assert page.locator("#queues tr[data-queue=harvest] td").nth(7).inner_text() == "1"  # runs in the last hour
     page.select_option("#window", "168")
     page.wait_for_selector("#durations tbody tr")
     page.screenshot(path=str(ARTIFACTS / "admin-overview.png"), full_page=True)

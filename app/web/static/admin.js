@@ -36,7 +36,11 @@ const button = (td, label, onClick) => {
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "-");
 
 async function showQueues() {
-  const stats = await api("/api/admin/workers?action=stats");
+  const [stats, lastHour] = await Promise.all([
+    api("/api/admin/workers?action=stats"),
+    api("/api/admin/jobs/history-stats?hours=1"),
+  ]);
+  const runs = Object.fromEntries(lastHour.failure_rate.map((r) => [r.queue, r.total]));
   const body = document.querySelector("#queues tbody");
   body.replaceChildren();
   for (const [name, q] of Object.entries(stats.queues)) {
@@ -44,6 +48,7 @@ async function showQueues() {
     row.dataset.queue = name;
     cell(row, name);
     for (const key of ["waiting", "active", "delayed", "completed", "failed", "workers"]) cell(row, q[key], true);
+    cell(row, runs[name] || 0, true);
     const state = cell(row, q.paused ? "paused" : "running");
     if (q.paused) state.className = "paused";
     const action = q.paused ? "resume" : "pause";
@@ -91,8 +96,7 @@ async function showSchedules() {
   }
 }
 
-function drawThroughput(rows) {
-  const canvas = document.getElementById("throughput");
+function drawThroughput(rows, canvas = document.getElementById("throughput")) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   const perHour = new Map();
@@ -117,11 +121,32 @@ function drawThroughput(rows) {
   canvas.dataset.hours = String(hours.length);
 }
 
+function drawQueueCharts(stats, rates) {
+  const holder = document.getElementById("queue-charts");
+  holder.replaceChildren();
+  const p95 = Object.fromEntries(stats.durations.map((d) => [d.queue, d.p95]));
+  for (const queue of [...new Set(stats.throughput.map((r) => r.queue))].sort()) {
+    const figure = document.createElement("figure");
+    figure.dataset.queue = queue;
+    const caption = document.createElement("figcaption");
+    const rate = rates[queue] ? (rates[queue].rate * 100).toFixed(1) : "0.0";
+    const p = p95[queue] === undefined || p95[queue] === null ? "-" : p95[queue].toFixed(1);
+    caption.textContent = `${queue}: runs per hour; failure rate ${rate} %; p95 ${p} ms`;
+    const canvas = document.createElement("canvas");
+    canvas.width = 900;
+    canvas.height = 90;
+    figure.append(caption, canvas);
+    holder.appendChild(figure);
+    drawThroughput(stats.throughput.filter((r) => r.queue === queue), canvas);
+  }
+}
+
 async function showHistory() {
   const hours = document.getElementById("window").value;
   const stats = await api(`/api/admin/jobs/history-stats?hours=${hours}`);
   drawThroughput(stats.throughput);
   const rates = Object.fromEntries(stats.failure_rate.map((r) => [r.queue, r]));
+  drawQueueCharts(stats, rates);
   const body = document.querySelector("#durations tbody");
   body.replaceChildren();
   for (const d of stats.durations) {
