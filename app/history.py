@@ -145,7 +145,8 @@ def run_row(
     if result is not None:
         text = json.dumps(result, default=str)
         row["result"] = text if len(text) <= MAX_RESULT else json.dumps({"truncated": True, "head": text[:MAX_RESULT]})
-    return json.dumps({k: v for k, v in row.items() if v is not None}, default=str)
+    text = json.dumps({k: v for k, v in row.items() if v is not None}, default=str)
+    return text.replace("\\u0000", "\\ufffd")  # PostgreSQL text cannot hold NUL: it becomes U+FFFD
 
 
 def write_rows(conn: psycopg.Connection, rows: list[bytes | str]) -> None:

@@ -232,3 +232,11 @@ def test_a_malformed_row_is_dropped_and_the_others_are_written(redis_conn, datab
     assert _drain(redis_conn, database_url) == 3
     assert [r["job_id"] for r in list_runs(db)["runs"]] == ["good"]
     assert redis_conn.xlen(HISTORY_STREAM) == 0
+
+
+def test_a_result_with_a_nul_character_is_still_recorded(redis_conn, database_url, db):
+    job = enqueue(redis_conn, "system.ping", {"echo": "before\u0000after"}, {"queue": "harvest"})
+    build_worker(["harvest"], redis_conn, "nul-test").work(burst=True)
+    assert _drain(redis_conn, database_url) == 1
+    [run] = list_runs(db, RunFilter(job_id=job.id))["runs"]
+    assert run["status"] == "completed" and run["result"] == "before\ufffdafter"

@@ -257,3 +257,10 @@ def test_the_openapi_document_describes_every_admin_route(app, client):
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         served |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert served == documented
+
+
+def test_text_no_store_can_hold_is_a_400_not_a_500(api):
+    for path in ("/api/admin/jobs/history-stats?queue=a%00b", "/api/admin/jobs/logs?jobName=x%00y",
+                 "/api/admin/jobs/logs?error=%00", "/api/admin/jobs/history-stats?queue=nowhere"):  # fmt: skip
+        response = api.get(path, headers=AUTH)
+        assert response.status_code == 400, (path, response.get_data(as_text=True))

@@ -47,7 +47,12 @@ def _same_site() -> bool:
 
 
 def require_token() -> None:
-    """A `before_request` hook: a valid bearer token, or a signed-in session (same-site for state changes)."""
+    """A `before_request` hook: a valid bearer token, or a signed-in session (same-site for state changes).
+
+    It also refuses text no store can hold (NUL characters) in the query or path with a 400, before any route runs.
+    """
+    if "\x00" in request.path or any("\x00" in value for value in request.args.values()):
+        raise ApiError(400, "invalid_request", "the request contains a NUL character")
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, given = header.partition(" ")

@@ -20,6 +20,7 @@ from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
+from queues import get_queue_spec
 
 bp = Blueprint("admin_schedules", __name__, url_prefix="/api/admin/jobs")
 bp.before_request(require_token)
@@ -138,6 +139,8 @@ def history_stats():
     if not 1 <= hours <= 24 * 90:
         raise ApiError(400, "invalid_request", "hours must be from 1 to 2160")
     queue = request.args.get("queue") or None
+    if queue is not None:
+        get_queue_spec(queue)  # an unknown queue is a 400 naming the valid ones
     db = get_db()
     return jsonify(
         hours=hours,
