@@ -26,7 +26,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 def test_no_server_error_and_every_response_matches_the_document(case):
     case.call_and_validate(
         headers=AUTH, checks=[not_a_server_error, response_schema_conformance, content_type_conformance]
