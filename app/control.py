@@ -46,10 +46,6 @@ def resume(connection: Redis, queue: str) -> None:
     logger.info("queue %s: resumed", queue)
 
 
-def is_paused(connection: Redis, queue: str) -> bool:
-    return bool(connection.exists(queue_keys(queue).paused))
-
-
 def cancel(connection: Redis, job_id: str) -> str:
     """Cancel a job: a waiting or delayed one at once; a running one is stopped by its worker (which survives).
 

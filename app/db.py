@@ -33,9 +33,3 @@ def open_pool(
         open=True,
         check=ConnectionPool.check_connection,
     )
-
-
-def ping(pool: ConnectionPool) -> None:
-    """Run `SELECT 1` on a pooled connection; raises psycopg or pool errors when PostgreSQL does not answer."""
-    with pool.connection() as conn:
-        conn.execute("SELECT 1")

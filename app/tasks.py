@@ -33,10 +33,6 @@ class Task:
     queue: str | None  #: the queue its jobs go to by default; None: any queue, chosen per job
     validate: Callable[[dict], None] | None = None  #: raises InvalidJobError for bad data
 
-    @property
-    def any_queue(self) -> bool:
-        return self.queue is None
-
     def bind(self, data: dict) -> dict:
         """The keyword arguments for the handler from job data (camelCase keys become snake_case).
 

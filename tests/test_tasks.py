@@ -85,5 +85,5 @@ def test_system_ping_is_registered_after_load_tasks():
     assert "system.ping" in load_tasks()
     t = get_task("system.ping")
     assert t.func is ping
-    assert t.any_queue
+    assert t.queue is None  # it runs on any queue
     assert t.func(echo="pong") == "pong"
