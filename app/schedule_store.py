@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from uuid import uuid4
 
 import psycopg
 from redis import Redis
@@ -204,8 +205,6 @@ def fire(
     Returns:
         The job id, or None when the slot was already claimed.
     """
-    from uuid import uuid4
-
     job_id = str(uuid4())
     now = now or datetime.now(UTC)
     with conn.transaction():

@@ -21,6 +21,7 @@ from app.errors import BullrqError
 from app.logs import configure_logging
 from app.migrate import apply_migrations
 from app.servers import EmbeddedPostgres, EmbeddedRedis
+from app.worker import worker_command, worker_processes
 from queues import QUEUES
 
 logger = logging.getLogger("bullrq.up")
@@ -35,11 +36,7 @@ def _children(port: int) -> list[tuple[str, list[str]]]:
         ("web", [python, "-m", "app.cli.main", "web", "--port", str(port)]),
         ("scheduler", [python, "-m", "app.cli.main", "scheduler"]),
     ]
-    for spec in QUEUES.values():
-        for n in range(1, spec.processes + 1):
-            name = f"{spec.name}-{n}"
-            children.append((name, [python, "-m", "app.cli.workers", "run", spec.name, "--name", name]))
-    return children
+    return children + [(name, worker_command(queue, name)) for name, queue in worker_processes(list(QUEUES))]
 
 
 class _Stop(Exception):

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 import uuid
@@ -428,6 +429,16 @@ def _b64_json(value: Any) -> str:
         return b64encode(SERIALIZER.dumps(value)).decode()
     except (TypeError, ValueError):
         return b64encode(SERIALIZER.dumps(f"<unserializable {type(value).__name__}>")).decode()
+
+
+def worker_processes(queue_names: list[str]) -> list[tuple[str, str]]:
+    """(process name, queue) of the worker processes `queues.py` asks for: `<queue>-<n>`, n from 1."""
+    return [(f"{q}-{n}", q) for q in queue_names for n in range(1, get_queue_spec(q).processes + 1)]
+
+
+def worker_command(queue: str, process_name: str) -> list[str]:
+    """The command that runs one worker process of `queue` in the foreground."""
+    return [sys.executable, "-m", "app.cli.workers", "run", queue, "--name", process_name]
 
 
 def rq_worker_name(process_name: str) -> str:

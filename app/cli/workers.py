@@ -20,7 +20,7 @@ from app.errors import UnknownQueueError
 from app.jobs import SERIALIZER
 from app.logs import configure_logging
 from app.processes import Daemon
-from app.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker
+from app.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker, worker_command, worker_processes
 from queues import get_queue_spec, queue_names
 
 #: seconds `start` waits for a new worker to register in Redis
@@ -44,8 +44,8 @@ def _daemon(home: RunDir, name: str) -> Daemon:
 
 
 def _planned(home: RunDir, queues: list[str]) -> list[tuple[Daemon, str]]:
-    """The worker processes `queues.py` asks for: `<queue>-<n>` for n in 1..processes."""
-    return [(_daemon(home, f"{q}-{n}"), q) for q in queues for n in range(1, get_queue_spec(q).processes + 1)]
+    """The daemons of the worker processes `queues.py` asks for."""
+    return [(_daemon(home, name), queue) for name, queue in worker_processes(queues)]
 
 
 def _on_file(home: RunDir, queues: list[str]) -> list[Daemon]:
@@ -81,8 +81,7 @@ def _start(queues: list[str]) -> None:
         note = ""
         if pid is not None:
             note = f" (replaced stale pid file of dead pid {pid}{_reap(connection, daemon, pid)})"
-        argv = [sys.executable, "-m", "app.cli.workers", "run", queue, "--name", daemon.name]
-        started.append((daemon, processes.spawn(daemon, argv)))
+        started.append((daemon, processes.spawn(daemon, worker_command(queue, daemon.name))))
         click.echo(f"{daemon.name}: starting (pid {started[-1][1]}){note}")
 
     failed = []
