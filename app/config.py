@@ -101,7 +101,7 @@ class Settings:
         return ZoneInfo(self.timezone)
 
 
-def _environment(environ: dict | None) -> dict:
+def environment(environ: dict | None = None) -> dict:
     """The process environment over the values of `.env` (the environment wins, as with docker and foreman)."""
     if environ is not None:
         return dict(environ)
@@ -111,7 +111,8 @@ def _environment(environ: dict | None) -> dict:
     return merged
 
 
-def _bool(env: dict, name: str, default: bool) -> bool:
+def env_bool(env: dict, name: str, default: bool) -> bool:
+    """The boolean in `name` (`default` when unset)."""
     raw = env.get(name)
     if raw is None:
         return default
@@ -123,20 +124,22 @@ def _bool(env: dict, name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
-def _days(env: dict, name: str, default: float) -> float:
+def env_number(env: dict, name: str, default: float, low: float, high: float, unit: str = "") -> float:
+    """The number in `name` (`default` when unset), which must lie within [low, high]."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1
-    if not 0 < value <= 3650:
-        raise ConfigError(f"{name}={raw!r} is not a number of days from 0 to 3650")
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} is not a number {f'of {unit} ' if unit else ''}from {low:g} to {high:g}")
     return value
 
 
-def _url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
+def env_url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
+    """The URL in `name` (None when unset), whose scheme must be one of `schemes`."""
     raw = env.get(name, "").strip()
     if not raw:
         return None
@@ -159,7 +162,7 @@ def _published(path: Path) -> str | None:
 
 
 def _redis_url(env: dict, home: RunDir) -> tuple[str, str]:
-    url = _url(env, "REDIS_URL", ("redis", "rediss", "unix"))
+    url = env_url(env, "REDIS_URL", ("redis", "rediss", "unix"))
     if url:
         return url, "env"
     host = env.get("REDIS_HOST", "").strip()
@@ -177,7 +180,7 @@ def _redis_url(env: dict, home: RunDir) -> tuple[str, str]:
 
 
 def _database_url(env: dict, home: RunDir) -> tuple[str, str]:
-    url = _url(env, "DATABASE_URL", ("postgresql", "postgres"))
+    url = env_url(env, "DATABASE_URL", ("postgresql", "postgres"))
     if url:
         return url, "env"
     published = _published(home.database_url_file)
@@ -205,7 +208,7 @@ def load_settings(environ: dict | None = None) -> Settings:
     Raises:
         ConfigError: a variable holds an invalid value; the message names it.
     """
-    env = _environment(environ)
+    env = environment(environ)
     home_raw = env.get("BULLRQ_HOME", "").strip()
     home = RunDir(Path(home_raw).expanduser().resolve() if home_raw else PROJECT_ROOT / "var")
     redis_url, redis_source = _redis_url(env, home)
@@ -223,13 +226,13 @@ def load_settings(environ: dict | None = None) -> Settings:
         database_url=database_url,
         database_url_source=database_source,
         admin_token=token,
-        debug=_bool(env, "DEBUG", False),
+        debug=env_bool(env, "DEBUG", False),
         timezone=_timezone(env),
         home=home,
         log_format=log_format,
-        history=_bool(env, "BULLRQ_HISTORY", True),
-        run_retention_days=_days(env, "BULLRQ_RUN_RETENTION_DAYS", 60),
-        job_retention_days=_days(env, "BULLRQ_JOB_RETENTION_DAYS", 30),
+        history=env_bool(env, "BULLRQ_HISTORY", True),
+        run_retention_days=env_number(env, "BULLRQ_RUN_RETENTION_DAYS", 60, 0.01, 3650, "days"),
+        job_retention_days=env_number(env, "BULLRQ_JOB_RETENTION_DAYS", 30, 0.01, 3650, "days"),
         schedules_file=Path(env.get("BULLRQ_SCHEDULES") or PROJECT_ROOT / "schedules.yaml"),
     )
 

@@ -57,6 +57,10 @@ class RetryLater(BullrqError):
         self.delay = delay
 
 
+class ServiceUnavailableError(BullrqError):
+    """Raised when an outside service may answer later (connection refused, timeout, 408, 429, 5xx): retried."""
+
+
 class JobTimeoutError(BaseException):
     """Raised inside a job that ran past its timeout; the run fails and is retried per policy (a BaseException,
     so a handler's `except Exception` cannot swallow it and run on without a limit)."""

@@ -1,7 +1,8 @@
-"""Progress reports from inside a running handler: percent, a message, items processed and failed.
+"""The running job as its handler sees it: progress reports (percent, a message, items processed and failed) and
+which job and attempt this is.
 
 Handlers call `report(...)`; the values land in the job's hash (field `progress`, JSON) at once, readable while
-the job runs and after it ends.
+the job runs and after it ends. `current_job()` gives the job's id, queue and attempt, e.g. for idempotency keys.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ _current: dict[str, Any] = {}
 def _bind(connection, job) -> None:
     """Called by the worker before each run: reports go to this job."""
     _current.clear()
-    _current.update(connection=connection, key=job.key, values={})
+    _current.update(connection=connection, key=job.key, job=job, values={})
 
 
 def _unbind() -> dict | None:
@@ -24,6 +25,11 @@ def _unbind() -> dict | None:
     values = _current.get("values") or None
     _current.clear()
     return values
+
+
+def current_job():
+    """The job being run (`.id`, `.origin`: its queue, `.attempt`: 1 on the first try), or None outside a job."""
+    return _current.get("job")
 
 
 def report(

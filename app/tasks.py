@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import pkgutil
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from typing import Any
 
 from app.errors import DuplicateTaskError, InvalidJobError, UnknownTaskError
 
-#: modules that hold handlers (the built-in tasks, then one module per queue as its handlers land)
-HANDLER_MODULES = ("workers.system",)
+#: the package whose modules hold the handlers: `system` (built-in tasks) and one module per queue
+HANDLER_PACKAGE = "workers"
 
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -102,11 +103,13 @@ def task(name: str, *, queue: str | None, validate: Callable[[dict], None] | Non
 
 
 def load_tasks() -> TaskRegistry:
-    """Import every handler module once so all task types are registered; returns the registry."""
+    """Import every module of the handler package once so all task types are registered; returns the registry."""
     global _loaded
     if not _loaded:
-        for module in HANDLER_MODULES:
-            importlib.import_module(module)
+        package = importlib.import_module(HANDLER_PACKAGE)
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{HANDLER_PACKAGE}.{module.name}")
         _loaded = True
     return registry
 

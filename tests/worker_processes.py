@@ -21,7 +21,7 @@ from app.worker import find_rq_worker
 from tests.fixtures import wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
-#: the worker CLI, with the test handlers registered first (worker processes import only HANDLER_MODULES)
+#: the worker CLI, with the test handlers registered first (worker processes import only the workers package)
 LAUNCHER = "import tests.handlers; from app.cli.workers import cli; cli()"
 
 

@@ -1,0 +1,55 @@
+"""What handlers share inside one worker process: the settings, a Redis client and a PostgreSQL pool.
+
+Each is built on first use and kept for the process; a forked child (queues with fork isolation) builds its own,
+because sockets inherited from the parent must not be used by two processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import redis
+
+from app.config import Settings, load_settings
+
+_cache: dict[str, object] = {}
+_owner: list[int] = []
+
+
+def _here() -> dict[str, object]:
+    """This process's resources (dropped, unclosed, after a fork: the parent still owns those sockets)."""
+    if _owner != [os.getpid()]:
+        _cache.clear()
+        _owner[:] = [os.getpid()]
+    return _cache
+
+
+def settings() -> Settings:
+    """The product's settings, read once per process."""
+    cache = _here()
+    if "settings" not in cache:
+        cache["settings"] = load_settings()
+    return cache["settings"]
+
+
+def redis_client() -> redis.Redis:
+    """A Redis client for handler data (caches, markers), on the product's Redis."""
+    cache = _here()
+    if "redis" not in cache:
+        cache["redis"] = redis.Redis.from_url(settings().redis_url)
+    return cache["redis"]
+
+
+@contextmanager
+def database() -> Iterator[psycopg.Connection]:
+    """A pooled PostgreSQL connection (rows as dicts); the transaction commits when the block ends without error."""
+    cache = _here()
+    if "pool" not in cache:
+        from app.db import open_pool
+
+        cache["pool"] = open_pool(settings().database_url, min_size=0, max_size=4, name="bullrq-handlers")
+    with cache["pool"].connection() as conn:
+        yield conn
