@@ -145,3 +145,40 @@ def delete_older_than(conn: psycopg.Connection, days: float, batch: int = 5000) 
         deleted += count
         if count < batch:
             return deleted
+
+
+def week_start(moment: datetime) -> datetime:
+    """Monday 00:00 UTC of the ISO week holding `moment`."""
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
+
+
+def refresh_weekly_stats(conn: psycopg.Connection, weeks: int = 2, now: datetime | None = None) -> list[dict]:
+    """Recompute `job_stats_weekly` for the last `weeks` ISO weeks (the current one included) from the rollup:
+    finished attempts, failures, p50 and p95 per queue and task. Returns the rows written."""
+    first = week_start(now or datetime.now(UTC)) - timedelta(weeks=weeks - 1)
+    totals = conn.execute(
+        "SELECT date_trunc('week', hour AT TIME ZONE 'UTC')::date AS week, queue, task, sum(total)::bigint AS runs, "
+        "sum(failed)::bigint AS failed FROM job_runs_hourly WHERE hour >= %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        [first],
+    ).fetchall()
+    histograms: dict[tuple, dict[int, int]] = {}
+    for row in conn.execute(
+        "SELECT date_trunc('week', hour AT TIME ZONE 'UTC')::date AS week, queue, task, bucket, "
+        "sum(runs)::bigint AS runs FROM job_runs_hourly_buckets WHERE hour >= %s GROUP BY 1, 2, 3, 4",
+        [first],
+    ):
+        histograms.setdefault((row["week"], row["queue"], row["task"]), {})[row["bucket"]] = row["runs"]
+    rows = []
+    for row in totals:
+        histogram = histograms.get((row["week"], row["queue"], row["task"]), {})
+        rows.append({**row, "p50_ms": rollup.percentile(histogram, 0.5), "p95_ms": rollup.percentile(histogram, 0.95)})
+    with conn.transaction():
+        conn.execute("DELETE FROM job_stats_weekly WHERE week_start >= %s", [first.date()])
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO job_stats_weekly (week_start, queue, task, runs, failed, p50_ms, p95_ms) "
+                "VALUES (%(week)s, %(queue)s, %(task)s, %(runs)s, %(failed)s, %(p50_ms)s, %(p95_ms)s)",
+                rows,
+            )
+    return rows

@@ -45,3 +45,21 @@ def retention_cleanup(run_days: float | None = None, job_days: float | None = No
     jobs = sum(control.clean(redis, queue, state, grace) for queue in queue_names() for state in control.CLEANABLE)
     progress.report(percent=100, message="done", processed=runs + jobs)
     return {"runs_deleted": runs, "jobs_deleted": jobs}
+
+
+def _validate_weeks(kwargs: dict) -> None:
+    weeks = kwargs.get("weeks", 2)
+    if isinstance(weeks, bool) or not isinstance(weeks, int) or not 1 <= weeks <= 520:
+        raise InvalidJobError("system.update_stats: weeks must be a whole number from 1 to 520")
+
+
+@task("system.update_stats", queue="reports", validate=_validate_weeks)
+def update_stats(weeks: int = 2) -> dict:
+    """Recompute the weekly figures per queue and task (table job_stats_weekly) for the last `weeks` weeks."""
+    from app import progress, resources
+    from app.runs import refresh_weekly_stats
+
+    with resources.database() as conn:
+        rows = refresh_weekly_stats(conn, weeks)
+    progress.report(percent=100, message="weekly stats written", processed=len(rows))
+    return {"rows": len(rows), "runs": sum(r["runs"] for r in rows), "failed": sum(r["failed"] for r in rows)}
