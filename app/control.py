@@ -1,4 +1,4 @@
-"""Queue and job controls: pause, resume, cancel, retry-failed, clean, empty.
+"""Queue and job controls: pause, resume, cancel, retry-failed, run now, clean, empty.
 
 Every control works on Redis alone, across all workers on all machines, and is safe to call at any time.
 """
@@ -13,8 +13,9 @@ from redis import Redis
 from rq.utils import str_to_date
 
 from app.enqueue import DEDUP_TTL
-from app.errors import InvalidJobError
+from app.errors import InvalidJobError, JobStateError
 from app.history import stream_cap
+from app.jobs import state_of
 from app.leases import rq_time
 from app.redis_scripts import SCRIPTS
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, get_queue_spec, job_key, queue_keys, results_key, worker_commands_key
@@ -84,23 +85,52 @@ def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = 
     Returns:
         The ids requeued (ids not in the failed registry are skipped).
     """
-    keys = queue_keys(queue)
-    script_keys = [keys.failed, keys.marker, *keys.lanes]
-
-    def requeue(batch: list[str]) -> list[str]:
-        args = [rq_time(time.time()), JOB_KEY_PREFIX, DEDUP_TTL, *batch]
-        return _decode(SCRIPTS.requeue(connection, script_keys, args))
-
-    requeued: list[str] = []
+    registry = queue_keys(queue).failed
     if job_ids is not None:
         ids = list(job_ids)
-        for start in range(0, len(ids), BATCH):
-            requeued += requeue(ids[start : start + BATCH])
-        return requeued
+        return [job for start in range(0, len(ids), BATCH) for job in _requeue(connection, queue, registry,
+                                                                                ids[start : start + BATCH])]
+    requeued: list[str] = []
     # the script takes every id it is given out of the registry (also those whose job expired): the loop ends
-    while batch := _decode(connection.zrange(keys.failed, 0, BATCH - 1)):
-        requeued += requeue(batch)
+    while batch := _decode(connection.zrange(registry, 0, BATCH - 1)):
+        requeued += _requeue(connection, queue, registry, batch)
     return requeued
+
+
+def run_now(connection: Redis, job_id: str) -> str:
+    """Make a job run as soon as a worker is free: a delayed job stops waiting for its time, a failed or canceled
+    one is requeued with its attempts reset.
+
+    Returns:
+        "promoted" (was delayed) or "requeued" (was failed or canceled).
+
+    Raises:
+        InvalidJobError: no such job.
+        JobStateError: the job is waiting, running or completed: there is nothing to run now.
+    """
+    origin, status = connection.hmget(job_key(job_id), "origin", "status")
+    if origin is None:
+        raise InvalidJobError(f"no job {job_id!r}")
+    keys = queue_keys(origin.decode())
+    status = (status or b"").decode()
+    if status == "scheduled" and connection.zscore(keys.scheduled, job_id) is not None:
+        connection.zadd(keys.scheduled, {job_id: 0}, xx=True)  # due now: the workers' next promotion pass (0.25 s)
+        outcome = "promoted"
+    elif status in ("failed", "canceled") and _requeue(connection, origin.decode(), getattr(keys, status), [job_id]):
+        outcome = "requeued"
+    else:
+        state = state_of(status)
+        raise JobStateError(f"job {job_id!r} is {state.value if state else status or 'unknown'}: only delayed, "
+                            "failed or canceled jobs can be run now")
+    logger.info("job %s: run now → %s", job_id, outcome)
+    return outcome
+
+
+def _requeue(connection: Redis, queue: str, registry: str, job_ids: list[str]) -> list[str]:
+    """Move `job_ids` from `registry` (failed or canceled) back to their lanes, attempts reset; returns those moved."""
+    keys = queue_keys(queue)
+    args = [rq_time(time.time()), JOB_KEY_PREFIX, DEDUP_TTL, *job_ids]
+    return _decode(SCRIPTS.requeue(connection, [registry, keys.marker, *keys.lanes], args))
 
 
 def clean(connection: Redis, queue: str, state: str, grace: float = 0, limit: int | None = None) -> int:

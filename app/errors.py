@@ -37,6 +37,10 @@ class InvalidJobError(BullrqError):
     """Raised when job data or options are not acceptable (not JSON, wrong type, out of range)."""
 
 
+class JobStateError(BullrqError):
+    """Raised when a job is not in a state the action applies to (e.g. running a completed job now)."""
+
+
 class ServerError(BullrqError):
     """Raised when an embedded Redis or PostgreSQL server cannot be found, started or stopped."""
 

@@ -63,6 +63,7 @@ class BullJob(Job):
     attempts: int = 1
     dedup_key: str | None = None
     progress: dict | None = None
+    earlier_attempts: int = 0  #: tries made before a retry-failed put the job back with its attempts reset
     created: bool = True  #: False when `enqueue` returned an earlier job holding the same dedup key
 
     def __init__(self, *args, **kwargs):
@@ -76,11 +77,12 @@ class BullJob(Job):
         self.attempts = int(raw_data.get(b"attempts") or 1)
         self.dedup_key = raw_data[b"dedup_key"].decode() if raw_data.get(b"dedup_key") else None
         self.progress = json.loads(raw_data[b"progress"]) if raw_data.get(b"progress") else None
+        self.earlier_attempts = int(raw_data.get(b"earlier_attempts") or 0)
 
     @property
     def attempt(self) -> int:
-        """The number of the current (or last) try, 1 for the first."""
-        return max(1, self.attempts - (self.retries_left or 0))
+        """The number of the current (or last) try, 1 for the first; tries before a retry-failed count too."""
+        return self.earlier_attempts + max(1, self.attempts - (self.retries_left or 0))
 
     @property
     def func(self):
@@ -119,7 +121,7 @@ class RunningJob:
     #: the job hash fields the worker reads, in this order
     FIELDS: ClassVar[tuple[str, ...]] = (
         "data", "timeout", "retries_left", "retry_intervals", "result_ttl", "failure_ttl", "priority", "attempts",
-        "enqueued_at", "schedule_id", "cancel_requested",
+        "enqueued_at", "schedule_id", "cancel_requested", "earlier_attempts",
     )  # fmt: skip
 
     id: str
@@ -140,12 +142,13 @@ class RunningJob:
     progress: dict | None = None  #: the last values the handler reported
     cancel_requested: bool = False  #: canceled while its worker was taking it: it must not run
     problem: str | None = None  #: why the stored job cannot run (it fails at once, without retry)
+    earlier_attempts: int = 0  #: tries made before a retry-failed put the job back with its attempts reset
 
     @classmethod
     def from_fields(cls, job_id: str, origin: str, values: list[bytes | None]) -> RunningJob:
         """Build from the values of `FIELDS`; a job whose stored data is unreadable gets a `problem`."""
         data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts = values[:8]
-        enqueued, schedule, cancel = values[8:]
+        enqueued, schedule, cancel, earlier = values[8:]
         func_name, kwargs, problem = "", {}, None
         try:
             raw = zlib.decompress(data) if data else b""
@@ -173,6 +176,7 @@ class RunningJob:
             enqueued_at=enqueued.decode() if enqueued else None,
             schedule_id=schedule.decode() if schedule else None,
             cancel_requested=bool(cancel),
+            earlier_attempts=_int(earlier) or 0,
         )
 
     @property
@@ -181,8 +185,8 @@ class RunningJob:
 
     @property
     def attempt(self) -> int:
-        """The number of this try, 1 for the first."""
-        return max(1, self.attempts - (self.retries_left or 0))
+        """The number of this try, 1 for the first; tries before a retry-failed count too."""
+        return self.earlier_attempts + max(1, self.attempts - (self.retries_left or 0))
 
 
 def _int(value: bytes | None) -> int | None:

@@ -34,7 +34,8 @@ def _error(response, status: int, code: str) -> dict:
     "method, path",
     [("get", "/api/admin/workers?action=stats"), ("post", "/api/admin/workers"), ("delete", "/api/admin/workers"),
      ("get", "/api/admin/jobs/stats"), ("post", "/api/admin/jobs"), ("get", "/api/admin/jobs/x"),
-     ("post", "/api/admin/jobs/x/cancel")],
+     ("post", "/api/admin/jobs/x/cancel"), ("get", "/api/admin/jobs"), ("post", "/api/admin/jobs/x/execute"),
+     ("get", "/api/admin/jobs/x/logs")],
 )  # fmt: skip
 def test_every_admin_route_refuses_a_missing_or_wrong_token(api, method, path):
     for headers in ({}, {"Authorization": "Bearer wrong-token-0000000000"}, {"Authorization": TOKEN},
@@ -149,6 +150,74 @@ def test_redis_down_is_a_503_json_error(app, client):
     _error(client.get("/api/admin/workers?action=stats", headers=AUTH), 503, "redis_unavailable")
     health = client.get("/api/admin/workers?action=health-check", headers=AUTH)
     assert health.status_code == 503 and health.get_json()["status"] == "unhealthy"
+
+
+def test_postgres_down_is_a_503_json_error_and_redis_controls_still_work(app, client, redis_conn):
+    from app.servers import free_port
+
+    app.config["DATABASE_URL"] = f"postgresql://127.0.0.1:{free_port()}/nothing"
+    app.config["DATABASE_POOL_TIMEOUT"] = 1
+    app.extensions.pop("bullrq.db", None)
+    for path in ("/api/admin/jobs/logs", "/api/admin/jobs/schedules", "/api/admin/jobs/x/logs",
+                 "/api/admin/jobs/history-stats"):  # fmt: skip
+        error = _error(client.get(path, headers=AUTH), 503, "postgres_unavailable")
+        assert "PostgreSQL" in error["message"]
+    # queue controls live in Redis: they still work, and the lost audit row does not undo them
+    paused = client.post("/api/admin/workers", headers=AUTH, json={"action": "pause", "queueName": "harvest"})
+    assert paused.status_code == 200 and redis_conn.exists(queue_keys("harvest").paused)
+
+
+def _ping(api, queue: str, **options) -> str:
+    body = {"type": "system.ping", "options": {"queue": queue, **options}}
+    return api.post("/api/admin/jobs", headers=AUTH, json=body).get_json()["jobId"]
+
+
+def test_list_jobs_by_state_and_queue_a_page_at_a_time(api, redis_conn):
+    waiting = [_ping(api, "harvest") for _ in range(5)]
+    urgent = _ping(api, "harvest", priority="high")
+    other = _ping(api, "sync")
+    delayed = _ping(api, "harvest", delay=3600)
+
+    page = api.get("/api/admin/jobs?status=waiting&queueName=harvest&limit=4", headers=AUTH).get_json()
+    assert page["total"] == 6 and [j["id"] for j in page["jobs"]] == [urgent, *waiting[:3]]  # the order they run in
+    rest = api.get("/api/admin/jobs?status=waiting&queueName=harvest&limit=4&offset=4", headers=AUTH).get_json()
+    assert [j["id"] for j in rest["jobs"]] == waiting[3:]
+    every = api.get("/api/admin/jobs?limit=100", headers=AUTH).get_json()  # waiting is the default, all queues
+    assert every["total"] == 7 and other in [j["id"] for j in every["jobs"]]
+    later = api.get("/api/admin/jobs?status=delayed", headers=AUTH).get_json()
+    assert [(j["id"], j["status"]) for j in later["jobs"]] == [(delayed, "delayed")]
+    _error(api.get("/api/admin/jobs?status=sleeping", headers=AUTH), 400, "invalid_request")
+    _error(api.get("/api/admin/jobs?queueName=nope", headers=AUTH), 400, "unknown_queue")
+    _error(api.get("/api/admin/jobs?limit=1000", headers=AUTH), 400, "invalid_request")
+
+
+def test_execute_runs_a_delayed_job_now_and_a_failed_one_again(api, redis_conn, database_url, monkeypatch):
+    delayed = _ping(api, "harvest", delay=3600)
+    assert api.post(f"/api/admin/jobs/{delayed}/execute", headers=AUTH).get_json()["outcome"] == "promoted"
+    failing = api.post("/api/admin/jobs", headers=AUTH, json={
+        "type": "system.ping", "data": {"sleep": 2}, "options": {"queue": "harvest", "timeout": 1, "attempts": 1},
+    }).get_json()["jobId"]  # fmt: skip
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    build_worker(["harvest"], redis_conn, "execute-test", database_url).work(burst=True)
+    assert api.get(f"/api/admin/jobs/{delayed}", headers=AUTH).get_json()["status"] == "completed"
+    assert api.get(f"/api/admin/jobs/{failing}", headers=AUTH).get_json()["status"] == "failed"
+
+    assert api.post(f"/api/admin/jobs/{failing}/execute", headers=AUTH).get_json()["outcome"] == "requeued"
+    assert api.get(f"/api/admin/jobs/{failing}", headers=AUTH).get_json()["status"] == "waiting"
+    conflict = _error(api.post(f"/api/admin/jobs/{delayed}/execute", headers=AUTH), 409, "job_state")
+    assert "completed" in conflict["message"]
+    _error(api.post("/api/admin/jobs/nope/execute", headers=AUTH), 404, "job_not_found")
+
+    build_worker(["harvest"], redis_conn, "execute-test-2", database_url).work(burst=True)
+    from tests.test_history import _drain
+
+    _drain(redis_conn, database_url)
+    logs = api.get(f"/api/admin/jobs/{failing}/logs", headers=AUTH).get_json()
+    assert logs["jobId"] == failing
+    # the retry numbers its try after the first instead of writing over its row
+    assert [(r["attempt"], r["status"]) for r in logs["runs"]] == [(2, "timed_out"), (1, "timed_out")]
+    assert api.get(f"/api/admin/jobs/{failing}", headers=AUTH).get_json()["attempt"] == 2
+    _error(api.get("/api/admin/jobs/nope/logs", headers=AUTH), 404, "job_not_found")
 
 
 SCHEDULES = """

@@ -41,8 +41,9 @@ for _, member in ipairs(members) do
       redis.call('HINCRBY', KEYS[4], 'abandoned', 1)
       if ARGV[8] ~= '0' then
         local f = redis.call('HMGET', job, 'attempts', 'origin', 'description', 'worker_name', 'enqueued_at',
-          'schedule_id', 'started_at')
-        local row = {job_id = id, attempt = math.max(1, (tonumber(f[1]) or 1) - left), queue = f[2] or nil,
+          'schedule_id', 'started_at', 'earlier_attempts')
+        local row = {job_id = id, attempt = (tonumber(f[8]) or 0) + math.max(1, (tonumber(f[1]) or 1) - left),
+          queue = f[2] or nil,
           task = f[3] and string.match(f[3], '^([^(]+)') or '?', status = 'abandoned', worker = f[4] or nil,
           enqueued_at = f[5] or nil, schedule_id = f[6] or nil, started_at = f[7] or nil, ended_at = tonumber(ARGV[1]),
           error_type = canceled and 'Canceled' or 'Abandoned', error_message = ARGV[7]}

@@ -1,4 +1,5 @@
---[[ Put failed or canceled jobs back to wait, their attempts reset (retry-failed).
+--[[ Put failed or canceled jobs back to wait, their attempts reset (retry-failed). The tries already made are
+  added to `earlier_attempts`, so the history numbers the new tries after them instead of writing over their rows.
 
   KEYS[1] the registry zset they are in (failed or canceled)      KEYS[2] marker list
   KEYS[3..12] lanes of priority 1..10
@@ -14,6 +15,8 @@ for i = 4, #ARGV do
   local job = ARGV[2] .. id
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', job) == 1 then
     local attempts = tonumber(redis.call('HGET', job, 'attempts') or '1') or 1
+    local left = tonumber(redis.call('HGET', job, 'retries_left') or '0') or 0
+    redis.call('HINCRBY', job, 'earlier_attempts', math.max(1, attempts - left))
     local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
     redis.call('PERSIST', job)
     redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[1], 'retries_left', attempts - 1)

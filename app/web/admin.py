@@ -12,9 +12,10 @@ from flask import Blueprint, current_app, jsonify, request
 from app import control
 from app.connections import ping
 from app.enqueue import enqueue
-from app.errors import InvalidJobError
-from app.jobs import describe_job, fetch_job
-from app.runs import failure_rate
+from app.errors import InvalidJobError, JobStateError
+from app.job_list import list_jobs
+from app.jobs import State, describe_job, fetch_job
+from app.runs import RunFilter, failure_rate, list_runs
 from app.schedule_store import sync_declared
 from app.schedules import ScheduleError, load_schedules
 from app.stats import queue_stats
@@ -22,6 +23,7 @@ from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
+from app.web.params import page
 from queues import get_queue_spec, queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -193,6 +195,21 @@ def jobs_create():
     return _create_job(_body())
 
 
+@bp.get("/jobs")
+def jobs_list():
+    """Jobs in one state (`status`, default waiting), in one queue (`queueName`) or all, a page at a time."""
+    raw = request.args.get("status", State.WAITING.value)
+    try:
+        state = State(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"unknown status {raw!r}", {"valid": [s.value for s in State]}) from None
+    queue = request.args.get("queueName") or None
+    if queue is not None:
+        queue = get_queue_spec(queue).name
+    limit, offset = page()
+    return jsonify(status=state.value, queue=queue, **list_jobs(_redis(), state, queue, limit, offset))
+
+
 @bp.get("/jobs/<job_id>")
 def job_show(job_id: str):
     """One job: type, queue, status (Bull's names), progress, attempts, result or error."""
@@ -210,3 +227,25 @@ def job_cancel(job_id: str):
     except InvalidJobError:
         raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)") from None
     return jsonify(jobId=job_id, outcome=outcome)
+
+
+@bp.post("/jobs/<job_id>/execute")
+def job_execute(job_id: str):
+    """Run a job as soon as a worker is free: a delayed one now, a failed or canceled one again (attempts reset)."""
+    try:
+        outcome = control.run_now(_redis(), job_id)
+    except InvalidJobError:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)") from None
+    except JobStateError as exc:
+        raise ApiError(409, "job_state", str(exc)) from None
+    return jsonify(jobId=job_id, outcome=outcome)
+
+
+@bp.get("/jobs/<job_id>/logs")
+def job_logs(job_id: str):
+    """The job's runs from the history, one per attempt, newest first (they outlive the job in Redis)."""
+    limit, offset = page()
+    runs = list_runs(get_db(), RunFilter(job_id=job_id), limit, offset)
+    if not runs["runs"] and offset == 0 and fetch_job(job_id, _redis()) is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r} and no run of it in the history")
+    return jsonify(jobId=job_id, **runs)

@@ -7,7 +7,6 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app import schedule_store
 from app.runs import (
-    MAX_LIMIT,
     STATUSES,
     RunFilter,
     duration_percentiles,
@@ -20,6 +19,7 @@ from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
+from app.web.params import page
 from queues import get_queue_spec
 
 bp = Blueprint("admin_schedules", __name__, url_prefix="/api/admin/jobs")
@@ -34,17 +34,6 @@ def _schedule(schedule_id: str) -> dict:
         return schedule_store.get_schedule(get_db(), schedule_id)
     except schedule_store.UnknownScheduleError as exc:
         raise ApiError(404, "schedule_not_found", str(exc)) from None
-
-
-def _page() -> tuple[int, int]:
-    try:
-        limit = int(request.args.get("limit", 50))
-        offset = int(request.args.get("offset", 0))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "limit and offset must be whole numbers") from None
-    if not 1 <= limit <= MAX_LIMIT or offset < 0:
-        raise ApiError(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and offset >= 0")
-    return limit, offset
 
 
 @bp.get("/schedules")
@@ -103,7 +92,7 @@ def schedule_reset(schedule_id: str):
 def schedule_history(schedule_id: str):
     """An entry's runs, newest first."""
     _schedule(schedule_id)
-    limit, offset = _page()
+    limit, offset = page()
     return jsonify(list_runs(get_db(), RunFilter(schedule_id=schedule_id), limit, offset))
 
 
@@ -111,7 +100,7 @@ def schedule_history(schedule_id: str):
 def logs():
     """Runs, newest first: `jobName` (a task type or a schedule id), `status`, `error` (text in the error message);
     `limit` (max 100) and `offset` page."""
-    limit, offset = _page()
+    limit, offset = page()
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
         raise ApiError(400, "invalid_request", f"unknown status {status!r}", {"valid": list(STATUSES)})
