@@ -78,6 +78,7 @@ class Scheduler:
                 self._stop.wait(1)
             self._stop.wait(TICK)
         self._release()
+        logger.info("scheduler %s: stopped", self.identity)
 
     # -- leadership ------------------------------------------------------------------------------------------
 
@@ -98,6 +99,7 @@ class Scheduler:
         return self.leading
 
     def _release(self) -> None:
+        """Hand the lead over at once on a clean stop, rather than after the lease runs out."""
         if self.leading:
             try:
                 if self.redis.get(SCHEDULER_LEADER_KEY) == self.identity.encode():

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
+import httpx
 import pytest
 import yaml
+from rq import Worker
 
 from app.config import PROJECT_ROOT
-from queues import QUEUES
+from app.servers import free_port
+from queues import QUEUES, SCHEDULER_LEADER_KEY
+from tests.conftest import TOKEN
+from tests.fixtures import wait_for
 
 INFRASTRUCTURE = {"redis", "postgres"}
 
@@ -81,3 +92,58 @@ def test_compose_app_services_share_servers_and_wait_for_them():
             "postgres": "service_healthy",
         }, name
     assert services["web"]["ports"] == ["8000:8000"]
+
+
+@pytest.mark.slow
+def test_honcho_start_brings_the_whole_procfile_up_and_sigterm_stops_it(redis_url, database_url, redis_conn, tmp_path):
+    """`honcho start` with given servers: the web app (gunicorn) answers /readyz, every queue gets a worker, the
+    scheduler leads; SIGTERM stops every process gracefully, leaving none behind."""
+    port = free_port()
+    home = tmp_path / "honcho-home"
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN,
+           "BULLRQ_HOME": str(home), "LOG_FORMAT": "json", "WEB_CONCURRENCY": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}  # fmt: skip
+    log = tmp_path / "honcho.log"
+    with open(log, "wb") as out:
+        honcho = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "honcho"), "start", "-p", str(port)],
+                                  cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+    try:
+        def ready():
+            assert honcho.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.5, message="the web process to be ready")
+        wait_for(lambda: {q.name for w in Worker.all(connection=redis_conn) for q in w.queues} >= set(QUEUES),
+                 timeout=60, interval=0.5, message="a worker on every queue")  # fmt: skip
+        wait_for(lambda: redis_conn.exists(SCHEDULER_LEADER_KEY), timeout=30, message="the scheduler to lead")
+        stats = httpx.get(f"http://127.0.0.1:{port}/api/admin/workers?action=stats",
+                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).json()  # fmt: skip
+        assert set(stats["queues"]) == set(QUEUES) and stats["workers"] >= len(QUEUES)
+    finally:
+        honcho.send_signal(signal.SIGTERM)
+        try:
+            code = honcho.wait(timeout=60)
+        finally:
+            if honcho.poll() is None:
+                os.killpg(honcho.pid, signal.SIGKILL)
+    output = log.read_text(errors="replace")
+    assert code == 128 + signal.SIGTERM, output[-3000:]  # honcho's status after a SIGTERM it passed on
+    lines: dict[str, list[str]] = {}
+    for line in output.splitlines():  # "21:24:21 web.1 | text"
+        match = re.match(r"^\S+ (\w+)\.1\s+\| (.*)$", line)
+        if match:
+            lines.setdefault(match.group(1), []).append(match.group(2))
+    for process in procfile():  # each stopped on its own terms: a worker finishes its job, gunicorn its requests
+        stopped = {"web": "Shutting down: Master", "scheduler": "scheduler "}.get(process, "worker ")
+        assert any(stopped in line and (process == "web" or ": stopped" in line) for line in lines.get(process, [])), (
+            f"{process} did not log a graceful stop"
+        )
+    time.sleep(0.5)
+    leftover = subprocess.run(["pgrep", "-s", str(honcho.pid)], capture_output=True, text=True).stdout.split()
+    assert leftover == [], f"processes left behind: {leftover}"
+    assert TOKEN not in output  # the token never reaches a log
+    assert all(line.startswith("{") for line in lines["web"]), lines["web"][:5]  # LOG_FORMAT=json: JSON lines only

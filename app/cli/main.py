@@ -91,11 +91,10 @@ def db_status():
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, type=click.IntRange(1, 65535), show_default=True)
-def web(host, port):
-    """Serve the web app (admin API, dashboard, health probes)."""
-    from werkzeug.serving import run_simple
-
+@click.option("--port", default=5000, type=click.IntRange(1, 65535), show_default=True, envvar="PORT")
+@click.option("--dev", is_flag=True, help="Werkzeug's single-process server instead of gunicorn.")
+def web(host, port, dev):
+    """Serve the web app (admin API, dashboard, health probes) with gunicorn; SIGTERM stops it gracefully."""
     from app.web import create_app
 
     config = settings()
@@ -105,7 +104,18 @@ def web(host, port):
         application = create_app()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    run_simple(host, port, application, threaded=True, use_reloader=False)
+    if dev:
+        from werkzeug.serving import run_simple
+
+        run_simple(host, port, application, threaded=True, use_reloader=False)
+        return
+    from app.web.server import WebServer
+
+    try:
+        server = WebServer(application, host, port, config.log_format)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    server.run()
 
 
 @cli.command()
