@@ -58,6 +58,8 @@ def request(method: str, url: str, *, service: str, **kwargs) -> httpx.Response:
         raise ServiceUnavailableError(f"{service}: {type(exc).__name__}: {exc}") from None
     if response.status_code in TRANSIENT_STATUSES:
         raise ServiceUnavailableError(f"{service}: HTTP {response.status_code}")
+    if response.status_code in (401, 403):  # the reply may echo the credentials sent: never repeat it
+        raise PermanentFailure(f"{service}: HTTP {response.status_code}: the credentials were refused")
     if response.status_code >= 400:
         raise PermanentFailure(f"{service}: HTTP {response.status_code}: {_excerpt(response)}")
     return response

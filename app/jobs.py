@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import ClassVar
 
 from redis import Redis
+from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -201,12 +202,16 @@ def describe_job(job: BullJob) -> dict:
         result = latest.return_value
         error = latest.exc_string
     status = job.get_status(refresh=False)
+    try:
+        task_type, data = job.func_name, job.kwargs
+    except DeserializationError:  # planted or corrupted data: show the job, not a 500
+        task_type, data = None, None
     return {
         "id": job.id,
-        "type": job.func_name,
+        "type": task_type,
         "queue": job.origin,
         "status": state_of(status).value if state_of(status) else None,
-        "data": job.kwargs,
+        "data": data,
         "priority": job.priority,
         "progress": job.progress,
         "attempts": job.attempts,

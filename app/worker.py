@@ -36,6 +36,7 @@ from rq.worker_registration import unregister
 
 from app import progress
 from app.errors import (
+    ConfigError,
     InvalidJobError,
     JobCanceledError,
     JobTimeoutError,
@@ -249,7 +250,8 @@ class BullWorker(Worker):
 
     def _failure(self, job: RunningJob, exc: BaseException) -> Outcome:
         error = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
-        permanent = isinstance(exc, PermanentFailure | UnknownTaskError | InvalidJobError)
+        # a bad setting (ConfigError) is not fixed by trying again: the run fails at once, naming the variable
+        permanent = isinstance(exc, PermanentFailure | UnknownTaskError | InvalidJobError | ConfigError)
         left = job.retries_left or 0
         if permanent or left <= 0:
             logger.warning("job %s: %s failed for good (attempt %d): %r", job.id, job.func_name, job.attempt, exc)
