@@ -20,6 +20,9 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
+    bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
+    bullrq:cache:<area>:... handler caches (sync answers: cache:sync:<sha256>; AI results: cache:ai:...)  TTL set
+                            by their writer; swept by the cache-cleanup queue
 
 Every key is built here; nothing else writes our key names.
 """
