@@ -21,6 +21,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
     bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
+    bullrq:sync:fanout:<job id>  set  workspaces a scheduled sync already enqueued (retry-safe)       TTL: 1 day
     bullrq:cache:<area>:... handler caches (sync answers: cache:sync:<sha256>; AI results: cache:ai:...)  TTL set
                             by their writer; swept by the cache-cleanup queue
 

@@ -1,0 +1,280 @@
+"""The `sync` queue: keep the records each workspace tracks (table `sync_items`) in step with external providers.
+
+Task types:
+    sync.manual     data `{"workspaceId": str (1-200 characters), "forceUpdate": bool = false}`: sync one workspace
+                    now; `forceUpdate` skips the response cache (fresh answers still refill it). A workspace that
+                    tracks no items completes with zero counts.
+    sync.scheduled  no data; every 6 h (`sync-scheduled` in schedules.yaml): enqueues one `sync.manual` per
+                    workspace that tracks items (job option jobId `sync:<workspace>:<this job id>`), once per
+                    scheduled job even when that job is retried; returns how many it enqueued.
+
+Provider API (the same for both providers): `GET {base}/items/{external_id}` (the id path-encoded) with
+`Authorization: Bearer <token>` when a token is set, answered by 200 and the record as a JSON object. 404 means the
+provider does not have the item; 408, 429, 5xx or no connection mean it is unavailable for now; anything else (e.g.
+401, or an answer that is not a JSON object) is an error of that provider. An item the primary cannot give is asked
+of the fallback.
+
+A run pages through the workspace's items by external id in batches of 50; each batch is fetched with at most 5
+requests in flight and written in one transaction. Answers are cached in Redis for 6 h under
+`bullrq:cache:sync:<sha256 of the URL>`. Change detection compares the sha256 of the record's canonical JSON:
+    new        never fetched before (data was NULL): data, hash, changed_at and synced_at written
+    updated    the hash changed: data, hash, changed_at and synced_at written
+    unchanged  same hash: only synced_at (and provider, last_error cleared); the record is not rewritten
+    failed     no provider gave it: last_error written, the record kept
+A run whose items ALL failed because the providers are unavailable raises ServiceUnavailableError, so the queue's
+policy retries it (3 attempts, 30 s apart); it stops after the first batch that shows this instead of knocking on
+every item. Other failures (404 from both: the item is gone) complete the job with `failed` > 0.
+Progress after each batch: percent, items processed (synced) and failed.
+
+Environment:
+    SYNC_PRIMARY_URL      base URL of the primary provider (http or https); required
+    SYNC_PRIMARY_TOKEN    bearer token for the primary (optional)
+    SYNC_FALLBACK_URL     base URL of the fallback provider (optional: no fallback without it)
+    SYNC_FALLBACK_TOKEN   bearer token for the fallback (optional)
+    SAVE_SYNC_STATS       keep one `sync_runs` row per run (new, updated, unchanged, failed, sources); default true
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from app.config import env_bool, env_url, environment
+from app.errors import ConfigError, InvalidJobError, PermanentFailure, ServiceUnavailableError
+from app.tasks import task
+
+logger = logging.getLogger(__name__)
+
+#: items fetched and written per batch (the original system's batch size)
+BATCH_SIZE = 50
+#: seconds a provider's answer stays in the cache
+CACHE_TTL = 6 * 3600
+#: seconds a scheduled fan-out remembers the workspaces it enqueued (covers its retries with a wide margin)
+FANOUT_TTL = 24 * 3600
+#: sync.manual jobs enqueued per Redis round trip by the fan-out
+FANOUT_CHUNK = 100
+#: longest workspace id accepted
+MAX_WORKSPACE_ID = 200
+#: what the enqueue helper accepts as a jobId (dedup key)
+_DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
+_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One provider of records: `primary` or `fallback`."""
+
+    name: str
+    base_url: str
+    token: str | None = field(default=None, repr=False)
+
+    def item_url(self, external_id: str) -> str:
+        return f"{self.base_url.rstrip('/')}/items/{quote(external_id, safe='')}"
+
+    def headers(self) -> dict:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The sync queue's settings."""
+
+    providers: tuple[Provider, ...]  #: in the order they are asked: primary, then fallback
+    save_stats: bool = True
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> SyncSettings:
+        """The settings from the environment (and `.env`).
+
+        Raises:
+            ConfigError: no primary provider, or a value is invalid; the message names the variable.
+        """
+        env = environment(env)
+        primary = env_url(env, "SYNC_PRIMARY_URL", _SCHEMES)
+        if primary is None:
+            raise ConfigError("SYNC_PRIMARY_URL is not set: the sync queue needs the primary provider's base URL")
+        providers = [Provider("primary", primary, env.get("SYNC_PRIMARY_TOKEN") or None)]
+        fallback = env_url(env, "SYNC_FALLBACK_URL", _SCHEMES)
+        if fallback is not None:
+            providers.append(Provider("fallback", fallback, env.get("SYNC_FALLBACK_TOKEN") or None))
+        return cls(tuple(providers), env_bool(env, "SAVE_SYNC_STATS", True))
+
+
+def _check_workspace(workspace_id: object) -> None:
+    if (
+        not isinstance(workspace_id, str)
+        or not workspace_id.strip()
+        or len(workspace_id) > MAX_WORKSPACE_ID
+        or "\x00" in workspace_id
+    ):
+        raise InvalidJobError(f"sync.manual: workspaceId must be a non-empty string of at most {MAX_WORKSPACE_ID} "
+                              "characters")
+
+
+def _validate_manual(kwargs: dict) -> None:
+    _check_workspace(kwargs.get("workspace_id"))
+    if not isinstance(kwargs.get("force_update", False), bool):
+        raise InvalidJobError("sync.manual: forceUpdate must be true or false")
+
+
+@task("sync.manual", queue="sync", validate=_validate_manual)
+def manual(workspace_id: str, force_update: bool = False) -> dict:
+    """Sync the items workspace `workspace_id` tracks from the providers (`force_update`: bypass the cache)."""
+    from app import progress
+
+    try:
+        settings = SyncSettings.from_env()
+    except ConfigError as exc:
+        raise PermanentFailure(str(exc)) from None
+    job = progress.current_job()
+    return _sync_workspace(settings, workspace_id, force_update, job.id if job else None)
+
+
+@task("sync.scheduled", queue="sync")
+def scheduled() -> dict:
+    """Enqueue one sync.manual per workspace that tracks items, once per scheduled job even when it is retried."""
+    from app import progress, resources
+    from app.enqueue import enqueue_many
+    from queues import key
+    from workers import _sync_store as store
+
+    job_id = progress.current_job().id
+    redis_client = resources.redis_client()
+    # the dedup key stops a second enqueue only while the first job is pending; this set also covers a retry that
+    # comes after the workspace's sync ended
+    marker = key("sync", "fanout", job_id)
+    found = store.workspaces()
+    valid = [workspace for workspace in found if _is_valid_workspace(workspace)]
+    if len(valid) < len(found):
+        logger.warning("job %s: skipped %d workspace ids not valid for sync.manual", job_id, len(found) - len(valid))
+    done = {member.decode() for member in redis_client.smembers(marker)}
+    pending = [workspace for workspace in valid if workspace not in done]
+    created = 0
+    for start in range(0, len(pending), FANOUT_CHUNK):
+        chunk = pending[start : start + FANOUT_CHUNK]
+        requests = [("sync.manual", {"workspaceId": w}, {"jobId": fanout_key(w, job_id)}) for w in chunk]
+        created += sum(outcome.created for outcome in enqueue_many(redis_client, requests))
+        redis_client.pipeline().sadd(marker, *chunk).expire(marker, FANOUT_TTL).execute()
+        progress.report(percent=100 * (start + len(chunk)) / len(pending), message=f"{created} syncs enqueued",
+                        processed=len(valid) - len(pending) + start + len(chunk),
+                        failed=len(found) - len(valid))
+    progress.report(percent=100, message=f"{created} syncs enqueued for {len(valid)} workspaces",
+                    processed=len(valid), failed=len(found) - len(valid))
+    logger.info("job %s: enqueued %d syncs for %d workspaces", job_id, created, len(valid))
+    return {"workspaces": len(found), "enqueued": created, "already_enqueued": len(valid) - created,
+            "invalid": len(found) - len(valid)}
+
+
+def fanout_key(workspace_id: str, job_id: str) -> str:
+    """The jobId (dedup key) of the sync of `workspace_id` enqueued by scheduled job `job_id`."""
+    readable = f"sync:{workspace_id}:{job_id}"
+    if _DEDUP_KEY.match(readable):
+        return readable
+    # ids with characters a dedup key cannot hold, or too long: a digest keeps the key unique
+    return "sync:" + hashlib.sha256(f"{workspace_id}\n{job_id}".encode()).hexdigest()
+
+
+def _is_valid_workspace(workspace_id: str) -> bool:
+    try:
+        _check_workspace(workspace_id)
+    except InvalidJobError:
+        return False
+    return True
+
+
+class _Run:
+    """The figures of one run of a workspace."""
+
+    def __init__(self) -> None:
+        self.counts = {"new": 0, "updated": 0, "unchanged": 0, "failed": 0}
+        self.sources = Counter({"primary": 0, "fallback": 0, "cache": 0})
+        self.transient = 0  #: failed items whose providers were unavailable
+        self.last_error: str | None = None
+
+    @property
+    def seen(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def synced(self) -> int:
+        return self.seen - self.counts["failed"]
+
+    @property
+    def providers_down(self) -> bool:
+        """Every item so far failed because the providers are unavailable."""
+        return self.seen > 0 and self.transient == self.counts["failed"] == self.seen
+
+    def classify(self, page: list[dict], answers: list) -> tuple[list, list, list]:
+        """Count one batch; returns its rows to write: changed, unchanged, failed (see `_sync_store.write_batch`)."""
+        from workers._sync_store import content_hash
+
+        changed, unchanged, failed = [], [], []
+        for item, answer in zip(page, answers, strict=True):
+            if answer.data is None:
+                self.counts["failed"] += 1
+                self.transient += answer.transient
+                self.last_error = answer.error
+                failed.append((answer.external_id, answer.error))
+                continue
+            self.sources[answer.source] += 1
+            digest = content_hash(answer.data)
+            if item["is_new"]:
+                self.counts["new"] += 1
+            elif digest != item["content_hash"]:
+                self.counts["updated"] += 1
+            else:
+                self.counts["unchanged"] += 1
+                unchanged.append((answer.external_id, answer.provider))
+                continue
+            changed.append((answer.external_id, answer.data, digest, answer.provider))
+        return changed, unchanged, failed
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {name}" for name, n in self.counts.items())
+
+
+def _sync_workspace(settings: SyncSettings, workspace_id: str, force_update: bool, job_id: str | None) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app import progress, resources
+    from workers import _sync_store as store
+    from workers._sync_providers import MAX_CONCURRENT, fetch_batch
+
+    started_at = datetime.now(UTC)
+    total = store.count_items(workspace_id)
+    batches = -(-total // BATCH_SIZE)
+    run = _Run()
+    if total == 0:
+        progress.report(percent=100, message=f"workspace {workspace_id!r} tracks no items: nothing to sync",
+                        processed=0, failed=0)
+    pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="sync-fetch")
+    try:
+        for number, page in enumerate(store.item_pages(workspace_id, BATCH_SIZE), 1):
+            answers = fetch_batch(
+                settings.providers, [item["external_id"] for item in page], redis_client=resources.redis_client(),
+                pool=pool, use_cache=not force_update, cache_ttl=CACHE_TTL,
+            )  # fmt: skip
+            store.write_batch(workspace_id, *run.classify(page, answers))
+            progress.report(percent=100 * min(run.seen, total) / max(total, 1),
+                            message=f"batch {number} of {batches}: {run.summary()}",
+                            processed=run.synced, failed=run.counts["failed"])
+            if run.providers_down:
+                break  # every item so far found the providers down: the rest would too
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if settings.save_stats and job_id is not None:
+        store.save_run(job_id, workspace_id, started_at, datetime.now(UTC), run.counts, dict(run.sources))
+    logger.info("sync %s: %d items: %s", workspace_id, total, run.summary())
+    if run.providers_down:
+        raise ServiceUnavailableError(f"sync of workspace {workspace_id!r}: all {run.seen} items fetched failed, "
+                                      f"the providers are unavailable ({run.last_error})")
+    return {"workspace_id": workspace_id, "items": total, **run.counts, "sources": dict(run.sources),
+            "force_update": force_update}
