@@ -8,6 +8,7 @@ failure naming the service and status.
 from __future__ import annotations
 
 import os
+import threading
 
 import httpx
 
@@ -21,17 +22,19 @@ USER_AGENT = "bullrq/0.1 (+https://github.com/bullrq/bullrq)"
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 _clients: dict[int, httpx.Client] = {}
+_lock = threading.Lock()  # handlers that fan out over threads may ask for the client at the same moment
 
 
 def client() -> httpx.Client:
     """This process's client (connection pooling; safe to share between threads)."""
     pid = os.getpid()
-    if pid not in _clients:
-        _clients.clear()  # a forked child must not reuse its parent's connections
-        timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
-        limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
-        _clients[pid] = httpx.Client(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT})
-    return _clients[pid]
+    with _lock:
+        if pid not in _clients:
+            _clients.clear()  # a forked child must not reuse its parent's connections
+            timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+            limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
+            _clients[pid] = httpx.Client(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT})
+        return _clients[pid]
 
 
 def request(method: str, url: str, *, service: str, **kwargs) -> httpx.Response:

@@ -7,6 +7,7 @@ because sockets inherited from the parent must not be used by two processes.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +18,7 @@ from app.config import Settings, load_settings
 
 _cache: dict[str, object] = {}
 _owner: list[int] = []
+_lock = threading.RLock()  # handlers that fan out over threads may ask for a resource at the same moment
 
 
 def _here() -> dict[str, object]:
@@ -27,29 +29,29 @@ def _here() -> dict[str, object]:
     return _cache
 
 
+def _get(name: str, build):
+    with _lock:
+        cache = _here()
+        if name not in cache:
+            cache[name] = build()
+        return cache[name]
+
+
 def settings() -> Settings:
     """The product's settings, read once per process."""
-    cache = _here()
-    if "settings" not in cache:
-        cache["settings"] = load_settings()
-    return cache["settings"]
+    return _get("settings", load_settings)
 
 
 def redis_client() -> redis.Redis:
     """A Redis client for handler data (caches, markers), on the product's Redis."""
-    cache = _here()
-    if "redis" not in cache:
-        cache["redis"] = redis.Redis.from_url(settings().redis_url)
-    return cache["redis"]
+    return _get("redis", lambda: redis.Redis.from_url(settings().redis_url))
 
 
 @contextmanager
 def database() -> Iterator[psycopg.Connection]:
     """A pooled PostgreSQL connection (rows as dicts); the transaction commits when the block ends without error."""
-    cache = _here()
-    if "pool" not in cache:
-        from app.db import open_pool
+    from app.db import open_pool
 
-        cache["pool"] = open_pool(settings().database_url, min_size=0, max_size=4, name="bullrq-handlers")
-    with cache["pool"].connection() as conn:
+    pool = _get("pool", lambda: open_pool(settings().database_url, min_size=0, max_size=4, name="bullrq-handlers"))
+    with pool.connection() as conn:
         yield conn

@@ -1,19 +1,28 @@
-"""The product's pages in a real headless Chromium (Debian's, driven by Playwright) against the real servers."""
+"""The product's pages: Flask's client for routes, status codes and escaping; a real headless Chromium (Debian's,
+driven by Playwright) against the real servers for what a person does with them."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import shutil
 import threading
+import time
 
 import pytest
 from werkzeug.serving import make_server
 
 from app.config import PROJECT_ROOT
+from app.db import connect
 from app.enqueue import enqueue
-from app.history import HistoryWriter
+from app.errors import PermanentFailure
+from app.history import HistoryWriter, run_row, write_rows
 from app.migrate import apply_migrations
+from app.schedule_store import sync_declared
+from app.schedules import load_schedules
 from app.servers import free_port
+from app.tasks import Task, registry
 from app.worker import build_worker
 from queues import queue_keys, queue_names
 from tests.conftest import IN_CI, TOKEN
@@ -22,10 +31,24 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]  # fmt: skip
 
-pytestmark = pytest.mark.slow
 #: screenshots kept for people to look at (CI keeps the folder)
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 ARTIFACTS.mkdir(exist_ok=True)
+#: the Origin a browser sends with a form posted from our own pages (Flask's client serves http://localhost)
+HERE = {"Origin": "http://localhost"}
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+SCHEDULES = 'schedules:\n  - id: nightly\n    task: system.ping\n    queue: harvest\n    cron: "0 3 * * *"\n'
+PAGES = ("/admin/", "/admin/schedules", "/admin/history", "/admin/jobs")
+
+
+def _refuse(message: str) -> None:
+    raise PermanentFailure(message)
+
+
+registry.register(Task("pages.refuse", _refuse, None))  # a job that fails at once, with the error text we choose
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture
@@ -48,8 +71,7 @@ def site(app, database_url, tmp_path):
     """The app served over real HTTP on a free loopback port."""
     apply_migrations(database_url)
     schedules = tmp_path / "schedules.yaml"
-    schedules.write_text("schedules:\n  - id: nightly\n    task: system.ping\n    queue: harvest\n"
-                         "    cron: \"0 3 * * *\"\n")  # fmt: skip
+    schedules.write_text(SCHEDULES)
     app.config["SETTINGS"] = dataclasses.replace(app.config["SETTINGS"], schedules_file=schedules)
     port = free_port()
     server = make_server("127.0.0.1", port, app, threaded=True)
@@ -59,98 +81,352 @@ def site(app, database_url, tmp_path):
     server.shutdown()
 
 
+@pytest.fixture
+def db(database_url):
+    apply_migrations(database_url)
+    with connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def person(client, db):
+    """Flask's client, signed in with the session cookie."""
+    assert client.post("/login", data={"token": TOKEN}).status_code == 302
+    return client
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _drain(redis_conn, database_url) -> None:
+    writer = HistoryWriter(redis_conn, database_url, "pages-test")
+    while writer.drain_once(block=0.05):
+        pass
+    writer.stop()
+
+
+def _work(redis_conn, database_url, queue: str) -> None:
+    """Run the queue's jobs to the end, then write their runs to PostgreSQL."""
+    build_worker([queue], redis_conn, "pages-test", database_url).work(burst=True)
+    _drain(redis_conn, database_url)
+
+
+def _failing(redis_conn, message: str, queue: str = "sync"):
+    return enqueue(redis_conn, "pages.refuse", {"message": message}, {"queue": queue, "attempts": 1})
+
+
+def _seed_history(db) -> None:
+    """harvest: two completed runs this hour, one failed three hours ago; sync: one completed three days ago."""
+    now = time.time()
+    rows = [("h1", "harvest", "completed", now - 5), ("h2", "harvest", "completed", now - 4),
+            ("h3", "harvest", "failed", now - 3 * 3600), ("s1", "sync", "completed", now - 3 * 86400)]  # fmt: skip
+    write_rows(db, [run_row(job_id=job, attempt=1, queue=queue, task="system.ping", status=status, started_at=at,
+                            ended_at=at + 0.02) for job, queue, status, at in rows])  # fmt: skip
+
+
+def _bars(html: str) -> dict[str, int]:
+    """Bars drawn per chart of the history page: {chart key: count}."""
+    figures = re.findall(r'<figure class="chart" data-queue="([^"]+)".*?</figure>', html, re.S)
+    bodies = re.findall(r'<figure class="chart" data-queue="[^"]+".*?</figure>', html, re.S)
+    return {key: body.count('<g class="bar"') for key, body in zip(figures, bodies, strict=True)}
+
+
+def _post(client, path: str, data: dict | None = None, **kwargs):
+    return client.post(path, data=data or {}, headers=HERE, **kwargs)
+
+
+def _last_audit(db) -> dict:
+    return db.execute("SELECT actor, method, path, request, status, result FROM audit_log ORDER BY id DESC").fetchone()
+
+
+# ------------------------------------------------------------------------------------- routes (Flask's client)
+
+
+def test_pages_send_people_to_sign_in_and_refuse_changes_without_a_session(client, db, redis_conn):
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 302 and "/login?next=" in response.headers["Location"], path
+    refused = _post(client, "/admin/queues/sync/pause")
+    assert refused.status_code == 401 and refused.mimetype == "text/html" and b"sign in first" in refused.data
+    assert not redis_conn.exists(queue_keys("sync").paused)
+    assert _last_audit(db)["status"] == 401
+
+
+def test_every_page_renders_with_the_navigation(person):
+    for path in PAGES:
+        response = person.get(path)
+        html = response.get_data(as_text=True)
+        assert response.status_code == 200 and response.mimetype == "text/html", path
+        assert all(f'href="{page}"' in html for page in PAGES) and html.count('aria-current="page"') >= 1
+        assert "https://" not in html and "http://" not in html  # every asset is ours, served locally
+    overview = person.get("/admin/").get_data(as_text=True)
+    assert re.findall(r'<tr data-queue="([^"]+)"', overview) == queue_names() and len(queue_names()) == 7
+    assert person.get("/admin/static/admin.css").status_code == 200
+    assert person.get("/admin/static/admin.js").status_code == 200
+
+
+def test_a_queue_action_must_come_from_this_site_and_is_audited(person, db, redis_conn):
+    for headers in ({}, {"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"}):
+        refused = person.post("/admin/queues/sync/pause", headers=headers)
+        assert refused.status_code == 403 and b"must come from this site" in refused.data
+    assert not redis_conn.exists(queue_keys("sync").paused)
+    assert _last_audit(db)["status"] == 403
+
+    done = _post(person, "/admin/queues/sync/pause")
+    assert done.status_code == 303 and done.headers["Location"] == "/admin/"
+    assert redis_conn.exists(queue_keys("sync").paused)
+    row = _last_audit(db)
+    assert (row["method"], row["path"], row["status"]) == ("POST", "/admin/queues/sync/pause", 200)
+    assert row["result"] == {"action": "pause", "queues": ["sync"]} and row["actor"] == "session"
+    page = person.get("/admin/").get_data(as_text=True)
+    assert "sync: paused" in page and re.search(r'data-queue="sync".*?class="paused"', page, re.S)
+    assert "sync: paused" not in person.get("/admin/").get_data(as_text=True)  # a flash shows once
+
+    _post(person, "/admin/queues/sync/resume")
+    assert not redis_conn.exists(queue_keys("sync").paused)
+
+
+def test_unknown_queues_schedules_and_actions_are_404_pages(person):
+    for path in ("/admin/queues/nope/pause", "/admin/queues/sync/explode", "/admin/schedules/nope/run",
+                 "/admin/queues/%3Cb%3E/pause"):  # fmt: skip
+        response = _post(person, path)
+        assert response.status_code == 404 and response.mimetype == "text/html", path
+        assert b"<b>" not in response.data
+    assert b"unknown queue &#39;nope&#39;" in _post(person, "/admin/queues/nope/pause").data
+    assert person.get("/admin/queues/sync/pause").status_code == 405
+
+
+def test_retry_failed_and_clean_change_the_counts(person, db, redis_conn, database_url):
+    jobs = [_failing(redis_conn, "provider said no") for _ in range(2)]
+    _work(redis_conn, database_url, "sync")
+    assert redis_conn.zcard(queue_keys("sync").failed) == 2
+
+    _post(person, "/admin/queues/sync/retry-failed")
+    assert "sync: 2 failed job(s) requeued" in person.get("/admin/").get_data(as_text=True)
+    assert redis_conn.zcard(queue_keys("sync").failed) == 0 and redis_conn.llen(queue_keys("sync").queue) == 2
+    assert _last_audit(db)["result"] == {"action": "retry-failed", "requeued": {"sync": 2}}
+
+    _work(redis_conn, database_url, "sync")
+    for state, age in (("bogus", "0"), ("failed", "-1"), ("failed", "soon")):
+        _post(person, "/admin/queues/sync/clean", {"state": state, "age": age})
+        assert "clean needs a state" in person.get("/admin/").get_data(as_text=True)
+        assert _last_audit(db)["status"] == 400
+    _post(person, "/admin/queues/sync/clean", {"state": "failed", "age": "3600"})
+    assert redis_conn.zcard(queue_keys("sync").failed) == 2  # younger than an hour: kept
+    _post(person, "/admin/queues/sync/clean", {"state": "failed", "age": "0"})
+    assert "sync: 2 failed job(s) older than 0 s removed" in person.get("/admin/").get_data(as_text=True)
+    assert redis_conn.zcard(queue_keys("sync").failed) == 0
+    assert not any(redis_conn.exists(f"rq:job:{job.id}") for job in jobs)
+
+
+def test_schedule_actions_and_a_second_run_while_one_is_going(person, db, redis_conn, tmp_path):
+    path = tmp_path / "schedules.yaml"
+    path.write_text(SCHEDULES)
+    sync_declared(db, load_schedules(path))
+    assert 'data-schedule="nightly"' in person.get("/admin/schedules").get_data(as_text=True)
+
+    assert _post(person, "/admin/schedules/nightly/run").headers["Location"] == "/admin/schedules"
+    assert _last_audit(db)["status"] == 201 and redis_conn.llen(queue_keys("harvest").queue) == 1
+    _post(person, "/admin/schedules/nightly/run")
+    page = person.get("/admin/schedules").get_data(as_text=True)
+    assert "nightly: a run is going already" in page and 'role="alert"' in page
+    assert _last_audit(db)["status"] == 409 and redis_conn.llen(queue_keys("harvest").queue) == 1
+
+    _post(person, "/admin/schedules/nightly/reset")
+    assert "reset by an operator" in person.get("/admin/schedules").get_data(as_text=True)
+    _post(person, "/admin/schedules/nightly/disable")
+    assert db.execute("SELECT enabled_override FROM job_schedules").fetchone() == {"enabled_override": False}
+    _post(person, "/admin/schedules/nightly/enable")
+    assert db.execute("SELECT enabled_override FROM job_schedules").fetchone() == {"enabled_override": True}
+
+
+def test_history_draws_a_bar_per_hour_with_runs_for_24_hours_and_7_days(person, db):
+    _seed_history(db)
+    day = person.get("/admin/history").get_data(as_text=True)
+    assert _bars(day) == {"all": 2, **{name: 0 for name in queue_names()}, "harvest": 2}
+    harvest = re.search(r'<figure class="chart" data-queue="harvest".*?</figure>', day, re.S).group(0)
+    assert harvest.count('<rect class="failed"') == 1 and harvest.count('<rect class="completed"') == 1
+    assert re.search(r"3 run\(s\), failure rate 33.3 %, p95 [\d.]+ ms", harvest)
+    week = person.get("/admin/history?hours=168").get_data(as_text=True)
+    assert _bars(week) == {"all": 3, **{name: 0 for name in queue_names()}, "harvest": 2, "sync": 1}
+    for hours in ("5", "x", ""):
+        assert person.get(f"/admin/history?hours={hours}").status_code == 400
+
+
+def test_runs_search_pages_fifty_at_a_time_and_checks_its_parameters(person, db):
+    now = time.time()
+    write_rows(db, [run_row(job_id=f"r{n}", attempt=1, queue="sync", task="system.ping", status="completed",
+                            started_at=now - n, ended_at=now - n + 0.01) for n in range(55)])  # fmt: skip
+    first = person.get("/admin/jobs?name=system.ping").get_data(as_text=True)
+    assert first.count("<tr data-job=") == 50 and 'rel="next"' in first and 'rel="prev"' not in first
+    second = person.get("/admin/jobs?name=system.ping&offset=50").get_data(as_text=True)
+    assert second.count("<tr data-job=") == 5 and 'rel="prev"' in second and 'rel="next"' not in second
+    assert person.get("/admin/jobs?status=bogus").status_code == 400
+    assert person.get("/admin/jobs?offset=-1").status_code == 400
+
+
+def test_markup_in_job_ids_data_and_errors_stays_text(person, db, redis_conn, database_url):
+    job = _failing(redis_conn, HOSTILE)
+    _work(redis_conn, database_url, "sync")
+    for path in (f"/admin/jobs?id={job.id}", "/admin/jobs?error=pwned", "/admin/jobs?id=%3Cscript%3Ex"):
+        html = person.get(path).get_data(as_text=True)
+        assert "<script>" not in html.split("</head>")[1] and "<img src=x" not in html, path
+    shown = person.get(f"/admin/jobs?id={job.id}").get_data(as_text=True)
+    assert "&lt;img src=x onerror=" in shown
+    missing = person.get("/admin/jobs?id=%3Cscript%3Ex")
+    assert missing.status_code == 404 and "No job &lt;script&gt;x" in missing.get_data(as_text=True)
+
+
+def test_with_postgresql_down_the_overview_still_shows_the_queues(app, person):
+    from app.servers import free_port
+
+    pool = app.extensions.pop("bullrq.db", None)
+    if pool is not None:
+        pool.close()
+    app.config.update(DATABASE_URL=f"postgresql://127.0.0.1:{free_port()}/nothing", DATABASE_POOL_TIMEOUT=0.5)
+    overview = person.get("/admin/")
+    html = overview.get_data(as_text=True)
+    assert overview.status_code == 200 and "PostgreSQL is unreachable" in html
+    assert re.findall(r'<tr data-queue="([^"]+)"', html) == queue_names()
+    down = person.get("/admin/schedules")
+    assert down.status_code == 503 and down.mimetype == "text/html" and b"PostgreSQL is unreachable" in down.data
+
+
+# ------------------------------------------------------------------------------- in a real headless Chromium
+
+
 def _sign_in(page, site: str) -> None:
     page.goto(f"{site}/admin/")
     assert "/login" in page.url
     page.fill("#token", TOKEN)
     page.click("button[type=submit]")
-    page.wait_for_selector("body[data-loaded=true]")
+    page.wait_for_selector("#queues")
 
 
-def test_sign_in_then_pause_and_resume_a_queue(browser, site, redis_conn):
-    page = browser.new_page()
+def _flash(page) -> str:
+    return page.locator("#messages").inner_text()
+
+
+@pytest.mark.slow
+def test_sign_in_see_seven_queues_pause_and_resume_one(browser, site, redis_conn):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(f"{site}/admin/")
     page.fill("#token", "not-the-right-token-000")
     page.click("button[type=submit]")
     assert page.locator("[role=alert]").inner_text() == "That token is not valid."
     _sign_in(page, site)
-    assert page.locator("#queues tbody tr").count() == len(queue_names())
+    assert page.locator("#queues tbody tr").count() == len(queue_names()) == 7
 
-    page.click("#queues tr[data-queue=sync] button")
+    page.click("#queues tr[data-queue=sync] button.toggle")
     page.wait_for_selector("#queues tr[data-queue=sync] .paused")
-    assert redis_conn.exists(queue_keys("sync").paused)
-    assert "sync: paused" in page.locator("#status").inner_text()
-    page.click("#queues tr[data-queue=sync] button")
-    page.wait_for_function("!document.querySelector('#queues tr[data-queue=sync] .paused')")
-    assert not redis_conn.exists(queue_keys("sync").paused)
+    assert redis_conn.exists(queue_keys("sync").paused) and "sync: paused" in _flash(page)
+    assert page.locator("#queues .paused").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "pages-overview.png"), full_page=True)
+    page.click("#queues tr[data-queue=sync] button.toggle")
+    page.wait_for_selector("#queues tr[data-queue=sync] .running")
+    assert not redis_conn.exists(queue_keys("sync").paused) and "sync: resumed" in _flash(page)
 
 
-def test_run_a_schedule_now_see_its_run_and_the_chart(browser, site, client, redis_conn, database_url):
+@pytest.mark.slow
+def test_run_a_schedule_now_see_its_run_then_reset_and_disable_it(browser, site, client, redis_conn, database_url):
     client.post("/api/admin/workers", headers={"Authorization": f"Bearer {TOKEN}"},
                 json={"action": "setup-recurring"})  # fmt: skip
-    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
     _sign_in(page, site)
+    page.click("nav a:text('Schedules')")
     row = "#schedules tr[data-schedule=nightly]"
-    page.wait_for_selector(row)
     page.click(f"{row} button:text('Run now')")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('started job')")
-    assert len(redis_conn.lrange(queue_keys("harvest").queue, 0, -1)) == 1
+    page.wait_for_selector("#messages:has-text('nightly: started job')")
+    assert redis_conn.llen(queue_keys("harvest").queue) == 1
+    assert "running" in page.locator(f"{row} .last-status").inner_text()
 
-    build_worker(["harvest"], redis_conn, "pages-test", database_url).work(burst=True)
-    writer = HistoryWriter(redis_conn, database_url, "pages-test")
-    while writer.drain_once(block=0.05):
-        pass
+    _work(redis_conn, database_url, "harvest")
+    page.click("nav a:text('Jobs')")
     page.fill("#runs-name", "nightly")
     page.click("#runs-search button")
     page.wait_for_selector("#runs tbody[data-count='1']")
     assert "completed" in page.locator("#runs tbody").inner_text()
-    page.reload()
-    page.wait_for_selector("body[data-loaded=true]")
-    assert int(page.get_attribute("#throughput", "data-hours")) >= 1  # the chart has its bar
-    assert int(page.get_attribute("#queue-charts figure[data-queue=harvest] canvas", "data-hours")) >= 1
-    assert page.locator("#queues tr[data-queue=harvest] td").nth(7).inner_text() == "1"  # runs in the last hour
-    page.select_option("#window", "168")
-    page.wait_for_selector("#durations tbody tr")
-    page.screenshot(path=str(ARTIFACTS / "admin-overview.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "pages-jobs.png"), full_page=True)
 
+    page.click("nav a:text('Schedules')")
+    page.click(f"{row} button:text('Reset')")
+    page.wait_for_selector("#messages:has-text('nightly: reset')")
+    assert "reset by an operator" in page.locator(f"{row} .last-status").inner_text()
     page.click(f"{row} button:text('Disable')")
     page.wait_for_selector(f"{row} button:text('Enable')")
     assert "disabled" in page.locator(row).inner_text()
+    page.screenshot(path=str(ARTIFACTS / "pages-schedules.png"), full_page=True)
 
 
-def test_retry_failed_from_the_overview_and_search_by_error(browser, site, redis_conn, database_url):
-    job = enqueue(redis_conn, "system.ping", {"sleep": 2}, {"queue": "sync", "timeout": 1, "attempts": 1})
-    build_worker(["sync"], redis_conn, "pages-test", database_url).work(burst=True)
-    writer = HistoryWriter(redis_conn, database_url, "pages-test")
-    while writer.drain_once(block=0.05):
-        pass
-    page = browser.new_page()
+@pytest.mark.slow
+def test_the_history_page_draws_its_charts(browser, site, database_url):
+    with connect(database_url, autocommit=True) as conn:
+        _seed_history(conn)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
     _sign_in(page, site)
-    page.fill("#runs-error", "timeout")
-    page.select_option("#runs-status", "timed_out")
+    page.click("nav a:text('History')")
+    page.wait_for_selector("#chart-all svg g.bar")
+    assert page.locator("#chart-all g.bar").count() == 2
+    assert page.locator("#chart-harvest rect.failed").count() == 1
+    box = page.locator("#chart-all g.bar rect.completed").first.bounding_box()
+    assert box["width"] > 0 and box["height"] > 0  # drawn, not only present
+    page.click(".windows a:text('7 days')")
+    page.wait_for_selector("#overall[data-hours='168']")
+    assert page.locator("#chart-all g.bar").count() == 3 and page.locator("#chart-sync g.bar").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "pages-history.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_retry_failed_and_clean_from_the_overview_and_find_the_error(browser, site, redis_conn, database_url):
+    job = _failing(redis_conn, "the provider said no")
+    _work(redis_conn, database_url, "sync")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    _sign_in(page, site)
+    page.click("nav a:text('Jobs')")
+    page.fill("#job-id", job.id)
+    page.click("#search button")
+    page.wait_for_selector("#job-error")
+    assert "the provider said no" in page.locator("#job-error").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "pages-job.png"), full_page=True)
+    page.fill("#runs-error", "PROVIDER SAID")
+    page.select_option("#runs-status", "failed")
     page.click("#runs-search button")
     page.wait_for_selector("#runs tbody[data-count='1']")
     assert job.id in page.locator("#runs tbody").inner_text()
-    page.click("#queues tr[data-queue=sync] button:text('Retry failed')")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('1 failed job(s) requeued')")
-    assert redis_conn.hget(f"rq:job:{job.id}", "status") == b"queued"
+
+    page.click("nav a:text('Overview')")
+    sync = "#queues tr[data-queue=sync]"
+    assert page.locator(f"{sync} td.failed").inner_text() == "1"
+    page.click(f"{sync} button.retry")
+    page.wait_for_selector("#messages:has-text('1 failed job(s) requeued')")
+    assert page.locator(f"{sync} td.failed").inner_text() == "0"
+    assert page.locator(f"{sync} td.waiting").inner_text() == "1"
+
+    _work(redis_conn, database_url, "sync")
+    page.reload()
+    assert page.locator(f"{sync} td.failed").inner_text() == "1"
+    page.select_option(f"{sync} form.clean select", "failed")
+    page.fill(f"{sync} form.clean input[name=age]", "0")
+    page.click(f"{sync} form.clean button")
+    page.wait_for_selector("#messages:has-text('1 failed job(s) older than 0 s removed')")
+    assert page.locator(f"{sync} td.failed").inner_text() == "0" and not redis_conn.exists(f"rq:job:{job.id}")
 
 
-def test_job_data_with_markup_renders_inert(browser, site, redis_conn):
-    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
-    job = enqueue(redis_conn, "system.ping", {"echo": hostile}, {"queue": "sync"})
+@pytest.mark.slow
+def test_job_data_with_markup_renders_inert(browser, site, redis_conn, database_url):
+    job = _failing(redis_conn, HOSTILE)
+    _work(redis_conn, database_url, "sync")
     page = browser.new_page()
     _sign_in(page, site)
-    page.fill("#job-id", job.id)
-    page.click("#search button")
-    page.wait_for_function("document.querySelector('#job').textContent.includes('onerror')")
-    assert hostile.replace('"', '\\"') in page.locator("#job").inner_text()
-    assert page.locator("#job img").count() == 0 and page.evaluate("window.pwned") is None
+    page.goto(f"{site}/admin/jobs?id={job.id}&error=pwned")
+    assert json.dumps(HOSTILE)[1:-1] in page.locator("#job-data").inner_text()  # shown as the JSON it is
+    assert HOSTILE in page.locator("#job-error").inner_text() and HOSTILE in page.locator("#runs").inner_text()
+    assert page.locator("main img").count() == 0 and page.evaluate("window.pwned") is None
 
 
+@pytest.mark.slow
 def test_job_data_with_markup_renders_inert_in_rq_dashboard(browser, site, redis_conn):
-    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
-    job = enqueue(redis_conn, "system.ping", {"echo": hostile}, {"queue": "sync"})
+    job = enqueue(redis_conn, "system.ping", {"echo": HOSTILE}, {"queue": "sync"})
     page = browser.new_page()
     _sign_in(page, site)
     page.goto(f"{site}/api/admin/queues/0/view/job/{job.id}")

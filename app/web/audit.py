@@ -7,7 +7,7 @@ import json
 import logging
 
 import psycopg
-from flask import Response, current_app, request
+from flask import Response, current_app, request, session
 from psycopg_pool import PoolTimeout
 
 from app.web.db import get_db
@@ -20,9 +20,12 @@ MAX_BODY = 4000
 
 
 def actor() -> str:
-    """Who is calling: a fingerprint of the token they sent (the token itself is never stored or logged)."""
+    """Who is calling: a fingerprint of the token they sent (the token itself is never stored or logged), or a
+    person signed in with the session cookie."""
     given = request.headers.get("Authorization", "").partition(" ")[2].strip()
-    return "token:" + hashlib.sha256(given.encode()).hexdigest()[:12] if given else "anonymous"
+    if given:
+        return "token:" + hashlib.sha256(given.encode()).hexdigest()[:12]
+    return "session" if session.get("admin") else "anonymous"
 
 
 def _json_or_text(raw: bytes) -> str | None:
