@@ -74,6 +74,10 @@ def _create_job(body: dict):
     )
 
 
+def _job_not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)")
+
+
 @bp.get("/openapi.json")
 def openapi():
     """The OpenAPI document of this API."""
@@ -215,7 +219,7 @@ def job_show(job_id: str):
     """One job: type, queue, status (Bull's names), progress, attempts, result or error."""
     job = fetch_job(job_id, _redis())
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)")
+        raise _job_not_found(job_id)
     return jsonify(describe_job(job))
 
 
@@ -225,7 +229,7 @@ def job_cancel(job_id: str):
     try:
         outcome = control.cancel(_redis(), job_id)
     except InvalidJobError:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)") from None
+        raise _job_not_found(job_id) from None
     return jsonify(jobId=job_id, outcome=outcome)
 
 
@@ -235,7 +239,7 @@ def job_execute(job_id: str):
     try:
         outcome = control.run_now(_redis(), job_id)
     except InvalidJobError:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r} (never created, or expired)") from None
+        raise _job_not_found(job_id) from None
     except JobStateError as exc:
         raise ApiError(409, "job_state", str(exc)) from None
     return jsonify(jobId=job_id, outcome=outcome)
