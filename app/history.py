@@ -204,6 +204,8 @@ class HistoryWriter(threading.Thread):
                 backoff = 0.5
             except (psycopg.Error, RedisError) as exc:
                 logger.warning("history: %s unavailable, rows wait in Redis (%s)", _which(exc), _first_line(exc))
+                # a read may have reached Redis and its reply been lost: those rows are pending under our name
+                self._unsure = True
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None

@@ -54,7 +54,11 @@ for _, member in ipairs(members) do
         out[#out + 1] = id
         out[#out + 1] = 'canceled'
       elseif ARGV[6] == '0' or left > 0 then
-        if ARGV[6] == '1' then redis.call('HSET', job, 'retries_left', left - 1) end
+        if ARGV[6] == '1' then
+          redis.call('HSET', job, 'retries_left', left - 1)
+        else  -- the lost run keeps its history row: the rerun is numbered after it instead of writing over it
+          redis.call('HINCRBY', job, 'earlier_attempts', 1)
+        end
         local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
         redis.call('LPUSH', KEYS[4 + priority], id)
         redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[2], 'exc_info', ARGV[7])

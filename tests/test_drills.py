@@ -1,0 +1,122 @@
+"""The fault drills in their quick form (bench.drills --quick): counts only, never timings.
+
+Each drill starts its own throwaway redis-server and PostgreSQL, real worker and scheduler processes, does its
+damage and reads back from Redis and `job_runs` what every job went through. The drills mostly wait (leases, claim
+timers, takeovers), so two groups run side by side to keep the file near two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.drills import QUICK
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parent.parent
+#: drills run by each of the two processes started side by side
+GROUPS = (["a", "b"], ["c", "e", "d"])
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict[str, dict]:
+    """Every drill's report, by letter."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.drills", *group, "--quick", "--json"],
+            cwd=PROJECT,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for group in GROUPS
+    ]
+    found = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=280)
+        assert out.strip(), f"bench.drills printed nothing (exit {proc.returncode}):\n{err[-3000:]}"
+        for report in json.loads(out):
+            found[report["drill"]] = report
+    return found
+
+
+def _assert_every_job_completed_once(report: dict) -> dict:
+    figures = report["figures"]
+    assert not [b for b in report["broken"] if "could not run" in b], report
+    acked = figures["acknowledged"]
+    assert acked > 0
+    assert figures["lost (acknowledged, never ended)"] == 0, report
+    assert figures["finished (Redis)"] == acked, report
+    assert figures["failed (Redis)"] == 0, report
+    assert figures["completed exactly once"] == acked, report
+    assert figures["completed more than once"] == 0, report
+    assert figures["finished without a completed history row"] == 0, report
+    return figures
+
+
+def test_a_sigkilled_workers_lose_no_job_and_their_runs_are_counted(reports):
+    report = reports["a"]
+    figures = _assert_every_job_completed_once(report)
+    assert figures["jobs submitted"] == figures["acknowledged"] == QUICK.jobs
+    assert figures["workers SIGKILLed"] == QUICK.kills
+    in_history, in_counter = map(int, figures["abandoned runs in history / in the queue's counter"].split(" / "))
+    assert in_history == in_counter  # every run lost to a kill is in the history, once
+    assert figures["run more than once (an abandoned run, then a retry)"] == in_history
+    assert report["ok"] and report["broken"] == []
+
+
+def test_b_a_redis_restart_loses_no_acknowledged_job(reports):
+    report = reports["b"]
+    figures = _assert_every_job_completed_once(report)
+    assert figures["acknowledged"] + figures["not acknowledged (Redis down or restarting)"] == figures["jobs submitted"]
+    assert figures["not acknowledged (Redis down or restarting)"] > 0  # the restart did happen under load
+    assert report["ok"] and report["broken"] == []
+
+
+def test_c_jobs_run_through_a_postgres_outage_and_every_history_row_arrives(reports):
+    report = reports["c"]
+    figures = _assert_every_job_completed_once(report)
+    assert figures["jobs completed while PostgreSQL was down"] > 0
+    assert figures["history rows waiting in Redis when it came back"] > 0
+    assert figures["jobs without a history row"] == 0
+    assert figures["history rows in PostgreSQL / jobs"] == f"{figures['acknowledged']} / {figures['acknowledged']}"
+    assert report["ok"] and report["broken"] == []
+
+
+def test_d_killing_the_active_scheduler_misses_and_doubles_no_slot(reports):
+    report = reports["d"]
+    figures = report["figures"]
+    assert not [b for b in report["broken"] if "could not run" in b], report
+    assert figures["active scheduler SIGKILLed"] == QUICK.scheduler_kills
+    assert figures["slots due while the drill ran"] > 10
+    assert figures["slots missed"] == 0, report
+    assert figures["slots fired more than once"] == 0, report
+    assert (
+        figures["slots fired exactly once"] + figures["slots skipped (the previous run still going)"]
+        == (figures["slots due while the drill ran"])
+    )
+    assert report["ok"] and report["broken"] == []
+
+
+def test_e_workers_stop_lets_long_jobs_finish_or_requeues_them(reports):
+    report = reports["e"]
+    figures = _assert_every_job_completed_once(report)
+    n = len(QUICK.stop_queues)
+    assert figures["long jobs finished during a stop with time to spare"] == f"{n} / {n}"
+    assert figures["jobs waiting behind them left queued"] == f"{2 * n} / {2 * n}"
+    assert figures["long jobs requeued by a stop --timeout 1"] == f"{n} / {n}"
+    assert report["ok"] and report["broken"] == []
+
+
+def test_e_a_run_killed_by_workers_stop_keeps_its_history_row(reports):
+    figure = reports["e"]["figures"]["killed runs: history rows / queue counters"]
+    in_history, in_counters = map(int, figure.split(" / "))
+    assert in_counters == len(QUICK.stop_queues)
+    assert in_history == in_counters
