@@ -52,6 +52,8 @@ class MigrationError(BullrqError):
 class PermanentFailure(BullrqError):
     """Raised by a handler for a failure that retrying cannot fix: the job fails at once, with no retry."""
 
+    status: int | None = None  #: the HTTP status, when an outside service's answer was the failure
+
 
 class RetryLater(BullrqError):
     """Raised by a handler to be retried after `delay` seconds (counts as an attempt)."""
@@ -63,6 +65,8 @@ class RetryLater(BullrqError):
 
 class ServiceUnavailableError(BullrqError):
     """Raised when an outside service may answer later (connection refused, timeout, 408, 429, 5xx): retried."""
+
+    status: int | None = None  #: the HTTP status, when there was an answer
 
 
 class JobTimeoutError(BaseException):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -37,11 +39,15 @@ def client() -> httpx.Client:
         return _clients[pid]
 
 
-def request(method: str, url: str, *, service: str, **kwargs) -> httpx.Response:
+def request(
+    method: str, url: str, *, service: str, secret: str | None = None, secret_name: str | None = None, **kwargs
+) -> httpx.Response:
     """Send a request and classify its failure.
 
     Args:
         service: a name for messages ("sync provider primary", "webhook"); never the URL's credentials.
+        secret: a credential sent with the request: blanked out of any message (some servers echo it back).
+        secret_name: the variable holding it, named when the service refuses it.
         kwargs: passed to `httpx.Client.request` (json, headers, params, content, timeout).
 
     Returns:
@@ -51,23 +57,54 @@ def request(method: str, url: str, *, service: str, **kwargs) -> httpx.Response:
         ServiceUnavailableError: the service cannot be reached or answered 408, 429 or 5xx.
         PermanentFailure: the service answered another 4xx, or the URL is malformed.
     """
-    try:
+    with failures(service):
         response = client().request(method, url, **kwargs)
-    except httpx.InvalidURL as exc:
-        raise PermanentFailure(f"{service}: invalid URL: {exc}") from None
-    except httpx.UnsupportedProtocol as exc:
-        raise PermanentFailure(f"{service}: unsupported URL: {exc}") from None
+    return check(response, service, secret=secret, secret_name=secret_name)
+
+
+@contextmanager
+def failures(service: str) -> Iterator[None]:
+    """Turn httpx's request errors inside the block into the product's: a service that cannot be reached may answer
+    later; a URL that cannot be used, endless redirects or an undecodable body will not."""
+    try:
+        yield
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise PermanentFailure(f"{service}: unusable URL: {exc}") from None
+    except httpx.TooManyRedirects:
+        raise PermanentFailure(f"{service}: too many redirects") from None
+    except httpx.DecodingError as exc:
+        raise PermanentFailure(f"{service}: the answer cannot be decoded: {exc}") from None
     except httpx.TransportError as exc:
         raise ServiceUnavailableError(f"{service}: {type(exc).__name__}: {exc}") from None
-    if response.status_code in TRANSIENT_STATUSES:
-        raise ServiceUnavailableError(f"{service}: HTTP {response.status_code}")
-    if response.status_code in (401, 403):  # the reply may echo the credentials sent: never repeat it
-        raise PermanentFailure(f"{service}: HTTP {response.status_code}: the credentials were refused")
-    if response.status_code >= 400:
-        raise PermanentFailure(f"{service}: HTTP {response.status_code}: {_excerpt(response)}")
+
+
+def check(
+    response: httpx.Response, service: str, *, secret: str | None = None, secret_name: str | None = None
+) -> httpx.Response:
+    """The response, if its status is not a failure; else the failure, carrying the status as `.status`."""
+    status = response.status_code
+    if status in TRANSIENT_STATUSES:
+        raise _with_status(ServiceUnavailableError(f"{service}: HTTP {status}"), status)
+    if status in (401, 403):  # the reply may echo the credentials sent: never repeat it
+        named = f" ({secret_name})" if secret_name else ""
+        raise _with_status(PermanentFailure(f"{service}: HTTP {status}: the credentials were refused{named}"), status)
+    if status >= 400:
+        excerpt = _excerpt(response)
+        if secret:
+            excerpt = excerpt.replace(secret, "***")
+        raise _with_status(PermanentFailure(f"{service}: HTTP {status}" + (f": {excerpt}" if excerpt else "")), status)
     return response
 
 
+def _with_status(error: Exception, status: int) -> Exception:
+    error.status = status
+    return error
+
+
 def _excerpt(response: httpx.Response, limit: int = 200) -> str:
-    text = response.text.strip().replace("\n", " ")
+    """The start of the body, for messages ("" for a streamed body not read yet)."""
+    try:
+        text = response.text.strip().replace("\n", " ")
+    except httpx.ResponseNotRead:
+        return ""
     return text[:limit] + ("..." if len(text) > limit else "")

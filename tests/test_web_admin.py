@@ -12,6 +12,7 @@ from app.migrate import apply_migrations
 from app.worker import build_worker
 from queues import queue_keys, queue_names
 from tests.conftest import TOKEN
+from tests.test_history import _drain
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -209,8 +210,6 @@ def test_execute_runs_a_delayed_job_now_and_a_failed_one_again(api, redis_conn, 
     _error(api.post("/api/admin/jobs/nope/execute", headers=AUTH), 404, "job_not_found")
 
     build_worker(["harvest"], redis_conn, "execute-test-2", database_url).work(burst=True)
-    from tests.test_history import _drain
-
     _drain(redis_conn, database_url)
     logs = api.get(f"/api/admin/jobs/{failing}/logs", headers=AUTH).get_json()
     assert logs["jobId"] == failing

@@ -74,11 +74,9 @@ class OpenAIProvider:
         from app import http
 
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        try:
-            response = http.request("POST", self.url, service=self.label, headers=headers, timeout=self._timeout,
-                                    json=self._body(text, analysis_type, filename))
-        except PermanentFailure as exc:
-            raise PermanentFailure(self._refusal(str(exc))) from None  # `from None`: the original may echo the key
+        response = http.request("POST", self.url, service=self.label, headers=headers, timeout=self._timeout,
+                                json=self._body(text, analysis_type, filename), secret=self._key,
+                                secret_name="OPENAI_API_KEY")
         content = self._content(response)
         analysis = parse_analysis(content)
         if analysis is None:
@@ -120,15 +118,6 @@ class OpenAIProvider:
             raise PermanentFailure(f"{self.label}: the answer's message content is {type(content).__name__}, "
                                    "not text")
         return content
-
-    def _refusal(self, message: str) -> str:
-        """The message of a 4xx answer, without anything of the key (some servers echo part of it back)."""
-        status = re.search(r"HTTP (\d{3})", message)
-        if status and status.group(1) in ("401", "403"):
-            return f"{self.label}: HTTP {status.group(1)}: the server refused the credentials (OPENAI_API_KEY)"
-        if self._key:
-            message = message.replace(self._key, "***")
-        return message
 
 
 def parse_analysis(content: str) -> dict | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,27 +143,17 @@ class OpenAIProvider:
         from app import http
 
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        try:
-            response = http.request(
-                "POST",
-                self.url,
-                service=label(self),
-                json={"model": self.model, "input": texts},
-                headers=headers,
-                timeout=self._timeout,
-            )
-        except PermanentFailure as exc:
-            raise PermanentFailure(self._refusal(str(exc))) from None  # `from None`: the original names no key
+        response = http.request(
+            "POST",
+            self.url,
+            service=label(self),
+            json={"model": self.model, "input": texts},
+            headers=headers,
+            timeout=self._timeout,
+            secret=self._key,
+            secret_name="EMBEDDINGS_API_KEY",
+        )
         return self._vectors(response, len(texts))
-
-    def _refusal(self, message: str) -> str:
-        """The message of a 4xx answer, without anything of the key (some servers echo part of it back)."""
-        status = re.search(r"HTTP (\d{3})", message)
-        if status and status.group(1) in ("401", "403"):
-            return f"{label(self)}: HTTP {status.group(1)}: the server refused the credentials (EMBEDDINGS_API_KEY)"
-        if self._key:
-            message = message.replace(self._key, "***")
-        return message
 
     def _vectors(self, response, expected: int) -> list[list[float]]:
         """The vectors of an answer, in input order (servers may list them in any order: `index` says which)."""

@@ -89,36 +89,17 @@ def fetch(url: str, kind: str, *, etag: str | None, last_modified: str | None, s
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    try:
-        with http.client().stream("GET", url, headers=headers, follow_redirects=True,
-                                  timeout=httpx.Timeout(settings.timeout)) as response:
-            _check_status(response, service)
-            body = b"" if response.status_code == 304 else _read(response, settings, service)
-            return Fetched(
-                status=response.status_code, body=body, etag=response.headers.get("etag"),
-                last_modified=response.headers.get("last-modified"),
-                content_type=response.headers.get("content-type", ""), url=str(response.url),
-            )
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise PermanentFailure(f"{service}: unusable URL: {exc}") from None
-    except httpx.TooManyRedirects:
-        raise PermanentFailure(f"{service}: too many redirects") from None
-    except httpx.DecodingError as exc:
-        raise PermanentFailure(f"{service}: the answer cannot be decoded: {exc}") from None
-    except httpx.TransportError as exc:
-        raise ServiceUnavailableError(f"{service}: {type(exc).__name__}: {exc}") from None
-
-
-def _check_status(response, service: str) -> None:
-    from app.http import TRANSIENT_STATUSES
-
-    status = response.status_code
-    if status in TRANSIENT_STATUSES:
-        raise ServiceUnavailableError(f"{service}: HTTP {status}")
-    if status >= 400:
-        raise PermanentFailure(f"{service}: HTTP {status}")
-    if status != 304 and not 200 <= status < 300:
-        raise PermanentFailure(f"{service}: unexpected HTTP {status} (a redirect without a Location?)")
+    with http.failures(service), http.client().stream("GET", url, headers=headers, follow_redirects=True,
+                                                      timeout=httpx.Timeout(settings.timeout)) as response:
+        status = http.check(response, service).status_code
+        if status != 304 and not 200 <= status < 300:
+            raise PermanentFailure(f"{service}: unexpected HTTP {status} (a redirect without a Location?)")
+        body = b"" if status == 304 else _read(response, settings, service)
+        return Fetched(
+            status=status, body=body, etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+            content_type=response.headers.get("content-type", ""), url=str(response.url),
+        )
 
 
 def _read(response, settings: HarvestSettings, service: str) -> bytes:

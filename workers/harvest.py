@@ -94,13 +94,12 @@ def harvest_run() -> dict:
     """Harvest every enabled source, recording each failure on its source without stopping the others."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from app import http, progress, resources
+    from app import progress, resources
     from workers._harvest_store import enabled_sources
 
     settings = _settings()
-    with resources.database() as conn:  # also builds the connection pool before the threads share it
+    with resources.database() as conn:
         sources = enabled_sources(conn)
-    http.client()  # built here, once: app.http creates it lazily without a lock
     progress.report(percent=0 if sources else 100, message=f"{len(sources)} sources to harvest", processed=0,
                     failed=0)
     outcomes: list[Outcome] = []
