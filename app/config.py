@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from app import sentinel
 from app.errors import ConfigError
 
 #: the repository root: where queues.py, schedules.yaml and the default run directory live
@@ -150,7 +151,8 @@ def env_url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced, for messages (secrets are never printed)."""
+    """The URL with its passwords replaced, for messages (secrets are never printed)."""
+    url = re.sub(r"([?&]sentinel_password=)[^&]*", r"\1***", url)
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
@@ -161,18 +163,41 @@ def _published(path: Path) -> str | None:
         return None
 
 
+#: the schemes REDIS_URL (and CACHE_REDIS_URL) accept
+REDIS_SCHEMES = ("redis", "rediss", "unix", sentinel.SCHEME)
+
+
 def _redis_url(env: dict, home: RunDir) -> tuple[str, str]:
-    url = env_url(env, "REDIS_URL", ("redis", "rediss", "unix"))
+    url = env_url(env, "REDIS_URL", REDIS_SCHEMES)
     if url:
+        if sentinel.is_sentinel_url(url):
+            try:  # a malformed one is refused here, naming the variable, not at the first command
+                sentinel.parse(url)
+            except ConfigError as exc:
+                raise ConfigError(f"REDIS_URL: {exc}") from None
         return url, "env"
+    db = sentinel.parse_db(env.get("REDIS_DB", "0"), "REDIS_DB")
+    password = env.get("REDIS_PASSWORD") or None
+    addresses = env.get("REDIS_SENTINELS", "").strip()
+    if addresses:
+        master = env.get("REDIS_SENTINEL_MASTER", "").strip()
+        if not master:
+            raise ConfigError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER (the name the sentinels watch) is not")
+        target = sentinel.SentinelTarget(
+            sentinels=sentinel.parse_addresses(addresses, "REDIS_SENTINELS"),
+            master=master,
+            db=db,
+            password=password,
+            sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+        )
+        return target.url(), "env"
     host = env.get("REDIS_HOST", "").strip()
     if host:
         port = env.get("REDIS_PORT", "6379").strip()
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"REDIS_PORT={port!r} is not a TCP port number")
-        password = env.get("REDIS_PASSWORD", "")
         auth = f":{quote(password, safe='')}@" if password else ""
-        return f"redis://{auth}{host}:{port}/0", "env"
+        return f"redis://{auth}{host}:{port}/{db}", "env"
     published = _published(home.redis_url_file)
     if published:
         return published, "run-dir"

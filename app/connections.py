@@ -6,7 +6,9 @@ import time
 
 from redis import Redis
 from redis.exceptions import RedisError
+from redis.sentinel import Sentinel
 
+from app import sentinel
 from app.config import Settings, redact
 
 #: seconds to wait for Redis to accept a connection or answer
@@ -14,10 +16,29 @@ CONNECT_TIMEOUT = 5
 
 
 def redis_from_url(url: str, **kwargs) -> Redis:
-    """A Redis client for `url` (bytes responses, as RQ expects) with bounded connect and socket timeouts."""
+    """A Redis client for `url` (bytes responses, as RQ expects) with bounded connect and socket timeouts.
+
+    A `redis+sentinel://` URL (see `app.sentinel`) gives a client of the master the sentinels name: each new
+    connection asks them, and a connection to a master demoted by a failover is dropped, so commands after a
+    failover reach the promoted replica.
+    """
     kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
     kwargs.setdefault("health_check_interval", 30)
-    return Redis.from_url(url, **kwargs)
+    if not sentinel.is_sentinel_url(url):
+        return Redis.from_url(url, **kwargs)
+    target = sentinel.parse(url)
+    sentinels = Sentinel(
+        target.sentinels,
+        # a sentinel that hangs must not hold up the search: the next one is asked
+        sentinel_kwargs={
+            "password": target.sentinel_password,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": CONNECT_TIMEOUT,
+        },
+    )
+    return sentinels.master_for(
+        target.master, db=target.db, username=target.username, password=target.password, **kwargs
+    )
 
 
 def get_redis(settings: Settings) -> Redis:

@@ -15,6 +15,7 @@ import psycopg
 import redis
 
 from app.config import Settings, load_settings
+from app.connections import redis_from_url
 
 _cache: dict[str, object] = {}
 _owner: list[int] = []
@@ -44,7 +45,7 @@ def settings() -> Settings:
 
 def redis_client() -> redis.Redis:
     """A Redis client for handler data (caches, markers), on the product's Redis."""
-    return _get("redis", lambda: redis.Redis.from_url(settings().redis_url))
+    return _get("redis", lambda: redis_from_url(settings().redis_url))
 
 
 @contextmanager

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from app.config import load_settings
 from app.errors import ServerError
@@ -110,6 +111,24 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text + "\n")
 
 
+def _terminate(pid_file: Path) -> None:
+    """Stop the daemon whose pid is in `pid_file`: SIGTERM, SIGKILL if it outlives STOP_TIMEOUT; forget the pid."""
+    pid = _read_int(pid_file)
+    if pid_exists(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while pid_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+def _conf_string(value: str) -> str:
+    """`value` as a quoted string of a redis.conf line (spaces and quotes kept)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _wait_for_port(port: int, alive, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -146,9 +165,18 @@ class _LocalServer:
 class EmbeddedRedis(_LocalServer):
     """A redis-server on 127.0.0.1 with its data, log, pid and url files in `directory`."""
 
-    def __init__(self, directory: Path, port: int | None = None, persistent: bool = True):
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        persistent: bool = True,
+        password: str | None = None,
+        replica_of: int | None = None,
+    ):
         super().__init__(directory, port)
         self.persistent = persistent  # append-only file: data kept across restarts (off for throwaway test servers)
+        self.password = password  # asked of clients, and given to the master when this server is a replica
+        self.replica_of = replica_of  # port of the master on 127.0.0.1 this server starts as a replica of
 
     @property
     def pid_file(self) -> Path:
@@ -156,7 +184,8 @@ class EmbeddedRedis(_LocalServer):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def is_running(self) -> bool:
         return pid_exists(_read_int(self.pid_file))
@@ -166,9 +195,16 @@ class EmbeddedRedis(_LocalServer):
         if self.is_running() and self.url_file.exists():
             return self.url_file.read_text().strip()
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.is_running():
+            # a server killed outright leaves its pid file; read while the new one starts, it would pass for a crash
+            self.pid_file.unlink(missing_ok=True)
         log = self.dir / "redis.log"
+        config = self.dir / "redis.conf"  # the password goes in a private file, not on a command line `ps` shows
+        secret = _conf_string(self.password) if self.password else ""
+        _write_private(config, f"requirepass {secret}\nmasterauth {secret}" if self.password else "")
         args = [
             find_redis_server(),
+            str(config),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.dir),
@@ -179,6 +215,8 @@ class EmbeddedRedis(_LocalServer):
             "--appendonly", "yes" if self.persistent else "no",
             "--protected-mode", "yes",
         ]  # fmt: skip
+        if self.replica_of:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
             raise ServerError(f"redis-server failed to start: {result.stderr or result.stdout}")
@@ -196,15 +234,83 @@ class EmbeddedRedis(_LocalServer):
     def stop(self) -> None:
         """Stop the server (it writes its append-only file first) and remove the url file."""
         self.url_file.unlink(missing_ok=True)
-        pid = _read_int(self.pid_file)
-        if pid_exists(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while pid_exists(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if pid_exists(pid):
-                os.kill(pid, signal.SIGKILL)
+        _terminate(self.pid_file)
+
+
+class EmbeddedSentinel(_LocalServer):
+    """A Redis Sentinel on 127.0.0.1 watching one master (for Sentinel drills and tests; production runs its own).
+
+    Its timings are short so that a failover takes seconds: the master counts as down after `down_after_ms`
+    without an answer, and a failover that stalls is tried again after twice `failover_timeout_ms`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        master_name: str,
+        master_port: int,
+        port: int | None = None,
+        quorum: int = 2,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ):
+        super().__init__(directory, port)
+        self.master_name, self.master_port, self.quorum = master_name, master_port, quorum
+        self.password = password  # the master's and its replicas'
+        self.sentinel_password = sentinel_password  # asked by the sentinels of clients and of each other
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "sentinel.pid"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def is_running(self) -> bool:
+        return pid_exists(_read_int(self.pid_file))
+
+    def _config(self, log: Path) -> str:
+        name = self.master_name
+        lines = [
+            "bind 127.0.0.1",
+            f"port {self.port}",
+            "daemonize yes",
+            f"pidfile {_conf_string(str(self.pid_file))}",
+            f"logfile {_conf_string(str(log))}",
+            f"dir {_conf_string(str(self.dir))}",
+            f"sentinel monitor {name} 127.0.0.1 {self.master_port} {self.quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.password:
+            lines.append(f"sentinel auth-pass {name} {_conf_string(self.password)}")
+        if self.sentinel_password:
+            secret = _conf_string(self.sentinel_password)
+            lines += [f"requirepass {secret}", f"sentinel sentinel-pass {secret}"]
+        return "\n".join(lines)
+
+    def start(self) -> tuple[str, int]:
+        """Start the sentinel with a new configuration (it rewrites the file as it learns); returns its address."""
+        if self.is_running():
+            return self.address
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
+        log = self.dir / "sentinel.log"
+        config = self.dir / "sentinel.conf"
+        _write_private(config, self._config(log))
+        result = subprocess.run([find_redis_server(), str(config), "--sentinel"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServerError(f"redis sentinel failed to start: {result.stderr or result.stdout}")
+        _wait_for_port(self.port, lambda: self.is_running() or not self.pid_file.exists(), log)
+        return self.address
+
+    def stop(self) -> None:
+        _terminate(self.pid_file)
 
 
 class EmbeddedPostgres(_LocalServer):

@@ -73,12 +73,13 @@ def main() -> int:
     try:
         settings = load_settings()
         env = dict(os.environ)
-        if "REDIS_URL" not in os.environ and "REDIS_HOST" not in os.environ:
+        # a Redis or PostgreSQL named by the environment or `.env` (a URL, a host, the sentinels) is used as is
+        if settings.redis_url_source != "env":
             redis = EmbeddedRedis(settings.home.redis)
             env["REDIS_URL"] = redis.start()
             started_servers.append(redis)
             logger.info("local Redis on port %d (data in %s)", redis.port, redis.dir)
-        if "DATABASE_URL" not in os.environ:
+        if settings.database_url_source != "env":
             postgres = EmbeddedPostgres(settings.home.postgres)
             env["DATABASE_URL"] = postgres.start()
             started_servers.append(postgres)

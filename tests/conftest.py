@@ -38,7 +38,10 @@ def isolated_env(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("BULLRQ_HOME", str(home))
     monkeypatch.setenv("BULLRQ_DOTENV", str(tmp_path / "no.env"))
-    for name in ("ADMIN_TOKEN", "BULL_BOARD_ACCESS_TOKEN", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "TZ"):
+    for name in (
+        "ADMIN_TOKEN", "BULL_BOARD_ACCESS_TOKEN", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB",
+        "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD", "TZ",
+    ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     return home
 

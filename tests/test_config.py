@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+from app import sentinel
 from app.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
@@ -80,6 +81,13 @@ def test_redis_url_wins_over_host(home):
         ({"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN"),
         ({"BULL_BOARD_ACCESS_TOKEN": "short"}, "BULL_BOARD_ACCESS_TOKEN"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINELS": "s1:http", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "s1,,s2", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "s1", "REDIS_SENTINEL_MASTER": "m", "REDIS_DB": "two"}, "REDIS_DB"),
+        ({"REDIS_URL": "redis+sentinel://s1:26379"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis+sentinel://s1:99999/m/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis+sentinel://s1/m/zero"}, "REDIS_URL"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(home, env, variable):
@@ -126,10 +134,49 @@ def test_urls_published_in_the_run_dir_are_used_when_env_is_unset(home):
     assert s.database_url_source == "run-dir"
 
 
+def test_sentinel_variables_build_a_sentinel_url_that_parses_back(home):
+    s = settings(
+        home,
+        REDIS_SENTINELS="10.0.0.1:26379, 10.0.0.2:26380,sentinel-3",
+        REDIS_SENTINEL_MASTER="bullrq",
+        REDIS_PASSWORD="p@ss/w:rd",
+        REDIS_SENTINEL_PASSWORD="s&cret",
+        REDIS_DB="3",
+    )
+    assert s.redis_url_source == "env"
+    assert s.redis_url.startswith("redis+sentinel://")
+    assert sentinel.parse(s.redis_url) == sentinel.SentinelTarget(
+        sentinels=(("10.0.0.1", 26379), ("10.0.0.2", 26380), ("sentinel-3", 26379)),
+        master="bullrq",
+        db=3,
+        password="p@ss/w:rd",
+        sentinel_password="s&cret",
+    )
+    assert "p@ss" not in redact(s.redis_url) and "s&cret" not in redact(s.redis_url)
+    assert redact(s.redis_url).startswith("redis+sentinel://:***@10.0.0.1:26379,")
+
+
+def test_sentinels_win_over_host_and_a_sentinel_redis_url_is_taken_as_is(home):
+    s = settings(home, REDIS_SENTINELS="s1", REDIS_SENTINEL_MASTER="m", REDIS_HOST="ignored")
+    assert sentinel.parse(s.redis_url) == sentinel.SentinelTarget(sentinels=(("s1", 26379),), master="m")
+    url = "redis+sentinel://user:pw@[::1]:26379,s2:1/main/1"
+    assert settings(home, REDIS_URL=url, REDIS_SENTINELS="s9", REDIS_SENTINEL_MASTER="x").redis_url == url
+    target = sentinel.parse(url)
+    assert (target.sentinels, target.master, target.db) == ((("::1", 26379), ("s2", 1)), "main", 1)
+    assert (target.username, target.password, target.sentinel_password) == ("user", "pw", None)
+
+
+def test_a_bad_sentinel_url_is_refused_without_quoting_its_password(home):
+    with pytest.raises(ConfigError) as excinfo:
+        settings(home, REDIS_URL="redis+sentinel://:hunter2@s1:x/m")
+    assert "hunter2" not in str(excinfo.value)
+
+
 @pytest.mark.parametrize(
     "url, expected",
     [
         ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis+sentinel://:pw@s:1,t:2/m/0?sentinel_password=sp", "redis+sentinel://:***@s:1,t:2/m/0?sentinel_password=***"),
         ("postgresql://user:secret@db:5432/x", "postgresql://user:***@db:5432/x"),
         ("redis://host:6379/0", "redis://host:6379/0"),
     ],

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: drills run by each of the two processes started side by side
-GROUPS = (["a", "b"], ["c", "e", "d"])
+GROUPS = (["a", "b", "f"], ["c", "e", "d"])
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,19 @@ def test_e_a_run_killed_by_workers_stop_keeps_its_history_row(reports):
     in_history, in_counters = map(int, figure.split(" / "))
     assert in_counters == len(QUICK.stop_queues)
     assert in_history == in_counters
+
+
+def test_f_a_sentinel_failover_loses_no_confirmed_job_and_everything_follows_the_new_master(reports):
+    report = reports["f"]
+    figures = report["figures"]
+    assert not [b for b in report["broken"] if "could not run" in b], report
+    confirmed = figures["acknowledged and confirmed by a replica (WAIT)"]
+    assert confirmed > 100
+    assert figures["lost (acknowledged, never ended)"] == 0, report  # of the confirmed ones
+    assert figures["finished (Redis)"] == confirmed, report
+    assert figures["failed (Redis)"] == 0, report
+    # not asserted: jobs the master alone acknowledged may go with it, and history rows still in its stream too
+    assert figures["not acknowledged (no master for a moment)"] > 0  # the kill did land under load
+    assert figures["workers that ran jobs after the last failover"] == f"{QUICK.workers} / {QUICK.workers}"
+    assert len([n for n in report["notes"] if n.startswith("kill ")]) == QUICK.failovers
+    assert report["ok"] and report["broken"] == []

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -158,6 +160,40 @@ def test_redis_second_start_reuses_the_running_server(tmp_path):
     finally:
         server.stop()
     assert not _processes_mentioning(f"127.0.0.1:{server.port}")
+
+
+def test_redis_starts_again_after_a_sigkill_and_asks_for_its_password(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis", password="pw with spaces/@:")
+    try:
+        url = server.start()
+        redis.Redis.from_url(url).set("kept", "yes")
+        os.kill(int(server.pid_file.read_text()), signal.SIGKILL)
+        while server.is_running():
+            time.sleep(0.01)
+        assert server.pid_file.exists()  # the stale pid file start() must not mistake for the new server's
+        assert server.start() == url
+        assert redis.Redis.from_url(url).get("kept") == b"yes"  # the append-only file survived the kill
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).get("kept")
+        assert b"pw with spaces" not in Path(f"/proc/{server.pid_file.read_text().strip()}/cmdline").read_bytes()
+    finally:
+        server.stop()
+
+
+def test_a_replica_follows_its_master(tmp_path):
+    master = EmbeddedRedis(tmp_path / "master", persistent=False, password="secret")
+    replica = EmbeddedRedis(tmp_path / "replica", persistent=False, password="secret", replica_of=master.port)
+    try:
+        redis.Redis.from_url(master.start()).set("k", "v")
+        client = redis.Redis.from_url(replica.start())
+        deadline = time.monotonic() + 10
+        while client.get("k") != b"v" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("k") == b"v"
+        assert client.info("replication")["role"] == "slave"
+    finally:
+        replica.stop()
+        master.stop()
 
 
 def test_postgres_connects_as_bullrq_with_password(postgres):
