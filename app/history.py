@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from app import rollup
 from app.config import load_settings
-from app.db import connect
+from app.db import connect, storable_json
 from queues import HISTORY_STREAM
 
 logger = logging.getLogger(__name__)
@@ -145,8 +145,7 @@ def run_row(
     if result is not None:
         text = json.dumps(result, default=str)
         row["result"] = text if len(text) <= MAX_RESULT else json.dumps({"truncated": True, "head": text[:MAX_RESULT]})
-    text = json.dumps({k: v for k, v in row.items() if v is not None}, default=str)
-    return text.replace("\\u0000", "\\ufffd")  # PostgreSQL text cannot hold NUL: it becomes U+FFFD
+    return storable_json(json.dumps({k: v for k, v in row.items() if v is not None}, default=str))
 
 
 def write_rows(conn: psycopg.Connection, rows: list[bytes | str]) -> None:

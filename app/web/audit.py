@@ -10,6 +10,7 @@ import psycopg
 from flask import Response, current_app, request, session
 from psycopg_pool import PoolTimeout
 
+from app.db import storable_json
 from app.web.db import get_db
 
 logger = logging.getLogger(__name__)
@@ -29,14 +30,15 @@ def actor() -> str:
 
 
 def _json_or_text(raw: bytes) -> str | None:
+    """A body as JSON for the `jsonb` columns: itself when it is JSON, else wrapped as {"text": ...}."""
     if not raw:
         return None
     text = raw[:MAX_BODY].decode(errors="replace")
     try:
         json.loads(text)
-        return text
     except ValueError:
-        return json.dumps({"text": text})
+        text = json.dumps({"text": text})  # escapes any raw NUL, which storable_json then replaces
+    return storable_json(text)
 
 
 def record(response: Response) -> Response:
@@ -50,5 +52,6 @@ def record(response: Response) -> Response:
              response.status_code, _json_or_text(response.get_data())),
         )
     except (psycopg.Error, PoolTimeout) as exc:  # the action happened: losing its audit row must not undo it
-        logger.error("audit: could not record %s %s by %s: %s", request.method, request.path, actor(), exc)
+        # the path quoted: a newline in it must not start a log line of its own
+        logger.error("audit: could not record %s %r by %s: %s", request.method, request.path, actor(), exc)
     return response

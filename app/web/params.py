@@ -7,6 +7,9 @@ from flask import request
 from app.runs import MAX_LIMIT
 from app.web.errors import ApiError
 
+#: far past any listing, and offset + limit stays inside the 64-bit integers PostgreSQL and Redis count with
+MAX_OFFSET = 2**62
+
 
 def page() -> tuple[int, int]:
     """`limit` (1 to 100, default 50) and `offset` (default 0) of the request; a 400 naming them otherwise."""
@@ -15,6 +18,6 @@ def page() -> tuple[int, int]:
         offset = int(request.args.get("offset", 0))
     except ValueError:
         raise ApiError(400, "invalid_request", "limit and offset must be whole numbers") from None
-    if not 1 <= limit <= MAX_LIMIT or offset < 0:
-        raise ApiError(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and offset >= 0")
+    if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise ApiError(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and offset 0 to {MAX_OFFSET}")
     return limit, offset
