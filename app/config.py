@@ -151,9 +151,13 @@ def env_url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
 
 
 def redact(url: str) -> str:
-    """The URL with its passwords replaced, for messages (secrets are never printed)."""
-    url = re.sub(r"([?&]sentinel_password=)[^&]*", r"\1***", url)
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL with its passwords replaced, for messages (secrets are never printed).
+
+    Everything up to the last `@` counts as the password: better too much hidden than the tail of a password
+    holding an unescaped `@`.
+    """
+    url = re.sub(rf"([?&]{sentinel.PASSWORD_PARAM}=)[^&]*", r"\1***", url)
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
 
 
 def _published(path: Path) -> str | None:
@@ -163,20 +167,26 @@ def _published(path: Path) -> str | None:
         return None
 
 
-#: the schemes REDIS_URL (and CACHE_REDIS_URL) accept
-REDIS_SCHEMES = ("redis", "rediss", "unix", sentinel.SCHEME)
+def env_redis_url(env: dict, name: str) -> str | None:
+    """The Redis URL in `name` (None when unset): redis://, rediss://, unix:// or a well-formed redis+sentinel://.
+
+    Raises:
+        ConfigError: naming the variable, at start-up rather than at the first command.
+    """
+    url = env_url(env, name, ("redis", "rediss", "unix", sentinel.SCHEME))
+    if url and sentinel.is_sentinel_url(url):
+        try:
+            sentinel.parse(url)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return url
 
 
 def _redis_url(env: dict, home: RunDir) -> tuple[str, str]:
-    url = env_url(env, "REDIS_URL", REDIS_SCHEMES)
+    url = env_redis_url(env, "REDIS_URL")
     if url:
-        if sentinel.is_sentinel_url(url):
-            try:  # a malformed one is refused here, naming the variable, not at the first command
-                sentinel.parse(url)
-            except ConfigError as exc:
-                raise ConfigError(f"REDIS_URL: {exc}") from None
         return url, "env"
-    db = sentinel.parse_db(env.get("REDIS_DB", "0"), "REDIS_DB")
+    db = sentinel.parse_db(env.get("REDIS_DB") or "0", "REDIS_DB")
     password = env.get("REDIS_PASSWORD") or None
     addresses = env.get("REDIS_SENTINELS", "").strip()
     if addresses:

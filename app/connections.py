@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from app import sentinel
@@ -13,6 +15,8 @@ from app.config import Settings, redact
 
 #: seconds to wait for Redis to accept a connection or answer
 CONNECT_TIMEOUT = 5
+#: seconds to wait for a sentinel (its answers are small and quick; a silent one is skipped)
+SENTINEL_TIMEOUT = 1
 
 
 def redis_from_url(url: str, **kwargs) -> Redis:
@@ -29,11 +33,13 @@ def redis_from_url(url: str, **kwargs) -> Redis:
     target = sentinel.parse(url)
     sentinels = Sentinel(
         target.sentinels,
-        # a sentinel that hangs must not hold up the search: the next one is asked
+        # A sentinel that hangs must not hold up the search: it gets one short try, then the next one is asked
+        # (redis-py's default would retry it ten times).
         sentinel_kwargs={
             "password": target.sentinel_password,
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_timeout": CONNECT_TIMEOUT,
+            "socket_connect_timeout": SENTINEL_TIMEOUT,
+            "socket_timeout": SENTINEL_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
         },
     )
     return sentinels.master_for(

@@ -149,6 +149,8 @@ def enqueue(
     schedule_id: str | None = None,
     schedule_slot: float | None = None,
     job_id: str | None = None,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
 ):
     """Create a job of a registered task type under its queue's policy.
 
@@ -160,10 +162,13 @@ def enqueue(
         schedule_id: the schedules.yaml entry that fires this job (recorded with its runs).
         schedule_slot: the due time it fires for, epoch seconds (None: run on request).
         job_id: the id to give the job (the scheduler claims a slot with it before enqueueing).
+        wait_replicas: with Redis replicas (Sentinel), wait until this many have the job, or `wait_timeout`
+            seconds pass. Replication is asynchronous: a job only the master had is lost if the master dies.
 
     Returns:
         The job (an RQ job: `job.id`; `job.origin` is its queue). `job.created` is False when a dedup key
-        matched a pending job: that earlier job is returned and nothing was created.
+        matched a pending job: that earlier job is returned and nothing was created. With `wait_replicas`,
+        `job.replicas` is how many replicas confirmed having it (fewer than asked when the wait timed out).
 
     Raises:
         UnknownTaskError: the type is not registered.
@@ -171,13 +176,15 @@ def enqueue(
         InvalidJobError: the data or options are not acceptable for this type.
     """
     request = _prepare(task_type, data, options, schedule_id=schedule_id, schedule_slot=schedule_slot, job_id=job_id)
-    outcome = _submit(connection, [request])[0]
+    outcomes, replicas = _submit(connection, [request], wait_replicas, wait_timeout)
+    outcome = outcomes[0]
     if not outcome.created:
         job = fetch_job(outcome.id, connection)
     else:
         job = BullJob(request.id, connection=connection)
         job.restore({k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in request.fields.items()})
     job.created = outcome.created
+    job.replicas = replicas
     return job
 
 
@@ -187,7 +194,7 @@ def enqueue_many(connection: Redis, requests: list[tuple[str, dict | None, JobOp
     Returns:
         An `Enqueued` per request, in order.
     """
-    return _submit(connection, [_prepare(*request) for request in requests])
+    return _submit(connection, [_prepare(*request) for request in requests])[0]
 
 
 class _Request(NamedTuple):
@@ -199,16 +206,23 @@ class _Request(NamedTuple):
     args: list
 
 
-def _submit(connection: Redis, requests: list[_Request]) -> list[Enqueued]:
+def _submit(
+    connection: Redis, requests: list[_Request], wait_replicas: int = 0, wait_timeout: float = 1.0
+) -> tuple[list[Enqueued], int | None]:
+    """Send the requests in one round trip; returns their outcomes and, with `wait_replicas`, WAIT's answer."""
+
     def fill(pipe):
         for request in requests:
             SCRIPTS.enqueue(pipe, request.keys, request.args)
+        if wait_replicas:  # in the same pipeline: WAIT counts the writes of its own connection
+            pipe.execute_command("WAIT", wait_replicas, max(1, int(wait_timeout * 1000)))
 
     replies = SCRIPTS.execute(connection, fill)
-    return [
+    outcomes = [
         Enqueued(job_id.decode(), request.queue, request.type, bool(created))
-        for request, (created, job_id) in zip(requests, replies, strict=True)
+        for request, (created, job_id) in zip(requests, replies[: len(requests)], strict=True)
     ]
+    return outcomes, (replies[-1] if wait_replicas else None)
 
 
 def _prepare(

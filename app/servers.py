@@ -15,6 +15,7 @@ import glob
 import importlib.util
 import os
 import pwd
+import random
 import secrets
 import shutil
 import signal
@@ -38,9 +39,27 @@ THROWAWAY_FLAG = "BULLRQ_THROWAWAY_SERVERS"
 PG_DATABASE = "bullrq"
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the range of outgoing connections' ports.
+
+    A server restarted on its port (a drill's killed Redis, a local server between runs) must find it free: a port
+    from the ephemeral range may meanwhile be the source port of some client's connection.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [n for n in range(10000, 65536) if n not in ephemeral]
+    for port in random.sample(candidates, 200):
+        if _port_free(port):
+            return port
+    with socket.socket() as sock:  # a crowded machine: any port the kernel offers
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -228,7 +247,7 @@ class EmbeddedRedis(_LocalServer):
                 raise ServerError(f"redis-server on port {self.port} wrote no pid file {self.pid_file}")
             time.sleep(0.01)
         (self.dir / "port").write_text(f"{self.port}\n")
-        self.url_file.write_text(self.url + "\n")
+        _write_private(self.url_file, self.url)  # it holds the password, if any
         return self.url
 
     def stop(self) -> None:

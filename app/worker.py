@@ -62,6 +62,8 @@ MAX_TRACEBACK = 20_000
 FORK_GRACE = 2
 #: longest pause, in seconds, between attempts to reach Redis again
 REDIS_RETRY_MAX = 5
+#: seconds a worker's Redis connection waits for an answer (its longest blocking command waits IDLE_WAIT)
+SOCKET_TIMEOUT = 15
 
 
 @dataclass
@@ -86,6 +88,13 @@ class BullWorker(Worker):
 
     def __init__(self, queues, *args, database_url: str | None = None, **kwargs):
         super().__init__(queues, *args, **kwargs)
+        # RQ raised the socket timeout to outlast its 400 s blocking dequeue; ours blocks IDLE_WAIT at most, so a
+        # Redis that vanished without a reset (a host lost, a partition) is noticed in seconds, not minutes.
+        # Connections made before (a ping at start-up) keep the timeout they were built with: they are dropped.
+        pool = self.connection.connection_pool
+        pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT
+        pool.disconnect()
+        pool.reset()
         self.database_url = database_url  #: where this process writes run history (None: it leaves that to others)
         self._keys = [queue_keys(q.name) for q in self.queues]
         self._dequeue_keys = [self.key]

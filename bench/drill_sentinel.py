@@ -7,8 +7,9 @@ completing again, `/readyz` answering 200 and the scheduler firing again; betwee
 and the sentinels make it the new master's replica, so the next kill has a replica to promote.
 
 Replication is asynchronous, so the promise is drawn where Redis draws it: a job whose enqueue a replica confirmed
-(WAIT) before the kill is never lost. Jobs acknowledged by the master alone are counted apart, as are runs repeated
-because the master died before the end of a run reached the replica (execution is at-least-once).
+(`enqueue(wait_replicas=1)`: WAIT in the enqueue's own round trip) is never lost. Jobs acknowledged by the master
+alone are counted apart, as are runs repeated because the master died before the end of a run reached the replica
+(execution is at-least-once). Several submitters run at once, so several jobs are in flight at each kill.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import psycopg
 from app.connections import redis_from_url
 from app.redis_scripts import SCRIPTS
 from app.servers import free_port
-from bench.drills import (
+from bench.drill_kit import (
     ENDED,
     POLL,
     REGISTER_TIMEOUT,
@@ -36,8 +37,8 @@ from bench.drills import (
     Servers,
     Sizes,
     Submitter,
-    _completed,
     child_env,
+    completed_count,
     job_counts,
     started_workers,
     statuses,
@@ -45,13 +46,13 @@ from bench.drills import (
     wait_history,
 )
 from bench.sentinel_group import SentinelGroup
-from queues import queue_keys
 
 QUEUE = "harvest"
 SCHEDULE = "drill-every-second"
 TOKEN = "drill-token-0123456789abcdef"
-#: submissions a second
+#: submissions a second, shared by SUBMITTERS threads of their own connection
 RATE = 100
+SUBMITTERS = 4
 
 
 def _schedules_file(root: Path) -> Path:
@@ -86,6 +87,7 @@ class _Recovery:
     def __init__(self, killed_at: float):
         self.killed_at = killed_at
         self.seen: dict[str, float] = {}
+        self.replica_back = 0.0  #: seconds until the killed node replicated from the new master
 
     def check(self, part: str, working: bool) -> None:
         if part not in self.seen and working:
@@ -110,7 +112,6 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     url = group.target.url()
     conn = redis_from_url(url)
     SCRIPTS.load(conn)
-    keys = queue_keys(QUEUE)
     web_port = free_port()
     env = child_env(servers.root, url, database_url, BULLRQ_SCHEDULES=str(_schedules_file(servers.root)))
     env.pop("REDIS_URL")  # configured the way an operator does it: the sentinels' variables, no URL
@@ -122,19 +123,24 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         fleet.web("f-web", web_port)
         _wait(lambda: _ready(web_port) and _last_fired(database_url) > 0, fleet, "the web app or the scheduler")
         seconds = sizes.failovers * (sizes.failover_load + 40)  # an upper bound: `halt` ends the load
-        submitter = Submitter(url, QUEUE, int(seconds * RATE), seconds, sizes.job_sleep, replicas=1)
-        submitter.start()
+        per_thread = int(seconds * RATE / SUBMITTERS)
+        submitters = [
+            Submitter(url, QUEUE, per_thread, seconds, sizes.job_sleep, replicas=1) for _ in range(SUBMITTERS)
+        ]
+        for submitter in submitters:
+            submitter.start()
         for n in range(sizes.failovers):
             time.sleep(sizes.failover_load / 2)
-            completed_before = _completed(conn, keys)
+            completed_before = completed_count(conn, QUEUE)
             killed = group.kill_master()
             recovery = _Recovery(time.time())
             recoveries.append(recovery)
+            confirmed_before = sum(len(s.replicated) for s in submitters)
             deadline = time.monotonic() + SETTLE_TIMEOUT
             while not recovery.complete:
-                recovery.check("sentinels promoted the replica", group.master_port() not in (None, killed.port))
-                recovery.check("jobs completing again", _completed(conn, keys) > completed_before >= 0)
-                promoted = "sentinels promoted the replica" in recovery.seen
+                promoted = group.master_port() not in (None, killed.port)
+                recovery.check("sentinels promoted the replica", promoted)
+                recovery.check("jobs completing again", completed_count(conn, QUEUE) > completed_before >= 0)
                 recovery.check("web /readyz 200", promoted and _ready(web_port))
                 recovery.check("scheduler fired again", _last_fired(database_url) > recovery.killed_at)
                 fleet.check_alive()
@@ -143,24 +149,32 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
                     raise DrillError(f"after kill {n + 1}, not working again in {SETTLE_TIMEOUT} s: {missing}")
                 time.sleep(POLL)
             time.sleep(sizes.failover_load / 2)
-            if n + 1 < sizes.failovers:
-                group.rejoin(killed)  # the next kill needs a replica to promote
-        submitter.halt.set()
-        submitter.finish()
-        wait_ended(conn, submitter.acked, fleet=fleet)
+            group.rejoin(killed)  # the killed node comes back as the replica the next kill needs
+            recovery.replica_back = time.time() - recovery.killed_at
+        time.sleep(sizes.failover_load / 2)  # confirmations again, now that there is a replica
+        confirmed_after_last = sum(len(s.replicated) for s in submitters) - confirmed_before
+        for submitter in submitters:
+            submitter.halt.set()
+        for submitter in submitters:
+            submitter.finish()
+        acked = [job_id for s in submitters for job_id in s.acked]
+        replicated = [job_id for s in submitters for job_id in s.replicated]
+        unconfirmed = sorted(set(acked) - set(replicated))
+        wait_ended(conn, replicated, fleet=fleet)  # not the unconfirmed: one the dead master took away never ends
         wait_history(conn)
         fleet.check_alive()
     report.figures.update(
         {
-            "jobs submitted": len(submitter.acked) + len(submitter.unacked),
-            "acknowledged": len(submitter.acked),
-            "acknowledged and confirmed by a replica (WAIT)": len(submitter.replicated),
-            "not acknowledged (no master for a moment)": len(submitter.unacked),
+            "jobs submitted": len(acked) + sum(len(s.unacked) for s in submitters),
+            "acknowledged": len(acked),
+            "acknowledged and confirmed by a replica (WAIT)": len(replicated),
+            "confirmed after the last kill (by the rejoined node)": confirmed_after_last,
+            "not acknowledged (no master for a moment)": sum(len(s.unacked) for s in submitters),
         }
     )
-    runs = job_counts(report, conn, database_url, submitter.replicated, QUEUE, exactly_once=False)
-    unconfirmed = sorted(set(submitter.acked) - set(submitter.replicated))
+    runs = job_counts(report, conn, database_url, replicated, QUEUE, exactly_once=False)
     now = statuses(conn, unconfirmed)
+    report.figures["acknowledged by the master alone"] = len(unconfirmed)
     report.figures["acknowledged by the master alone, lost"] = sum(1 for s in now.values() if s not in ENDED)
     with psycopg.connect(database_url) as db:
         # a worker's RQ name is `<process name>.<host>.<pid>`
@@ -170,7 +184,9 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     report.figures["workers that ran jobs after the last failover"] = f"{sizes.workers - len(stale)} / {sizes.workers}"
     for part in _Recovery.PARTS:
         report.figures[f"kill to {part}, max"] = f"{max(r.seen[part] for r in recoveries):.1f} s"
-    duplicates = sum(1 for job_id in submitter.replicated if len(runs.get(job_id, ())) > 1)
+    rejoined = max(r.replica_back for r in recoveries)
+    report.figures["kill to the killed node back as a replica, max"] = f"{rejoined:.1f} s"
+    duplicates = sum(1 for job_id in replicated if len(runs.get(job_id, ())) > 1)
     report.notes.append(
         f"{duplicates} confirmed job(s) ran more than once: the end of their run was on the killed master only, so "
         "the promoted replica ran them again (at-least-once)"
@@ -180,7 +196,7 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
             f"kill {n}: " + "; ".join(f"{part} after {recovery.seen[part]:.1f} s" for part in _Recovery.PARTS)
         )
     report.promise(not stale, f"worker(s) {', '.join(stale)} ran no job after the last failover")
-    report.promise(len(submitter.replicated) > 0, "no submission was confirmed by a replica")
+    report.promise(confirmed_after_last > 0, "no submission was confirmed by a replica after the last kill")
     return report
 
 

@@ -12,6 +12,7 @@ from app.config import (
     DEFAULT_REDIS_URL,
     PROJECT_ROOT,
     ensure_admin_token,
+    env_redis_url,
     load_settings,
     redact,
 )
@@ -152,8 +153,9 @@ def test_sentinel_variables_build_a_sentinel_url_that_parses_back(home):
         password="p@ss/w:rd",
         sentinel_password="s&cret",
     )
-    assert "p@ss" not in redact(s.redis_url) and "s&cret" not in redact(s.redis_url)
-    assert redact(s.redis_url).startswith("redis+sentinel://:***@10.0.0.1:26379,")
+    assert redact(s.redis_url) == (
+        "redis+sentinel://:***@10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26379/bullrq/3?sentinel_password=***"
+    )
 
 
 def test_sentinels_win_over_host_and_a_sentinel_redis_url_is_taken_as_is(home):
@@ -166,10 +168,34 @@ def test_sentinels_win_over_host_and_a_sentinel_redis_url_is_taken_as_is(home):
     assert (target.username, target.password, target.sentinel_password) == ("user", "pw", None)
 
 
-def test_a_bad_sentinel_url_is_refused_without_quoting_its_password(home):
-    with pytest.raises(ConfigError) as excinfo:
-        settings(home, REDIS_URL="redis+sentinel://:hunter2@s1:x/m")
-    assert "hunter2" not in str(excinfo.value)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:hunter2@s1:x/m",
+        "redis+sentinel://:hunter2/x@s1:26379,s2:26379/m",  # an unescaped / ends the address part early
+        "redis+sentinel://:pw@s1/hunter2@x/m",
+        "redis+sentinel://:pw@s1/m/hunter2",
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_without_quoting_any_of_it(home, url):
+    for variable in ("REDIS_URL", "CACHE_REDIS_URL"):
+        with pytest.raises(ConfigError, match=variable) as excinfo:
+            env_redis_url({variable: url}, variable)
+        assert "hunter2" not in str(excinfo.value)
+    with pytest.raises(ConfigError):
+        settings(home, REDIS_URL=url)
+
+
+def test_sentinel_addresses_ipv6_and_escapes():
+    target = sentinel.parse("redis+sentinel://:a%2Bb+c@h1,[::1],[fe80::2]:26380/m?sentinel_password=x%2By+z")
+    assert target.sentinels == (("h1", 26379), ("::1", 26379), ("fe80::2", 26380))
+    assert (target.password, target.sentinel_password) == ("a+b+c", "x+y+z")  # a + is a +, not a space
+    assert sentinel.parse(target.url()) == target
+    for bad in ("::1", "h1:0", "h1:²", "[::1", ""):
+        with pytest.raises(ConfigError, match="REDIS_SENTINELS: sentinel address 1"):
+            sentinel.parse_addresses(bad, "REDIS_SENTINELS")
+    with pytest.raises(ConfigError, match="REDIS_DB"):
+        sentinel.parse_db("²", "REDIS_DB")
 
 
 @pytest.mark.parametrize(
@@ -177,6 +203,7 @@ def test_a_bad_sentinel_url_is_refused_without_quoting_its_password(home):
     [
         ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
         ("redis+sentinel://:pw@s:1,t:2/m/0?sentinel_password=sp", "redis+sentinel://:***@s:1,t:2/m/0?sentinel_password=***"),
+        ("redis://:a@b@host:6379/0", "redis://:***@host:6379/0"),  # an unescaped @ in the password
         ("postgresql://user:secret@db:5432/x", "postgresql://user:***@db:5432/x"),
         ("redis://host:6379/0", "redis://host:6379/0"),
     ],

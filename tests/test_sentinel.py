@@ -6,17 +6,20 @@ the nodes and on the sentinels. The drill under load (workers, scheduler, web) i
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import time
 
 import pytest
 from redis.exceptions import RedisError
 
 from app.config import load_settings
-from app.connections import redis_from_url
+from app.connections import SENTINEL_TIMEOUT, redis_from_url
 from app.enqueue import enqueue
 from app.jobs import fetch_job, get_queue
 from app.servers import free_port
+from app.worker import SOCKET_TIMEOUT, build_worker
 from bench.sentinel_group import SentinelGroup
 from tests.conftest import TOKEN
 from tests.fixtures import run_cli, wait_for
@@ -53,8 +56,8 @@ def test_the_environment_names_the_sentinels_and_one_client_follows_two_failover
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("REDIS_URL", raising=False)
     client = redis_from_url(load_settings().redis_url)
-    job = enqueue(client, "system.ping", {"echo": 1}, {"queue": "sync"})
-    assert client.wait(1, 2000) == 1  # the replica has it before the master dies
+    job = enqueue(client, "system.ping", {"echo": 1}, {"queue": "sync"}, wait_replicas=1, wait_timeout=2)
+    assert job.replicas == 1  # the replica has it before the master dies
 
     first = group.master()
     group.kill_master()
@@ -63,12 +66,33 @@ def test_the_environment_names_the_sentinels_and_one_client_follows_two_failover
     assert second is not first and group.role(second)["role"] == "master"
 
     group.rejoin(first)  # the killed node is back, as the new master's replica
-    later = enqueue(client, "system.ping", {"echo": 2}, {"queue": "sync"})  # never sent to the demoted node
-    assert client.wait(1, 2000) == 1
+    later = enqueue(client, "system.ping", {"echo": 2}, {"queue": "sync"}, wait_replicas=1, wait_timeout=2)
+    assert later.replicas == 1  # written to the new master (never to the demoted node), and replicated
     group.kill_master()
     _until_it_answers(client.ping)
     assert group.wait_promoted(second) is first
     assert get_queue("sync", client).job_ids == [job.id, later.id]
+
+
+def test_a_silent_sentinel_is_skipped_in_about_a_second(group):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections complete in the backlog; nothing ever answers them
+        target = dataclasses.replace(group.target, sentinels=(silent.getsockname(), *group.target.sentinels))
+        client = redis_from_url(target.url())
+        started = time.monotonic()
+        assert client.ping()
+        assert time.monotonic() - started < 2 * SENTINEL_TIMEOUT + 1
+
+
+def test_a_worker_on_the_sentinels_waits_seconds_not_minutes_for_an_answer(group):
+    client = redis_from_url(group.target.url())
+    build_worker(["sync"], client, "timeouts")
+    connection = client.connection_pool.get_connection()
+    try:
+        assert connection.socket_timeout == SOCKET_TIMEOUT  # not the 415 s RQ sets for its own blocking dequeue
+    finally:
+        client.connection_pool.release(connection)
 
 
 def test_the_web_app_and_its_dashboard_run_on_the_sentinels(group, monkeypatch, database_url):
@@ -111,3 +135,11 @@ def test_unreachable_sentinels_are_one_clear_line_without_the_passwords():
     assert len(result.stderr.strip().splitlines()) == 1 and "is unreachable" in result.stderr
     assert "redis+sentinel://:***@127.0.0.1:" in result.stderr
     assert "secret" not in result.stderr
+
+
+def test_a_replica_wait_without_replicas_times_out_and_says_so(redis_conn):
+    started = time.monotonic()
+    job = enqueue(redis_conn, "system.ping", {}, {"queue": "sync"}, wait_replicas=1, wait_timeout=0.2)
+    assert job.replicas == 0 and time.monotonic() - started >= 0.2  # enqueued all the same, on the master alone
+    assert get_queue("sync", redis_conn).job_ids == [job.id]
+    assert enqueue(redis_conn, "system.ping", {}, {"queue": "sync"}).replicas is None  # nothing asked, no wait

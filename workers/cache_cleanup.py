@@ -35,7 +35,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from app.config import REDIS_SCHEMES, env_number, env_url, environment
+from app.config import env_number, env_redis_url, environment
 from app.errors import ConfigError, InvalidJobError, PermanentFailure, ServiceUnavailableError
 from app.tasks import task
 
@@ -74,7 +74,7 @@ class CleanupSettings:
         """Read and check the settings; a bad value raises ConfigError naming the variable."""
         env = environment(env)
         return cls(
-            redis_url=env_url(env, "CACHE_REDIS_URL", REDIS_SCHEMES),
+            redis_url=env_redis_url(env, "CACHE_REDIS_URL"),
             namespaces=_patterns(env, "CACHE_NAMESPACES", DEFAULT_NAMESPACES),
             ai_namespaces=_patterns(env, "AI_CACHE_NAMESPACES", DEFAULT_AI_NAMESPACES),
             scan_limit=int(env_number(env, "CACHE_SCAN_LIMIT", 10_000, 1, MAX_KEYS_LIMIT, "keys")),
