@@ -26,6 +26,7 @@ from app.enqueue import enqueue
 from app.leases import LEASE
 from app.maintenance import RECOVER_INTERVAL
 from app.migrate import apply_migrations
+from app.redis_scripts import SCRIPTS
 from app.servers import EmbeddedPostgres, EmbeddedRedis, free_port
 from app.worker import find_rq_worker
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
@@ -127,6 +128,14 @@ class Servers:
         self.redises.append(server)
         return server
 
+    def stage(self, drill: str, persistent: bool = False) -> tuple[EmbeddedRedis, str, Redis]:
+        """What drill `drill` runs on: a Redis of its own, a fresh database `drill_<drill>`, and a client of
+        that Redis with the scripts loaded."""
+        redis = self.redis(drill, persistent)
+        conn = redis_from_url(redis.url)
+        SCRIPTS.load(conn)
+        return redis, self.database(f"drill_{drill}"), conn
+
     def close(self) -> None:
         for stop in [*self.cleanups, *(server.stop for server in self.redises)]:
             stop()
@@ -185,22 +194,27 @@ class Fleet:
         return proc.pid
 
     def close(self) -> None:
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_all(self.procs.values(), grace=20)
 
     def __enter__(self) -> Fleet:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def stop_all(procs, grace: float) -> None:
+    """SIGTERM every running process of `procs` (a warm shutdown), SIGKILL those still there after `grace` s."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def child_env(root: Path, redis_url: str, database_url: str, **extra: str) -> dict:

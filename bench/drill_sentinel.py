@@ -73,9 +73,8 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _last_fired(database_url: str) -> float:
-    with psycopg.connect(database_url, connect_timeout=5) as db:
-        row = db.execute("SELECT last_run_at FROM job_schedules WHERE id = %s", (SCHEDULE,)).fetchone()
+def _last_fired(db: psycopg.Connection) -> float:
+    row = db.execute("SELECT last_run_at FROM job_schedules WHERE id = %s", (SCHEDULE,)).fetchone()
     return row[0].timestamp() if row and row[0] else 0.0
 
 
@@ -89,8 +88,9 @@ class _Recovery:
         self.seen: dict[str, float] = {}
         self.replica_back = 0.0  #: seconds until the killed node replicated from the new master
 
-    def check(self, part: str, working: bool) -> None:
-        if part not in self.seen and working:
+    def check(self, part: str, working) -> None:
+        """Note when `working()` first holds (it is not asked again after that)."""
+        if part not in self.seen and working():
             self.seen[part] = time.time() - self.killed_at
 
     @property
@@ -117,11 +117,11 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     env.pop("REDIS_URL")  # configured the way an operator does it: the sentinels' variables, no URL
     env.update(group.env(), ADMIN_TOKEN=TOKEN)
     recoveries: list[_Recovery] = []
-    with Fleet(env, logs) as fleet:
+    with Fleet(env, logs) as fleet, psycopg.connect(database_url, autocommit=True, connect_timeout=5) as db:
         started_workers(fleet, conn, QUEUE, sizes.workers, "f")
         fleet.scheduler("f-scheduler")
         fleet.web("f-web", web_port)
-        _wait(lambda: _ready(web_port) and _last_fired(database_url) > 0, fleet, "the web app or the scheduler")
+        _wait(lambda: _ready(web_port) and _last_fired(db) > 0, fleet, "the web app or the scheduler")
         seconds = sizes.failovers * (sizes.failover_load + 40)  # an upper bound: `halt` ends the load
         per_thread = int(seconds * RATE / SUBMITTERS)
         submitters = [
@@ -138,11 +138,11 @@ def drill_f(servers: Servers, sizes: Sizes, logs: Path) -> Report:
             confirmed_before = sum(len(s.replicated) for s in submitters)
             deadline = time.monotonic() + SETTLE_TIMEOUT
             while not recovery.complete:
-                promoted = group.master_port() not in (None, killed.port)
-                recovery.check("sentinels promoted the replica", promoted)
-                recovery.check("jobs completing again", completed_count(conn, QUEUE) > completed_before >= 0)
-                recovery.check("web /readyz 200", promoted and _ready(web_port))
-                recovery.check("scheduler fired again", _last_fired(database_url) > recovery.killed_at)
+                recovery.check("sentinels promoted the replica", lambda: group.master_port() not in (None, killed.port))
+                promoted = "sentinels promoted the replica" in recovery.seen
+                recovery.check("jobs completing again", lambda: completed_count(conn, QUEUE) > completed_before >= 0)
+                recovery.check("web /readyz 200", lambda: promoted and _ready(web_port))
+                recovery.check("scheduler fired again", lambda: _last_fired(db) > recovery.killed_at)
                 fleet.check_alive()
                 if time.monotonic() > deadline:
                     missing = [p for p in _Recovery.PARTS if p not in recovery.seen]

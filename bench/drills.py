@@ -45,13 +45,11 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app.connections import redis_from_url
 from app.cron import Cron
 from app.enqueue import enqueue
 from app.errors import ServerError
 from app.history import CLAIM_AFTER, GROUP
 from app.leases import LEASE
-from app.redis_scripts import SCRIPTS
 from app.scheduler import LEADER_TTL, RENEW
 from bench.drill_kit import (
     ATTEMPTS,
@@ -90,10 +88,7 @@ def drill_a(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         f"SIGKILL a random worker every {sizes.kill_every:g} s ({sizes.kills} kills) during "
         f"{sizes.jobs:,} jobs; {sizes.workers} worker processes on {queue}",
     )
-    redis = servers.redis("a")
-    database_url = servers.database("drill_a")
-    conn = redis_from_url(redis.url)
-    SCRIPTS.load(conn)
+    redis, database_url, conn = servers.stage("a")
     rng = random.Random(8)
     with Fleet(child_env(servers.root, redis.url, database_url), logs) as fleet:
         names = started_workers(fleet, conn, queue, sizes.workers, "a")
@@ -151,10 +146,7 @@ def drill_c(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         f"stop PostgreSQL for {sizes.outage:g} s during {sizes.c_jobs:,} jobs; "
         f"{sizes.workers} worker processes on {queue}",
     )
-    redis = servers.redis("c")
-    database_url = servers.database("drill_c")
-    conn = redis_from_url(redis.url)
-    SCRIPTS.load(conn)
+    redis, database_url, conn = servers.stage("c")
 
     with Fleet(child_env(servers.root, redis.url, database_url), logs) as fleet:
         started_workers(fleet, conn, queue, sizes.workers, "c")
@@ -228,10 +220,7 @@ def drill_e(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         f"`workers stop` during long jobs ({sizes.long_job:g} s) on {', '.join(queues)}: once "
         "with time to finish, once with --timeout 1 (killed, requeued)",
     )
-    redis = servers.redis("e")
-    database_url = servers.database("drill_e")
-    conn = redis_from_url(redis.url)
-    SCRIPTS.load(conn)
+    redis, database_url, conn = servers.stage("e")
     env = child_env(servers.root / "e", redis.url, database_url)
     (servers.root / "e").mkdir(exist_ok=True)
 
@@ -336,10 +325,7 @@ def drill_d(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         f"SIGKILL the active scheduler every {sizes.scheduler_every:g} s ({sizes.scheduler_kills} "
         f"kills), 2 scheduler processes, entries {', '.join(SCHEDULES.values())}",
     )
-    redis = servers.redis("d")
-    database_url = servers.database("drill_d")
-    conn = redis_from_url(redis.url)
-    SCRIPTS.load(conn)
+    redis, database_url, conn = servers.stage("d")
     schedules = servers.root / "drill-schedules.yaml"
     lines = ["schedules:"]
     for entry_id, cron in SCHEDULES.items():
@@ -454,10 +440,7 @@ def drill_b(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         f"restart Redis with AOF on, {sizes.restarts} time(s) (SIGKILL, then SIGTERM, in turn), "
         f"while jobs are submitted and run; {sizes.workers} worker processes on {queue}",
     )
-    redis = servers.redis("b", persistent=True)
-    database_url = servers.database("drill_b")
-    conn = redis_from_url(redis.url)
-    SCRIPTS.load(conn)
+    redis, database_url, conn = servers.stage("b", persistent=True)
     seconds = sizes.restarts * (sizes.load_seconds + 2)
     total = int(seconds * 100)  # about 100 submissions a second
     recoveries, downs = [], []

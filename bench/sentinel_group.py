@@ -150,10 +150,12 @@ class SentinelGroup:
     def rejoin(self, node: EmbeddedRedis) -> None:
         """Start a killed node again: it comes back a master, the sentinels turn it into the new master's replica."""
         node.start()
-        self._until(
-            lambda: self.role(node).get("role") == "slave" and self.role(node).get("master_port") == self.master_port(),
-            f"node {node.port} did not rejoin as a replica",
-        )
+
+        def following() -> bool:
+            role = self.role(node)
+            return role.get("role") == "slave" and role.get("master_port") == self.master_port()
+
+        self._until(following, f"node {node.port} did not rejoin as a replica")
         self.wait_synced(node)
 
     @staticmethod

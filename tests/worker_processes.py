@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
 from app.worker import find_rq_worker
+from bench.drill_kit import stop_all
 from tests.fixtures import wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -79,16 +79,7 @@ class WorkerProcesses:
         return self.procs[name].wait(timeout=timeout)
 
     def close(self) -> None:
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_all(self.procs.values(), grace=10)
 
 
 @pytest.fixture
