@@ -18,7 +18,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>                  TTL: 7 days, freed at end
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
-    bullrq:history          stream  run-history rows on their way to PostgreSQL (app.history)   capped length
+    bullrq:history          stream  run-history rows on their way to PostgreSQL (app.store.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
     bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
     bullrq:sync:fanout:<job id>  set  workspaces a scheduled sync already enqueued (retry-safe)       TTL: 1 day
@@ -43,8 +43,6 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
-
-from app.errors import UnknownQueueError
 
 #: prefix of every Redis key bullrq writes outside RQ's own `rq:` keys
 KEY_PREFIX = "bullrq"
@@ -145,18 +143,6 @@ def queue_names() -> list[str]:
     return list(QUEUES)
 
 
-def get_queue_spec(name: str) -> QueueSpec:
-    """The policy of queue `name`.
-
-    Raises:
-        UnknownQueueError: `name` is not declared here.
-    """
-    try:
-        return QUEUES[name]
-    except KeyError:
-        raise UnknownQueueError(name, queue_names()) from None
-
-
 def key(queue: str, kind: str, *parts: str) -> str:
     """The Redis key of family `kind` for `queue` (see the module docstring for the families)."""
     return ":".join((KEY_PREFIX, queue, kind, *parts))
@@ -236,11 +222,3 @@ class QueueKeys:
         """The waiting lists in the order workers take from them: priority 1 first."""
         return [self.lane(p) for p in PRIORITY_RANGE]
 
-
-def queue_keys(name: str) -> QueueKeys:
-    """The keys of declared queue `name`.
-
-    Raises:
-        UnknownQueueError: `name` is not declared here.
-    """
-    return QueueKeys(get_queue_spec(name).name)

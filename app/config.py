@@ -3,7 +3,7 @@
 This module must not import Flask: worker processes and scripts read the same settings.
 
 Resolution order for the servers: an explicit URL in the environment, then the URL that the embedded servers
-of the run directory published (see `app.servers`), then the conventional localhost default.
+of the run directory published (see `app.local.servers`), then the conventional localhost default.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The task registry: which task types exist, which function runs each, and on which queues.
 
+Queues are declared in `queues.py`; they are looked up by name here, where a wrong name becomes a product error.
+
 Handlers register with the `@task("queue.name")` decorator in their module under `workers/`. Jobs carry the task
 type, never a function path, so a worker only ever runs registered code, whatever is planted in Redis.
 Handler modules keep module-level imports light: the web app imports them to validate job data.
@@ -16,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import DuplicateTaskError, InvalidJobError, UnknownTaskError
+from app.errors import DuplicateTaskError, InvalidJobError, UnknownQueueError, UnknownTaskError
+from queues import QUEUES, QueueKeys, QueueSpec, queue_names
 
 #: the package whose modules hold the handlers: `system` (built-in tasks) and one module per queue
 HANDLER_PACKAGE = "workers"
@@ -93,8 +96,6 @@ def task(name: str, *, queue: str | None, validate: Callable[[dict], None] | Non
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         if queue is not None:
-            from queues import get_queue_spec
-
             get_queue_spec(queue)  # a typo in a queue name fails at import, not at enqueue
         registry.register(Task(name, func, queue, validate))
         return func
@@ -117,6 +118,27 @@ def load_tasks() -> TaskRegistry:
 def get_task(name: str) -> Task:
     """The registered task `name`, loading the handler modules on first use."""
     return load_tasks().get(name)
+
+
+def get_queue_spec(name: str) -> QueueSpec:
+    """The policy of queue `name`.
+
+    Raises:
+        UnknownQueueError: `name` is not declared here.
+    """
+    try:
+        return QUEUES[name]
+    except KeyError:
+        raise UnknownQueueError(name, queue_names()) from None
+
+
+def queue_keys(name: str) -> QueueKeys:
+    """The keys of declared queue `name`.
+
+    Raises:
+        UnknownQueueError: `name` is not declared here.
+    """
+    return QueueKeys(get_queue_spec(name).name)
 
 
 @functools.cache

@@ -22,14 +22,15 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.connections import redis_from_url
-from app.enqueue import enqueue
-from app.leases import LEASE
-from app.maintenance import RECOVER_INTERVAL
-from app.migrate import apply_migrations
-from app.redis_scripts import SCRIPTS
-from app.servers import EmbeddedPostgres, EmbeddedRedis, free_port
-from app.worker import find_rq_worker
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
+from app.local.servers import EmbeddedPostgres, EmbeddedRedis, free_port
+from app.runtime.enqueue import enqueue
+from app.runtime.leases import LEASE
+from app.runtime.maintenance import RECOVER_INTERVAL
+from app.runtime.redis_scripts import SCRIPTS
+from app.runtime.worker import find_rq_worker
+from app.store.migrate import apply_migrations
+from app.tasks import queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 
 PROJECT = Path(__file__).resolve().parent.parent
 TASK = "system.ping"

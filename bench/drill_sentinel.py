@@ -23,8 +23,8 @@ from pathlib import Path
 import psycopg
 
 from app.connections import redis_from_url
-from app.redis_scripts import SCRIPTS
-from app.servers import free_port
+from app.local.servers import free_port
+from app.runtime.redis_scripts import SCRIPTS
 from bench.drill_kit import (
     ENDED,
     POLL,

@@ -14,7 +14,7 @@
        and the time each part took to work again are reported (bench/drill_sentinel.py)
 
 Each drill starts what it needs: a throwaway redis-server of its own, a database on one throwaway PostgreSQL shared
-by the drills of a run (both through `app.servers`), real worker processes (`workers run QUEUE --name N`, or
+by the drills of a run (both through `app.local.servers`), real worker processes (`workers run QUEUE --name N`, or
 `workers start`/`stop` for e) and real scheduler processes (`bullrq scheduler`). What ran is read back from Redis
 (each job's status) and from the run history in PostgreSQL (`job_runs`: one row per attempt), never from the
 drill's own bookkeeping. A table per drill says what was submitted, acknowledged, completed once, run more than
@@ -45,12 +45,13 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app.cron import Cron
-from app.enqueue import enqueue
 from app.errors import ServerError
-from app.history import CLAIM_AFTER, GROUP
-from app.leases import LEASE
-from app.scheduler import LEADER_TTL, RENEW
+from app.runtime.enqueue import enqueue
+from app.runtime.leases import LEASE
+from app.scheduling.cron import Cron
+from app.scheduling.scheduler import LEADER_TTL, RENEW
+from app.store.history import CLAIM_AFTER, GROUP
+from app.tasks import queue_keys
 from bench.drill_kit import (
     ATTEMPTS,
     POLL,
@@ -75,7 +76,7 @@ from bench.drill_kit import (
     wait_history,
 )
 from bench.drill_sentinel import drill_f
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 
 # -- the drills ----------------------------------------------------------------------------------------------------
 
@@ -128,7 +129,7 @@ def drill_a(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     if lag > 2:
         report.notes.append(
             f"history rows a killed worker had read but not yet written wait until they are {CLAIM_AFTER} s old, "
-            "then a live worker claims them (by design: app/history.py CLAIM_AFTER)"
+            "then a live worker claims them (by design: app/store/history.py CLAIM_AFTER)"
         )
     report.notes.append(
         f"jobs running on any worker at the moments of the kills (sum): {running_at_kill}; each job allows "
@@ -278,7 +279,7 @@ def drill_e(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         report.notes.append(
             "FINDING: a run killed by `workers stop --timeout` gets an 'abandoned' row under the attempt number its "
             "rerun then uses (the requeue does not consume an attempt), so the rerun's 'completed' row overwrites it: "
-            "the killed run vanishes from job_runs (app/lua/recover-16.lua with consume_attempt=0)"
+            "the killed run vanishes from job_runs (app/runtime/lua/recover-16.lua with consume_attempt=0)"
         )
     report.promise(finished_in_stop == len(long_1), "a long job did not finish during a stop with time to spare")
     report.promise(behind_waiting == len(behind), "a stopping worker took a job waiting behind its last one")
@@ -490,8 +491,8 @@ def drill_b(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         report.notes.append(
             f"history rows were late by about CLAIM_AFTER ({CLAIM_AFTER} s): a writer's XREADGROUP ran in Redis but "
             "its reply was lost to the restart, so those rows sat in the group's pending list under a live consumer "
-            "until XAUTOCLAIM took them (app/history.py HistoryWriter: `_unsure` is set only once a read returns, "
-            "so after a Redis error the writer does not re-read its own pending rows)"
+            "until XAUTOCLAIM took them (app/store/history.py HistoryWriter: `_unsure` is set only once a read "
+            "returns, so after a Redis error the writer does not re-read its own pending rows)"
         )
     report.notes.append("restarts: " + "; ".join(downs))
     return report

@@ -8,7 +8,7 @@ against regressions; this wide run hunts for new bugs and is run by a person, ou
 
 What a run does:
 
-1. uses the servers of REDIS_URL and DATABASE_URL: `scripts/fuzz` starts throwaway ones (`app.servers exec
+1. uses the servers of REDIS_URL and DATABASE_URL: `scripts/fuzz` starts throwaway ones (`app.local.servers exec
    --fresh`). The API under fuzz empties, cleans and pauses queues and enqueues jobs, so servers that are not
    throwaway (BULLRQ_THROWAWAY_SERVERS=1) are refused unless --force;
 2. applies the migrations and starts the production web server (`python -m app.cli.main web`) on a free loopback
@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.config import redact
-from app.migrate import apply_migrations
-from app.servers import THROWAWAY_FLAG, free_port
+from app.local.servers import THROWAWAY_FLAG, free_port
+from app.store.migrate import apply_migrations
 from app.tasks import load_tasks
 from queues import queue_names
 

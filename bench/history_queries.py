@@ -15,9 +15,9 @@ import time
 
 import psycopg
 
-from app import rollup, runs
-from app.db import connect
-from app.migrate import apply_migrations
+from app.store import rollup, runs
+from app.store.db import connect
+from app.store.migrate import apply_migrations
 
 BENCH_DB = "bullrq_history_bench"
 QUEUES = ("sync", "reports", "cache-cleanup", "documents", "notifications", "harvest", "embeddings")

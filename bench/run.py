@@ -30,11 +30,12 @@ from rq.worker import Worker
 
 from app.config import redact
 from app.connections import redis_from_url
-from app.enqueue import enqueue, enqueue_many
-from app.migrate import apply_migrations
-from app.redis_scripts import SCRIPTS
-from app.servers import THROWAWAY_FLAG
-from queues import HISTORY_STREAM, QueueKeys, get_queue_spec, job_key, queue_keys
+from app.local.servers import THROWAWAY_FLAG
+from app.runtime.enqueue import enqueue, enqueue_many
+from app.runtime.redis_scripts import SCRIPTS
+from app.store.migrate import apply_migrations
+from app.tasks import get_queue_spec, queue_keys
+from queues import HISTORY_STREAM, QueueKeys, job_key
 
 TASK = "system.ping"
 #: jobs per `enqueue_many` call

@@ -16,8 +16,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ServerError
+from app.local.servers import EmbeddedRedis, EmbeddedSentinel, free_port
 from app.sentinel import SentinelTarget
-from app.servers import EmbeddedRedis, EmbeddedSentinel, free_port
 
 MASTER_NAME = "bullrq"
 #: seconds to wait for the group to form, for a failover, for a restarted node to sync

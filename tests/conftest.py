@@ -1,6 +1,6 @@
 """Shared fixtures: settings isolated per test, fakeredis for unit tests, the real servers of `scripts/test`.
 
-Real servers: `scripts/test` runs pytest under `python -m app.servers exec --fresh`, which starts a throwaway
+Real servers: `scripts/test` runs pytest under `python -m app.local.servers exec --fresh`, which starts a throwaway
 redis-server and PostgreSQL and sets REDIS_URL, DATABASE_URL and BULLRQ_THROWAWAY_SERVERS=1. Without that flag a
 test needing a real server skips locally (so a user's own servers are never flushed) and fails in CI (CI=true).
 """
@@ -16,7 +16,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from app.servers import THROWAWAY_FLAG
+from app.local.servers import THROWAWAY_FLAG
 
 #: the admin token of the `app` fixture
 TOKEN = "test-token-0123456789abcdef"

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.db import connect
-from app.enqueue import enqueue
-from app.jobs import describe_job, fetch_job
-from app.migrate import apply_migrations
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import describe_job, fetch_job
+from app.store.db import connect
+from app.store.migrate import apply_migrations
 from tests.waits import wait_status
 
 #: RQ statuses after which a job does nothing more (canceled included)

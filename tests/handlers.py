@@ -13,8 +13,8 @@ import time
 
 import redis
 
-from app import progress
 from app.errors import PermanentFailure, RetryLater
+from app.runtime import progress
 from app.tasks import task
 
 #: Redis list of run events, oldest first

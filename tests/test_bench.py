@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from app.servers import THROWAWAY_FLAG
+from app.local.servers import THROWAWAY_FLAG
 from bench.run import QUICK
 
 pytestmark = pytest.mark.slow

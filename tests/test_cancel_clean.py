@@ -10,12 +10,12 @@ import time
 import pytest
 import redis
 
-from app.control import cancel, clean, empty
-from app.enqueue import enqueue, enqueue_many
-from app.jobs import fetch_job
-from app.stats import queue_stats
-from app.worker import build_worker
-from queues import queue_keys
+from app.runtime.control import cancel, clean, empty
+from app.runtime.enqueue import enqueue, enqueue_many
+from app.runtime.jobs import fetch_job
+from app.runtime.stats import queue_stats
+from app.runtime.worker import build_worker
+from app.tasks import queue_keys
 from tests.fixtures import wait_for
 from tests.handlers import open_gate, runs
 from tests.waits import status, stays, wait_status

@@ -6,9 +6,9 @@ import os
 
 from rq.registry import ScheduledJobRegistry
 
-from app.jobs import fetch_job, get_queue
-from app.servers import free_port
-from queues import queue_keys
+from app.local.servers import free_port
+from app.runtime.jobs import fetch_job, get_queue
+from app.tasks import queue_keys
 from tests.fixtures import run_cli
 
 

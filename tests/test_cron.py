@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.cron import Cron, CronError
+from app.scheduling.cron import Cron, CronError
 
 
 def fires(cron: Cron, start: datetime, count: int) -> list[datetime]:

@@ -8,10 +8,10 @@ import threading
 import pytest
 import redis
 
-from app.control import pause, retry_failed
-from app.enqueue import enqueue
-from app.jobs import fetch_job
-from queues import queue_keys
+from app.runtime.control import pause, retry_failed
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import fetch_job
+from app.tasks import queue_keys
 from tests.handlers import open_gate, runs
 from tests.waits import wait_status
 

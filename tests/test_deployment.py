@@ -17,7 +17,7 @@ import yaml
 from rq import Worker
 
 from app.config import PROJECT_ROOT
-from app.servers import free_port
+from app.local.servers import free_port
 from queues import QUEUES, SCHEDULER_LEADER_KEY
 from tests.conftest import TOKEN
 from tests.fixtures import wait_for

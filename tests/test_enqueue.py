@@ -10,11 +10,12 @@ import pytest
 from rq.job import JobStatus
 from rq.queue import Queue
 
-from app.enqueue import PRIORITIES, JobOptions, enqueue, retry_intervals
 from app.errors import InvalidJobError, UnknownQueueError, UnknownTaskError
-from app.jobs import SERIALIZER, fetch_job, get_queue
-from app.worker import build_worker
-from queues import Backoff, BackoffType, get_queue_spec, queue_keys
+from app.runtime.enqueue import PRIORITIES, JobOptions, enqueue, retry_intervals
+from app.runtime.jobs import SERIALIZER, fetch_job, get_queue
+from app.runtime.worker import build_worker
+from app.tasks import get_queue_spec, queue_keys
+from queues import Backoff, BackoffType
 
 
 def ping(conn, data=None, **options):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.servers import THROWAWAY_FLAG
+from app.local.servers import THROWAWAY_FLAG
 from bench.fuzz import server_problems
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_server_problems_are_the_exceptions_of_tracebacks_and_the_error_lines():
         "2026-01-02 03:04:05,678 INFO gunicorn.access: 127.0.0.1 \"GET /x HTTP/1.1\" 200 2 1ms",
         "2026-01-02 03:04:05,678 ERROR app.web.errors: request failed",
         "Traceback (most recent call last):",
-        '  File "app/runs.py", line 74, in list_runs',
+        '  File "app/store/runs.py", line 74, in list_runs',
         "    rows = conn.execute(query)",
         overflow,
         "2026-01-02 03:04:05,678 ERROR app.web.audit: audit: could not record POST /a by token:ab: bad escape",

@@ -15,19 +15,26 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import control
-from app.db import connect
-from app.enqueue import enqueue, enqueue_many
 from app.errors import PermanentFailure
-from app.history import HistoryWriter, run_row, write_rows
-from app.jobs import fetch_job
-from app.leases import recover
-from app.migrate import apply_migrations
-from app.runs import RunFilter, delete_older_than, duration_percentiles, failure_rate, list_runs, throughput_per_hour
-from app.servers import EmbeddedPostgres
-from app.tasks import Task, registry
-from app.worker import build_worker
-from queues import HISTORY_STREAM, queue_keys
+from app.local.servers import EmbeddedPostgres
+from app.runtime import control
+from app.runtime.enqueue import enqueue, enqueue_many
+from app.runtime.jobs import fetch_job
+from app.runtime.leases import recover
+from app.runtime.worker import build_worker
+from app.store.db import connect
+from app.store.history import HistoryWriter, run_row, write_rows
+from app.store.migrate import apply_migrations
+from app.store.runs import (
+    RunFilter,
+    delete_older_than,
+    duration_percentiles,
+    failure_rate,
+    list_runs,
+    throughput_per_hour,
+)
+from app.tasks import Task, queue_keys, registry
+from queues import HISTORY_STREAM
 from tests.fixtures import wait_for
 
 

@@ -1,11 +1,11 @@
-"""app.jobs: RQ statuses under Bull's state names."""
+"""app.runtime.jobs: RQ statuses under Bull's state names."""
 
 from __future__ import annotations
 
 import pytest
 from rq.job import JobStatus
 
-from app.jobs import State, state_of
+from app.runtime.jobs import State, state_of
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from app.control import pause, resume
-from app.enqueue import enqueue_many
-from app.jobs import fetch_job
-from app.stats import queue_stats
-from queues import get_queue_spec, queue_keys
+from app.runtime.control import pause, resume
+from app.runtime.enqueue import enqueue_many
+from app.runtime.jobs import fetch_job
+from app.runtime.stats import queue_stats
+from app.tasks import get_queue_spec, queue_keys
 from tests.handlers import runs
 from tests.waits import wait_status
 

@@ -10,8 +10,8 @@ import pytest
 
 from app.cli.main import cli
 from app.errors import MigrationError
-from app.migrate import MIGRATIONS_DIR, apply_migrations, discover, migration_status
-from app.servers import free_port
+from app.local.servers import free_port
+from app.store.migrate import MIGRATIONS_DIR, apply_migrations, discover, migration_status
 
 pytestmark = pytest.mark.postgres
 

@@ -14,17 +14,17 @@ import pytest
 from werkzeug.serving import make_server
 
 from app.config import PROJECT_ROOT
-from app.db import connect
-from app.enqueue import enqueue
 from app.errors import PermanentFailure
-from app.history import HistoryWriter, run_row, write_rows
-from app.migrate import apply_migrations
-from app.schedule_store import sync_declared
-from app.schedules import load_schedules
-from app.servers import free_port
-from app.tasks import Task, registry
-from app.worker import build_worker
-from queues import queue_keys, queue_names
+from app.local.servers import free_port
+from app.runtime.enqueue import enqueue
+from app.runtime.worker import build_worker
+from app.scheduling.schedule_store import sync_declared
+from app.scheduling.schedules import load_schedules
+from app.store.db import connect
+from app.store.history import HistoryWriter, run_row, write_rows
+from app.store.migrate import apply_migrations
+from app.tasks import Task, queue_keys, registry
+from queues import queue_names
 from tests.conftest import IN_CI, TOKEN
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -278,7 +278,7 @@ def test_markup_in_job_ids_data_and_errors_stays_text(person, db, redis_conn, da
 
 
 def test_with_postgresql_down_the_overview_still_shows_the_queues(app, person):
-    from app.servers import free_port
+    from app.local.servers import free_port
 
     pool = app.extensions.pop("bullrq.db", None)
     if pool is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.control import pause, resume
-from app.enqueue import enqueue
-from app.stats import queue_stats
+from app.runtime.control import pause, resume
+from app.runtime.enqueue import enqueue
+from app.runtime.stats import queue_stats
 from tests.handlers import runs
 from tests.waits import status, stays, wait_status
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.control import pause, resume
-from app.enqueue import enqueue, enqueue_many
-from app.jobs import fetch_job
-from queues import queue_keys
+from app.runtime.control import pause, resume
+from app.runtime.enqueue import enqueue, enqueue_many
+from app.runtime.jobs import fetch_job
+from app.tasks import queue_keys
 from tests.handlers import runs
 from tests.waits import wait_status
 

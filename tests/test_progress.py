@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.enqueue import enqueue
-from app.jobs import describe_job, fetch_job
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import describe_job, fetch_job
 from tests.fixtures import wait_for
 from tests.handlers import open_gate
 from tests.waits import status, wait_status

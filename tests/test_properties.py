@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.cron import Cron
-from app.enqueue import JobOptions, retry_intervals
 from app.errors import InvalidJobError, UnknownQueueError
+from app.runtime.enqueue import JobOptions, retry_intervals
+from app.scheduling.cron import Cron
 from queues import QUEUES
 
 ZONES = ["UTC", "Europe/Lisbon", "America/Sao_Paulo", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu",

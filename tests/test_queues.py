@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.errors import UnknownQueueError
-from queues import KEY_PREFIX, QUEUES, Isolation, get_queue_spec, key, queue_names
+from app.tasks import get_queue_spec
+from queues import KEY_PREFIX, QUEUES, Isolation, key, queue_names
 
 EXPECTED = ["sync", "reports", "cache-cleanup", "documents", "notifications", "harvest", "embeddings"]
 

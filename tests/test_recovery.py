@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from app.control import cancel
-from app.enqueue import enqueue
-from app.jobs import fetch_job
-from app.leases import LEASE
-from app.maintenance import RECOVER_INTERVAL
-from app.stats import queue_stats
-from queues import queue_keys
+from app.runtime.control import cancel
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import fetch_job
+from app.runtime.leases import LEASE
+from app.runtime.maintenance import RECOVER_INTERVAL
+from app.runtime.stats import queue_stats
+from app.tasks import queue_keys
 from tests.fixtures import wait_for
 from tests.handlers import runs
 from tests.waits import status, wait_status

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from app.control import pause, resume, retry_failed
-from app.enqueue import enqueue
-from app.jobs import describe_job, fetch_job
-from app.stats import queue_stats
-from queues import queue_keys
+from app.runtime.control import pause, resume, retry_failed
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import describe_job, fetch_job
+from app.runtime.stats import queue_stats
+from app.tasks import queue_keys
 from tests.handlers import runs
 from tests.waits import status, wait_status
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from app.enqueue import enqueue
+from app.runtime.enqueue import enqueue
 from tests.fixtures import BIN
 from tests.handlers import open_gate
 from tests.waits import wait_status

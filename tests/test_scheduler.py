@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rq.utils import str_to_date
 
-from app import schedule_store
-from app.db import connect
-from app.migrate import apply_migrations
-from app.runs import RunFilter, list_runs
-from app.scheduler import Scheduler
-from app.schedules import load_schedules
+from app.scheduling import schedule_store
+from app.scheduling.scheduler import Scheduler
+from app.scheduling.schedules import load_schedules
+from app.store.db import connect
+from app.store.migrate import apply_migrations
+from app.store.runs import RunFilter, list_runs
 from queues import SCHEDULER_LEADER_KEY
 from tests.fixtures import wait_for
 
@@ -172,7 +172,7 @@ def test_a_running_entry_is_not_started_again_and_a_stuck_one_is_freed(redis_con
 
 
 def test_state_follows_the_job_and_survives_a_flushed_redis(redis_conn, database_url, db, tmp_path):
-    from app.worker import build_worker
+    from app.runtime.worker import build_worker
 
     clock = [datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)]
     process = _scheduler(redis_conn, database_url, EVERY_MINUTE, tmp_path, clock)

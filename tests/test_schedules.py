@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import PROJECT_ROOT
-from app.schedules import DEFAULT_MAX_RUNTIME, ScheduleError, load_schedules
+from app.scheduling.schedules import DEFAULT_MAX_RUNTIME, ScheduleError, load_schedules
 
 
 def test_the_shipped_file_loads_and_lists_the_spec_defaults():

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from app.enqueue import enqueue
-from app.jobs import describe_job, fetch_job
-from app.migrate import apply_migrations
-from app.worker import build_worker
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import describe_job, fetch_job
+from app.runtime.worker import build_worker
+from app.store.migrate import apply_migrations
 from tests.conftest import TOKEN
 
 #: routes anyone may call: probes, metrics for the scraper on the private network, signing in and out

@@ -16,10 +16,10 @@ from redis.exceptions import RedisError
 
 from app.config import load_settings
 from app.connections import SENTINEL_TIMEOUT, redis_from_url
-from app.enqueue import enqueue
-from app.jobs import fetch_job, get_queue
-from app.servers import free_port
-from app.worker import SOCKET_TIMEOUT, build_worker
+from app.local.servers import free_port
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import fetch_job, get_queue
+from app.runtime.worker import SOCKET_TIMEOUT, build_worker
 from bench.sentinel_group import SentinelGroup
 from tests.conftest import TOKEN
 from tests.fixtures import run_cli, wait_for

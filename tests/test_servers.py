@@ -19,14 +19,8 @@ import pytest
 import redis
 
 from app.config import PROJECT_ROOT
-from app.processes import pid_exists
-from app.servers import (
-    THROWAWAY_FLAG,
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    find_pg_bindir,
-    find_redis_server,
-)
+from app.local.processes import pid_exists
+from app.local.servers import THROWAWAY_FLAG, EmbeddedPostgres, EmbeddedRedis, find_pg_bindir, find_redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -247,7 +241,7 @@ def test_exec_fresh_runs_the_command_against_its_own_servers(public_dir, tmp_pat
     )
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", THROWAWAY_FLAG)}
     result = subprocess.run(
-        [sys.executable, "-m", "app.servers", "exec", "--fresh", "--dir", str(directory), "--", sys.executable,
+        [sys.executable, "-m", "app.local.servers", "exec", "--fresh", "--dir", str(directory), "--", sys.executable,
          "-c", script],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

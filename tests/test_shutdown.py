@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.enqueue import enqueue
-from queues import queue_keys
+from app.runtime.enqueue import enqueue
+from app.tasks import queue_keys
 from tests.fixtures import wait_for
 from tests.handlers import runs
 from tests.waits import status, wait_status

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.enqueue import enqueue
-from app.jobs import fetch_job
-from app.stats import queue_stats
-from queues import queue_keys
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import fetch_job
+from app.runtime.stats import queue_stats
+from app.tasks import queue_keys
 from tests.handlers import runs
 from tests.waits import wait_status
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from app.config import PROJECT_ROOT
-from app.migrate import discover
-from app.servers import free_port
+from app.local.servers import free_port
+from app.store.migrate import discover
 from queues import queue_names
 from tests.fixtures import processes_with, run_cli, wait_for
 

@@ -8,9 +8,10 @@ import re
 import psycopg
 import pytest
 
-from app.migrate import apply_migrations
-from app.worker import build_worker
-from queues import queue_keys, queue_names
+from app.runtime.worker import build_worker
+from app.store.migrate import apply_migrations
+from app.tasks import queue_keys
+from queues import queue_names
 from tests.conftest import TOKEN
 from tests.test_history import _drain
 
@@ -145,7 +146,7 @@ def test_bad_input_is_a_4xx_json_error_and_nothing_is_created(api, redis_conn, m
 
 def test_redis_down_is_a_503_json_error(app, client):
     from app.connections import redis_from_url
-    from app.servers import free_port
+    from app.local.servers import free_port
 
     app.extensions["bullrq.redis"] = redis_from_url(f"redis://127.0.0.1:{free_port()}/0")
     _error(client.get("/api/admin/workers?action=stats", headers=AUTH), 503, "redis_unavailable")
@@ -154,7 +155,7 @@ def test_redis_down_is_a_503_json_error(app, client):
 
 
 def test_postgres_down_is_a_503_json_error_and_redis_controls_still_work(app, client, redis_conn):
-    from app.servers import free_port
+    from app.local.servers import free_port
 
     app.config["DATABASE_URL"] = f"postgresql://127.0.0.1:{free_port()}/nothing"
     app.config["DATABASE_POOL_TIMEOUT"] = 1
@@ -252,7 +253,7 @@ def test_schedules_over_http(api, app, tmp_path, redis_conn, database_url):
     assert run.status_code == 201
     _error(api.post("/api/admin/jobs/schedules/nightly/run", headers=AUTH), 409, "already_running")
     build_worker(["harvest"], redis_conn, "api-sched", database_url).work(burst=True)
-    from app.history import HistoryWriter
+    from app.store.history import HistoryWriter
 
     writer = HistoryWriter(redis_conn, database_url, "api-test")
     while writer.drain_once(block=0.05):
@@ -301,7 +302,7 @@ def test_a_nul_in_a_body_is_still_audited(api, database_url):
 
 
 def test_metrics_in_prometheus_text(api, redis_conn, database_url):
-    from app.history import HistoryWriter
+    from app.store.history import HistoryWriter
 
     for n in range(4):
         api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "data": {"echo": n},

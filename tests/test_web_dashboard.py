@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.enqueue import enqueue
+from app.runtime.enqueue import enqueue
 from tests.conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from app.servers import free_port
+from app.local.servers import free_port
 from app.web import create_app
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

@@ -10,9 +10,9 @@ import pytest
 from rq.job import JobStatus
 from rq.worker import Worker
 
-from app.jobs import SERIALIZER, fetch_job, get_queue
-from app.processes import pid_exists
-from app.servers import free_port
+from app.local.processes import pid_exists
+from app.local.servers import free_port
+from app.runtime.jobs import SERIALIZER, fetch_job, get_queue
 from queues import queue_names
 from tests.fixtures import processes_with, run_cli, wait_for
 

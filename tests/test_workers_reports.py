@@ -14,13 +14,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from psycopg.types.json import Jsonb
 
-from app import control, rollup
 from app.config import ConfigError
-from app.enqueue import JobOptions, enqueue
 from app.errors import InvalidJobError
-from app.jobs import describe_job, fetch_job
-from app.tasks import get_task
-from queues import queue_keys
+from app.runtime import control
+from app.runtime.enqueue import JobOptions, enqueue
+from app.runtime.jobs import describe_job, fetch_job
+from app.store import rollup
+from app.tasks import get_task, queue_keys
 from workers import _report_data, _report_render
 from workers._report_delivery import Recipient, Rendered, dedup_id, notification
 from workers.reports import ReportSettings, check_formats, slot_key

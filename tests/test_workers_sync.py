@@ -10,13 +10,14 @@ import time
 
 import pytest
 
-from app.enqueue import enqueue
 from app.errors import ConfigError, InvalidJobError
+from app.runtime.enqueue import enqueue
 from tests.conftest import TOKEN
 from tests.fixtures import wait_for
 from tests.waits import stays
+from workers._sync_settings import Provider, SyncSettings
 from workers._sync_store import content_hash
-from workers.sync import CACHE_TTL, Provider, SyncSettings, fanout_key
+from workers.sync import CACHE_TTL, fanout_key
 
 pytest_plugins = ["tests.worker_processes", "tests.handler_runs", "tests.http_service"]
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.errors import InvalidJobError
-from app.history import run_row, write_rows
-from app.runs import week_start
+from app.store.history import run_row, write_rows
+from app.store.runs import week_start
 
 pytest_plugins = ["tests.worker_processes", "tests.handler_runs"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.worker import find_rq_worker
+from app.runtime.worker import find_rq_worker
 from bench.drill_kit import stop_all
 from tests.fixtures import wait_for
 

@@ -94,6 +94,11 @@ def webhook_request(settings: WebhookSettings, key: str, payload: dict, now: flo
     return body, headers
 
 
+def whatsapp_text(subject: str | None, text: str | None) -> str:
+    """The WhatsApp message: the subject, a blank line and the text (either alone when the other is missing)."""
+    return "\n\n".join(part for part in (subject, text) if part)
+
+
 def send_webhook(settings: WebhookSettings, url: str, key: str, payload: dict) -> str | None:
     """POST the signed payload to `url`; returns the receiver's X-Request-Id, if it sends one.
 
@@ -118,7 +123,6 @@ def send_whatsapp(settings: WhatsAppSettings, message) -> str | None:
         PermanentFailure: any other 4xx (bad token, unknown number), or a redirect.
     """
     from app import http
-    from workers.notifications import whatsapp_text
 
     body = {"from": settings.sender, "to": message.to, "text": whatsapp_text(message.subject, message.text)}
     body["idempotencyKey"] = message.key

@@ -87,7 +87,7 @@ def claim(key: str, channel: str, recipient: str, job_id: str) -> Iterator[Claim
     """Lock `key`, read its row and, unless it was sent already, record `sending`; unlock at the end."""
     import psycopg
 
-    from app import resources
+    from app.runtime import resources
 
     with resources.database() as conn:
         lock = (LOCK_NAMESPACE, lock_id(key))

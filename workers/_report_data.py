@@ -1,7 +1,7 @@
 """The figures of an executive report: the job system over a period (from the hourly rollup of `job_runs`) and
 the synced data (`sync_items`, `sync_runs`).
 
-Job figures read the rollup (`app.rollup`), never the millions of rows of `job_runs`, except the short list of the
+Job figures read the rollup (`app.store.rollup`), never the millions of rows of `job_runs`, except the short list of the
 most frequent errors, read through the (status, started_at) index. The rollup counts whole hours, so a period
 starts on the hour (`period_bounds`); it ends at the moment the report is built.
 """
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from app import rollup
+from app.store import rollup
 
 #: rows in the failing-task and error listings
 TOP = 10

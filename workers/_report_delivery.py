@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 CHANNELS = ("email", "webhook", "whatsapp")
 #: the most recipients one schedule may list
 MAX_RECIPIENTS = 50
-#: characters a dedup id (option jobId) may hold; the same rule as app.enqueue applies to it
+#: characters a dedup id (option jobId) may hold; the same rule as app.runtime.enqueue applies to it
 _DEDUP_ID = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
 #: characters: the longest subject line sent
 MAX_SUBJECT = 200

@@ -26,7 +26,7 @@ from queues import key
 if TYPE_CHECKING:
     import redis
 
-    from workers.sync import Provider
+    from workers._sync_settings import Provider
 
 logger = logging.getLogger(__name__)
 

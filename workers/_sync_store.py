@@ -12,7 +12,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
-from app import resources
+from app.runtime import resources
 
 _WRITE_CHANGED = (
     "UPDATE sync_items SET data = %s, content_hash = %s, provider = %s, last_error = NULL, synced_at = now(), "

@@ -177,7 +177,7 @@ def _settings() -> CleanupSettings:
 
 def _sweep(config: CleanupSettings, patterns, *, exclude, max_idle, max_keys, batch_delay_ms, dry_run, span) -> dict:
     """Sweep `patterns` in the cache Redis, reporting progress per batch; returns the sweep's figures."""
-    from app import progress
+    from app.runtime import progress
     from workers._cleanup_redis import Sweeper, SweepRules, used_memory
 
     rules = SweepRules(max_idle, max_keys, batch_delay_ms / 1000, dry_run, tuple(exclude))
@@ -208,7 +208,7 @@ def _purge(config: CleanupSettings, dry_run: bool, removed: int) -> tuple[dict[s
     """Delete (or count) the database rows past their retention, reporting progress per table."""
     import psycopg
 
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers._cleanup_db import RULES, purge
 
     retention = {"logs": config.log_retention_days * 86400, "temporary": config.temp_analysis_retention_hours * 3600}
@@ -236,7 +236,7 @@ _clients: dict[tuple[int, str], object] = {}
 
 def _cache_redis(url: str | None):
     """The client of the Redis holding the caches: CACHE_REDIS_URL, else the product's own."""
-    from app import resources
+    from app.runtime import resources
 
     if url is None:
         return resources.redis_client()

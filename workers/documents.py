@@ -87,7 +87,7 @@ def _validate_process(kwargs: dict) -> None:
 @task("documents.process", queue="documents", validate=_validate_process)
 def process(document_id: str, analysis_type: str = "complete", temporary: bool = False, force: bool = False) -> dict:
     """Extract a stored PDF's text and metadata into its row, then analyse the text and upsert the analysis."""
-    from app import progress
+    from app.runtime import progress
 
     settings = _settings()
     row = _load(document_id)
@@ -150,7 +150,7 @@ def _settings():
 
 
 def _load(document_id: str) -> dict:
-    from app import resources
+    from app.runtime import resources
 
     with resources.database() as conn:
         row = conn.execute(_LOAD, (document_id,)).fetchone()
@@ -161,7 +161,7 @@ def _load(document_id: str) -> dict:
 
 def _stored(row: dict) -> tuple[int, str, dict]:
     """The page count, text and metadata of a document processed before."""
-    from app import resources
+    from app.runtime import resources
 
     with resources.database() as conn:
         text = conn.execute("SELECT text FROM documents WHERE id = %s", (row["id"],)).fetchone()
@@ -178,7 +178,7 @@ def _extract(row: dict, settings) -> tuple[int, str, dict]:
     """
     from psycopg.types.json import Jsonb
 
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers._document_pdf import PdfProblem, extract_text, metadata, open_pdf
 
     document_id = row["id"]
@@ -212,7 +212,7 @@ def _extract(row: dict, settings) -> tuple[int, str, dict]:
 
 def _mark_failed(document_id: str, problem: str) -> PermanentFailure:
     """Mark the document failed with the reason; returns the job's permanent failure "document <id> <problem>"."""
-    from app import resources
+    from app.runtime import resources
 
     message = f"document {document_id} {problem}"
     with resources.database() as conn:
@@ -226,7 +226,7 @@ def _analyse(row: dict, text: str, analysis_type: str, temporary: bool, settings
     """Run the configured provider over the text (unless there is none) and upsert the analysis."""
     from psycopg.types.json import Jsonb
 
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers._document_providers import make_provider
 
     if text.strip():

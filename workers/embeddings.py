@@ -88,7 +88,7 @@ class _Tally:
 @task("embeddings.generate", queue="embeddings", validate=_validate_generate)
 def generate(batch_size: int = DEFAULT_BATCH_SIZE, limit: int = DEFAULT_LIMIT) -> dict:
     """Embed harvested content that has no embedding yet, `batch_size` items per provider call, `limit` at most."""
-    from app import progress, resources
+    from app.runtime import progress, resources
 
     settings, provider = _configured()
     with resources.database() as conn:
@@ -134,7 +134,7 @@ def _configured():
 
 def _embed_batch(provider, rows: list[dict], tally: _Tally, max_chars: int) -> None:
     """Embed one batch of rows and store the vectors in one transaction."""
-    from app import resources
+    from app.runtime import resources
     from workers._embedding_providers import check_vectors
 
     tally.seen += len(rows)

@@ -76,7 +76,7 @@ def _validate_source(kwargs: dict) -> None:
 @task("harvest.source", queue="harvest", validate=_validate_source)
 def harvest_source(source_id: int) -> dict:
     """Fetch one harvest source and store its new items."""
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers._harvest_store import load_source
 
     settings = _settings()
@@ -94,7 +94,7 @@ def harvest_run() -> dict:
     """Harvest every enabled source, recording each failure on its source without stopping the others."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers._harvest_store import enabled_sources
 
     settings = _settings()
@@ -126,7 +126,7 @@ def harvest_one(source: dict, settings, on_step: Callable[[float, str], object] 
         PermanentFailure: the source answered a 4xx, the answer is malformed or too large, or its config is wrong.
         ServiceUnavailableError: the source cannot be reached now (retrying may help).
     """
-    from app import resources
+    from app.runtime import resources
     from workers._harvest_store import record_error
 
     try:
@@ -140,8 +140,8 @@ def harvest_one(source: dict, settings, on_step: Callable[[float, str], object] 
 
 
 def _harvest(source: dict, settings, on_step: Callable[[float, str], object]) -> Outcome:
-    from app import resources
     from app.errors import PermanentFailure
+    from app.runtime import resources
     from workers._harvest_fetch import fetch
     from workers._harvest_parse import parse
     from workers._harvest_store import record_ok, store_items

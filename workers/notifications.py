@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from app.errors import InvalidJobError, PermanentFailure
 from app.tasks import task
+from workers._notify_http import whatsapp_text
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,6 @@ def check_attachments(attachments: object) -> int:
     return total
 
 
-def whatsapp_text(subject: str | None, text: str | None) -> str:
-    """The WhatsApp message: the subject, a blank line and the text (either alone when the other is missing)."""
-    return "\n\n".join(part for part in (subject, text) if part)
-
-
 def _check_texts(kwargs: dict) -> None:
     for name, limit in (("subject", MAX_SUBJECT), ("text", MAX_BODY), ("html", MAX_BODY)):
         value = kwargs.get(name)
@@ -198,7 +194,7 @@ def send(
     idempotency_key: str | None = None,
 ) -> dict:
     """Deliver one message by e-mail, signed webhook or WhatsApp, once per idempotency key."""
-    from app import progress
+    from app.runtime import progress
     from workers import _notify_outbox as outbox
     from workers._notify_channels import Message, prepare
 

@@ -124,7 +124,7 @@ def _validate_generate(kwargs: dict) -> None:
 def generate(schedule_id: str, period_days: float = DEFAULT_PERIOD_DAYS) -> dict:
     """Build schedule `schedule_id`'s report for the `period_days` ending now, store it, hand it to notifications and
     compute the schedule's next run."""
-    from app import progress, resources
+    from app.runtime import progress, resources
 
     now = datetime.now(UTC)
     with resources.database() as conn:
@@ -142,7 +142,7 @@ def generate(schedule_id: str, period_days: float = DEFAULT_PERIOD_DAYS) -> dict
 def _schedule_spec(schedule_id: str, row: dict | None, period_days: float, now: datetime):
     """The report a schedule row asks for and the schedule's next run after `now` (its cron in its zone), checked
     before any work: PermanentFailure naming the schedule when it cannot run."""
-    from app.cron import Cron, CronError
+    from app.scheduling.cron import Cron, CronError
 
     if row is None:
         raise PermanentFailure(f"report schedule {schedule_id!r} does not exist")
@@ -167,7 +167,7 @@ def _schedule_spec(schedule_id: str, row: dict | None, period_days: float, now: 
 def weekly() -> dict:
     """Enqueue reports.generate for every enabled report schedule that is due, 10 per batch; with no schedule at all,
     build and deliver the default executive report."""
-    from app import resources
+    from app.runtime import resources
 
     now = datetime.now(UTC)
     with resources.database() as conn:
@@ -182,8 +182,8 @@ def weekly() -> dict:
 
 def _enqueue_due(now: datetime, due: int) -> dict:
     """Enqueue a reports.generate job per due schedule, BATCH at a time, in id order."""
-    from app import progress, resources
-    from app.enqueue import enqueue_many
+    from app.runtime import progress, resources
+    from app.runtime.enqueue import enqueue_many
 
     jobs: list[dict] = []
     invalid: list[str] = []
@@ -241,7 +241,7 @@ def _default_report(now: datetime) -> dict:
     if not spec.recipients:
         result["note"] = ("no report schedule exists and REPORTS_DEFAULT_RECIPIENTS is empty: the report is stored, "
                           "not delivered")
-    from app import progress
+    from app.runtime import progress
 
     progress.report(percent=100, message="default report done")
     return {"default_report": True, **result}
@@ -249,7 +249,7 @@ def _default_report(now: datetime) -> dict:
 
 def _build(spec: ReportSpec, now: datetime) -> dict:
     """Read the figures, render, store and deliver one report; progress is reported after each section."""
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers import _report_data as data
     from workers import _report_render as render
 
@@ -288,7 +288,7 @@ def _build(spec: ReportSpec, now: datetime) -> dict:
 
 def _render(spec: ReportSpec, summary: dict, now: datetime) -> dict:
     """The report in each of the spec's formats: {"html": str, "csv": str, "pdf": bytes}."""
-    from app import progress
+    from app.runtime import progress
     from workers import _report_render as render
 
     renderers = {
@@ -307,7 +307,7 @@ def _store(job_id: str, spec: ReportSpec, start: datetime, end: datetime, summar
     """Upsert the report row of job `job_id` (a retry replaces it and keeps its id); returns the id."""
     from psycopg.types.json import Jsonb
 
-    from app import resources
+    from app.runtime import resources
 
     with resources.database() as conn:
         return conn.execute(
@@ -332,9 +332,9 @@ def _deliver(report: Rendered, spec: ReportSpec) -> list[dict]:
     recipients = spec.recipients
     if not recipients:
         return []
-    from app import resources
-    from app.enqueue import enqueue_many
     from app.errors import UnknownTaskError
+    from app.runtime import resources
+    from app.runtime.enqueue import enqueue_many
 
     requests = [(NOTIFY_TASK, *notification(report, recipient)) for recipient in recipients]
     try:

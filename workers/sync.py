@@ -40,13 +40,11 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import quote
 
-from app.config import env_bool, env_url, environment
 from app.errors import ConfigError, InvalidJobError, PermanentFailure, ServiceUnavailableError
 from app.tasks import task
+from workers._sync_settings import SyncSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,50 +60,6 @@ FANOUT_CHUNK = 100
 MAX_WORKSPACE_ID = 200
 #: what the enqueue helper accepts as a jobId (dedup key)
 _DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
-_SCHEMES = ("http", "https")
-
-
-@dataclass(frozen=True)
-class Provider:
-    """One provider of records: `primary` or `fallback`."""
-
-    name: str
-    base_url: str
-    token: str | None = field(default=None, repr=False)
-
-    def item_url(self, external_id: str) -> str:
-        return f"{self.base_url.rstrip('/')}/items/{quote(external_id, safe='')}"
-
-    def headers(self) -> dict:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    """The sync queue's settings."""
-
-    providers: tuple[Provider, ...]  #: in the order they are asked: primary, then fallback
-    save_stats: bool = True
-
-    @classmethod
-    def from_env(cls, env: dict | None = None) -> SyncSettings:
-        """The settings from the environment (and `.env`).
-
-        Raises:
-            ConfigError: no primary provider, or a value is invalid; the message names the variable.
-        """
-        env = environment(env)
-        primary = env_url(env, "SYNC_PRIMARY_URL", _SCHEMES)
-        if primary is None:
-            raise ConfigError("SYNC_PRIMARY_URL is not set: the sync queue needs the primary provider's base URL")
-        providers = [Provider("primary", primary, env.get("SYNC_PRIMARY_TOKEN") or None)]
-        fallback = env_url(env, "SYNC_FALLBACK_URL", _SCHEMES)
-        if fallback is not None:
-            providers.append(Provider("fallback", fallback, env.get("SYNC_FALLBACK_TOKEN") or None))
-        return cls(tuple(providers), env_bool(env, "SAVE_SYNC_STATS", True))
 
 
 def _check_workspace(workspace_id: object) -> None:
@@ -128,7 +82,7 @@ def _validate_manual(kwargs: dict) -> None:
 @task("sync.manual", queue="sync", validate=_validate_manual)
 def manual(workspace_id: str, force_update: bool = False) -> dict:
     """Sync the items workspace `workspace_id` tracks from the providers (`force_update`: bypass the cache)."""
-    from app import progress
+    from app.runtime import progress
 
     try:
         settings = SyncSettings.from_env()
@@ -141,8 +95,8 @@ def manual(workspace_id: str, force_update: bool = False) -> dict:
 @task("sync.scheduled", queue="sync")
 def scheduled() -> dict:
     """Enqueue one sync.manual per workspace that tracks items, once per scheduled job even when it is retried."""
-    from app import progress, resources
-    from app.enqueue import enqueue_many
+    from app.runtime import progress, resources
+    from app.runtime.enqueue import enqueue_many
     from queues import key
     from workers import _sync_store as store
 
@@ -244,7 +198,7 @@ class _Run:
 def _sync_workspace(settings: SyncSettings, workspace_id: str, force_update: bool, job_id: str | None) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from app import progress, resources
+    from app.runtime import progress, resources
     from workers import _sync_store as store
     from workers._sync_providers import MAX_CONCURRENT, fetch_batch
 

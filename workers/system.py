@@ -29,11 +29,11 @@ def ping(sleep: float = 0, echo: Any = None) -> Any:
 @task("system.retention_cleanup", queue="cache-cleanup")
 def retention_cleanup(run_days: float | None = None, job_days: float | None = None) -> dict:
     """Delete history rows and ended jobs past their retention (defaults from the settings: 60 and 30 days)."""
-    from app import control, progress
     from app.config import load_settings
     from app.connections import get_redis
-    from app.db import connect
-    from app.runs import delete_older_than
+    from app.runtime import control, progress
+    from app.store.db import connect
+    from app.store.runs import delete_older_than
     from queues import queue_names
 
     settings = load_settings()
@@ -56,8 +56,8 @@ def _validate_weeks(kwargs: dict) -> None:
 @task("system.update_stats", queue="reports", validate=_validate_weeks)
 def update_stats(weeks: int = 2) -> dict:
     """Recompute the weekly figures per queue and task (table job_stats_weekly) for the last `weeks` weeks."""
-    from app import progress, resources
-    from app.runs import refresh_weekly_stats
+    from app.runtime import progress, resources
+    from app.store.runs import refresh_weekly_stats
 
     with resources.database() as conn:
         rows = refresh_weekly_stats(conn, weeks)

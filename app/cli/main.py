@@ -12,10 +12,10 @@ import psycopg
 from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
 from app.cli.queues import jobs_group, queues_group
 from app.cli.schedules import schedules_group
-from app.enqueue import PRIORITIES, enqueue
 from app.errors import ConfigError
 from app.logs import configure_logging
-from app.migrate import apply_migrations, migration_status
+from app.runtime.enqueue import PRIORITIES, enqueue
+from app.store.migrate import apply_migrations, migration_status
 
 
 @click.group()
@@ -122,8 +122,8 @@ def web(host, port, dev):
 @redis_option
 def scheduler():
     """Run a scheduler process: fires schedules.yaml's entries on time (one process active, others stand by)."""
-    from app.scheduler import Scheduler
-    from app.schedules import ScheduleError, load_schedules
+    from app.scheduling.scheduler import Scheduler
+    from app.scheduling.schedules import ScheduleError, load_schedules
 
     config = settings()
     configure_logging(config.log_format)

@@ -6,11 +6,11 @@ import json
 
 import click
 
-from app import control
 from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
-from app.jobs import describe_job, fetch_job
-from app.stats import queue_stats
-from queues import get_queue_spec
+from app.runtime import control
+from app.runtime.jobs import describe_job, fetch_job
+from app.runtime.stats import queue_stats
+from app.tasks import get_queue_spec
 
 
 def _queue(name: str) -> str:

@@ -7,12 +7,12 @@ import json
 import click
 import psycopg
 
-from app import schedule_store
 from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings
-from app.cron import CronError
-from app.db import connect
-from app.migrate import apply_migrations
-from app.runs import RunFilter, list_runs
+from app.scheduling import schedule_store
+from app.scheduling.cron import CronError
+from app.store.db import connect
+from app.store.migrate import apply_migrations
+from app.store.runs import RunFilter, list_runs
 
 
 def _db() -> psycopg.Connection:

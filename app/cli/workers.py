@@ -13,15 +13,16 @@ import click
 from redis.exceptions import RedisError
 from rq.worker import Worker
 
-from app import processes
 from app.cli.common import EXIT_FAILURE, EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
 from app.config import RunDir
 from app.errors import UnknownQueueError
-from app.jobs import SERIALIZER
+from app.local import processes
+from app.local.processes import Daemon
 from app.logs import configure_logging
-from app.processes import Daemon
-from app.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker, worker_command, worker_processes
-from queues import get_queue_spec, queue_names
+from app.runtime.jobs import SERIALIZER
+from app.runtime.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker, worker_command, worker_processes
+from app.tasks import get_queue_spec
+from queues import queue_names
 
 #: seconds `start` waits for a new worker to register in Redis
 REGISTER_TIMEOUT = 30

@@ -1,4 +1,8 @@
-"""The Flask application factory: it only wires config, shared clients and blueprints."""
+"""The web: the Flask app (admin API, pages, health, metrics, the mounted rq-dashboard) and how it is served.
+
+This module is the application factory: it only wires config, shared clients and blueprints.
+May import the base of `app`, the store, the runtime and scheduling; never local or the CLI.
+"""
 
 from __future__ import annotations
 

@@ -9,22 +9,23 @@ from pathlib import Path
 import yaml
 from flask import Blueprint, current_app, jsonify, request
 
-from app import control
 from app.connections import ping
-from app.enqueue import enqueue
 from app.errors import InvalidJobError, JobStateError
-from app.job_list import list_jobs
-from app.jobs import State, describe_job, fetch_job
-from app.runs import RunFilter, failure_rate, list_runs
-from app.schedule_store import sync_declared
-from app.schedules import ScheduleError, load_schedules
-from app.stats import queue_stats
+from app.runtime import control
+from app.runtime.enqueue import enqueue
+from app.runtime.job_list import list_jobs
+from app.runtime.jobs import State, describe_job, fetch_job
+from app.runtime.stats import queue_stats
+from app.scheduling.schedule_store import sync_declared
+from app.scheduling.schedules import ScheduleError, load_schedules
+from app.store.runs import RunFilter, failure_rate, list_runs
+from app.tasks import get_queue_spec
 from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
 from app.web.params import page
-from queues import get_queue_spec, queue_names
+from queues import queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_token)

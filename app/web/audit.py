@@ -10,7 +10,7 @@ import psycopg
 from flask import Response, current_app, request, session
 from psycopg_pool import PoolTimeout
 
-from app.db import storable_json
+from app.store.db import storable_json
 from app.web.db import get_db
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The web app's PostgreSQL pool: opened on first use, one connection per request through `get_db()`.
 
-Config `DATABASE_POOL_TIMEOUT` (seconds, default `app.db.CONNECT_TIMEOUT`) bounds how long a request waits for a
+Config `DATABASE_POOL_TIMEOUT` (seconds, default `app.store.db.CONNECT_TIMEOUT`) bounds how long a request waits for a
 connection, so a probe answers 503 in that time while PostgreSQL is down.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask, current_app, g
 from psycopg_pool import ConnectionPool
 
-from app.db import CONNECT_TIMEOUT, open_pool
+from app.store.db import CONNECT_TIMEOUT, open_pool
 
 
 def get_pool() -> ConnectionPool:

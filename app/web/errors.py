@@ -10,8 +10,8 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from app.cron import CronError
 from app.errors import BullrqError, InvalidJobError, UnknownQueueError, UnknownTaskError
+from app.scheduling.cron import CronError
 
 logger = logging.getLogger(__name__)
 

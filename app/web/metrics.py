@@ -10,8 +10,8 @@ from collections import defaultdict
 
 from flask import Blueprint, Response, current_app
 
-from app import rollup
-from app.stats import queue_stats
+from app.runtime.stats import queue_stats
+from app.store import rollup
 from app.web.auth import require_token
 from app.web.db import get_db
 

@@ -30,16 +30,18 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from app import control, schedule_store
 from app.errors import BullrqError, UnknownQueueError
-from app.jobs import describe_job, fetch_job
-from app.runs import STATUSES, RunFilter, duration_percentiles, failure_rate, list_runs, throughput_per_hour
-from app.stats import queue_stats
+from app.runtime import control
+from app.runtime.jobs import describe_job, fetch_job
+from app.runtime.stats import queue_stats
+from app.scheduling import schedule_store
+from app.store.runs import STATUSES, RunFilter, duration_percentiles, failure_rate, list_runs, throughput_per_hour
+from app.tasks import get_queue_spec
 from app.web import audit
 from app.web.auth import require_login
 from app.web.db import get_db
 from app.web.errors import ApiError
-from queues import get_queue_spec, queue_names
+from queues import queue_names
 
 logger = logging.getLogger(__name__)
 

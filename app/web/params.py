@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import request
 
-from app.runs import MAX_LIMIT
+from app.store.runs import MAX_LIMIT
 from app.web.errors import ApiError
 
 #: far past any listing, and offset + limit stays inside the 64-bit integers PostgreSQL and Redis count with

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app import schedule_store
-from app.runs import (
+from app.scheduling import schedule_store
+from app.store.runs import (
     STATUSES,
     RunFilter,
     duration_percentiles,
@@ -15,12 +15,12 @@ from app.runs import (
     list_runs,
     throughput_per_hour,
 )
+from app.tasks import get_queue_spec
 from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
 from app.web.params import page
-from queues import get_queue_spec
 
 bp = Blueprint("admin_schedules", __name__, url_prefix="/api/admin/jobs")
 bp.before_request(require_token)

@@ -21,11 +21,11 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app import schedule_store
-from app.db import connect
-from app.jobs import BullJob
-from app.migrate import apply_migrations
-from app.schedules import ScheduleEntry
+from app.runtime.jobs import BullJob
+from app.scheduling import schedule_store
+from app.scheduling.schedules import ScheduleEntry
+from app.store.db import connect
+from app.store.migrate import apply_migrations
 from queues import SCHEDULER_LEADER_KEY
 
 logger = logging.getLogger(__name__)

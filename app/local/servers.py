@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from app.config import load_settings
 from app.errors import ServerError
-from app.processes import pid_exists
+from app.local.processes import pid_exists
 
 #: seconds to wait for a server to accept connections, or to exit
 START_TIMEOUT = 60
@@ -492,7 +492,7 @@ def _exec(directory: Path, fresh: bool, command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.servers", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.local.servers", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("start", "stop", "status"):
         sub.add_parser(name, help=f"{name} the servers of the run directory")

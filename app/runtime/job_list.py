@@ -11,8 +11,9 @@ import time
 
 from redis import Redis
 
-from app.jobs import BullJob, State, describe_job
-from queues import QUEUES, queue_keys
+from app.runtime.jobs import BullJob, State, describe_job
+from app.tasks import queue_keys
+from queues import QUEUES
 
 
 def _sources(queue: str, state: State) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The Lua scripts of `app/lua/`, called by SHA (each runs atomically, in one round trip).
+"""The Lua scripts of `app/runtime/lua/`, called by SHA (each runs atomically, in one round trip).
 
 Each file is `<verb>-<number of keys>.lua` ("n" when the count varies) and opens with its KEYS, ARGV and return
 value. Callers pass keys built by `queues.py`: `SCRIPTS.dequeue(client, keys, args)`, where `client` is a Redis
@@ -20,7 +20,7 @@ LUA_DIR = Path(__file__).parent / "lua"
 
 
 class LuaScript:
-    """One script of `app/lua/`."""
+    """One script of `app/runtime/lua/`."""
 
     def __init__(self, path: Path):
         self.name = path.stem.rsplit("-", 1)[0]

@@ -6,7 +6,8 @@ import time
 
 from redis import Redis
 
-from queues import QUEUES, queue_keys
+from app.tasks import queue_keys
+from queues import QUEUES
 
 
 def queue_stats(connection: Redis) -> dict:

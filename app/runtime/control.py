@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from redis import Redis
 from rq.utils import str_to_date
 
-from app.enqueue import DEDUP_TTL
 from app.errors import InvalidJobError, JobStateError
-from app.history import stream_cap
-from app.jobs import state_of
-from app.leases import rq_time
-from app.redis_scripts import SCRIPTS
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, get_queue_spec, job_key, queue_keys, results_key, worker_commands_key
+from app.runtime.enqueue import DEDUP_TTL
+from app.runtime.jobs import state_of
+from app.runtime.leases import rq_time
+from app.runtime.redis_scripts import SCRIPTS
+from app.store.history import stream_cap
+from app.tasks import get_queue_spec, queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, job_key, results_key, worker_commands_key
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from uuid import uuid4
 import psycopg
 from redis import Redis
 
-from app.cron import Cron
-from app.enqueue import enqueue
 from app.errors import BullrqError
-from app.jobs import fetch_job, state_of
-from app.schedules import ScheduleEntry
+from app.runtime.enqueue import enqueue
+from app.runtime.jobs import fetch_job, state_of
+from app.scheduling.cron import Cron
+from app.scheduling.schedules import ScheduleEntry
 
 logger = logging.getLogger(__name__)
 

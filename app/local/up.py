@@ -18,10 +18,10 @@ import psycopg
 
 from app.config import ensure_admin_token, load_settings
 from app.errors import BullrqError
+from app.local.servers import EmbeddedPostgres, EmbeddedRedis
 from app.logs import configure_logging
-from app.migrate import apply_migrations
-from app.servers import EmbeddedPostgres, EmbeddedRedis
-from app.worker import worker_command, worker_processes
+from app.runtime.worker import worker_command, worker_processes
+from app.store.migrate import apply_migrations
 from queues import QUEUES
 
 logger = logging.getLogger("bullrq.up")

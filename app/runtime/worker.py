@@ -3,7 +3,7 @@
 Per job the loop makes one round trip: a pipeline that records how the last job ended (`finish` script) and takes
 the next one (`dequeue` script: pause, concurrency cap, rate limit, priority lanes and the lease, atomically).
 Heartbeats, lease renewal, delayed-job promotion, abandoned-job recovery and commands (cancel) run on a timer in
-a side thread (`app.maintenance`), never per job.
+a side thread (`app.runtime.maintenance`), never per job.
 
 Isolation per queue: INLINE runs the handler in this process (fast); FORK runs each job in a child process, so
 a crash or a leak in the handler cannot hurt the worker.
@@ -34,7 +34,6 @@ from rq.results import Result
 from rq.worker import Worker, WorkerStatus
 from rq.worker_registration import unregister
 
-from app import progress
 from app.errors import (
     ConfigError,
     InvalidJobError,
@@ -44,13 +43,14 @@ from app.errors import (
     RetryLater,
     UnknownTaskError,
 )
-from app.history import HistoryWriter, run_row, stream_cap
-from app.jobs import SERIALIZER, BullJob, RunningJob, get_queue
-from app.leases import LEASE, recover, rq_time
-from app.maintenance import Maintenance
-from app.redis_scripts import SCRIPTS
-from app.tasks import get_task, load_tasks
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QUEUES, Isolation, get_queue_spec, queue_keys, results_key
+from app.runtime import progress
+from app.runtime.jobs import SERIALIZER, BullJob, RunningJob, get_queue
+from app.runtime.leases import LEASE, recover, rq_time
+from app.runtime.maintenance import Maintenance
+from app.runtime.redis_scripts import SCRIPTS
+from app.store.history import HistoryWriter, run_row, stream_cap
+from app.tasks import get_queue_spec, get_task, load_tasks, queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QUEUES, Isolation, results_key
 
 logger = logging.getLogger(__name__)
 

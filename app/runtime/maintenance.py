@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from app.history import run_row, stream_cap
-from app.leases import LEASE, recover, rq_time
-from app.redis_scripts import SCRIPTS
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys, worker_commands_key
-
-if TYPE_CHECKING:
-    from app.worker import BullWorker
+from app.runtime.jobs import RunningJob
+from app.runtime.leases import LEASE, recover, rq_time
+from app.runtime.redis_scripts import SCRIPTS
+from app.store.history import run_row, stream_cap
+from app.tasks import queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QueueKeys, worker_commands_key
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,23 @@ STARTED_ROW_AFTER = 1.0
 PROMOTE_BATCH = 500
 
 
+class MaintainedWorker(Protocol):
+    """What the thread needs of the worker it serves (`app.runtime.worker.BullWorker`)."""
+
+    name: str
+    connection: Redis
+    current: tuple[RunningJob, str] | None  #: the running job and its lease member
+    _keys: list[QueueKeys]
+
+    def heartbeat(self, pipeline: Pipeline) -> None: ...
+
+    def request_cancel(self, job_id: str) -> bool: ...
+
+
 class Maintenance(threading.Thread):
     """The timer thread of one worker process."""
 
-    def __init__(self, worker: BullWorker):
+    def __init__(self, worker: MaintainedWorker):
         super().__init__(name=f"maintenance-{worker.name}", daemon=True)
         self.worker = worker
         self.connection = worker.connection

@@ -1,4 +1,4 @@
-"""The migration runner: numbered SQL files in `app/migrations/`, applied in order under an advisory lock.
+"""The migration runner: numbered SQL files in `app/store/migrations/`, applied in order under an advisory lock.
 
 Each file runs in its own transaction with its row in `schema_migrations` (version, name, checksum), so a failed
 file leaves nothing half-applied. Several processes may start at once: the lock makes the others wait, then find
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psycopg
 
-from app.db import connect
 from app.errors import MigrationError
+from app.store.db import connect
 
 logger = logging.getLogger(__name__)
 

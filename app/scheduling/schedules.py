@@ -7,10 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from app.cron import Cron, CronError, parse_zone
 from app.errors import BullrqError, InvalidJobError, UnknownQueueError, UnknownTaskError
-from app.tasks import get_task
-from queues import get_queue_spec
+from app.scheduling.cron import Cron, CronError, parse_zone
+from app.tasks import get_queue_spec, get_task
 
 #: seconds a run may go on before it is declared stuck (2 h)
 DEFAULT_MAX_RUNTIME = 7200

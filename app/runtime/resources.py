@@ -51,7 +51,7 @@ def redis_client() -> redis.Redis:
 @contextmanager
 def database() -> Iterator[psycopg.Connection]:
     """A pooled PostgreSQL connection (rows as dicts); the transaction commits when the block ends without error."""
-    from app.db import open_pool
+    from app.store.db import open_pool
 
     pool = _get("pool", lambda: open_pool(settings().database_url, min_size=0, max_size=4, name="bullrq-handlers"))
     with pool.connection() as conn:

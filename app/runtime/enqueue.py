@@ -17,11 +17,11 @@ from rq.job import JobStatus
 from rq.utils import get_call_string
 
 from app.errors import InvalidJobError
-from app.jobs import SERIALIZER, BullJob, fetch_job
-from app.leases import rq_time
-from app.redis_scripts import SCRIPTS
-from app.tasks import get_task
-from queues import JOB_KEY_PREFIX, QUEUES_SET, Backoff, BackoffType, get_queue_spec, queue_keys
+from app.runtime.jobs import SERIALIZER, BullJob, fetch_job
+from app.runtime.leases import rq_time
+from app.runtime.redis_scripts import SCRIPTS
+from app.tasks import get_queue_spec, get_task, queue_keys
+from queues import JOB_KEY_PREFIX, QUEUES_SET, Backoff, BackoffType
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from app.tasks import get_task
-from queues import NORMAL_PRIORITY, get_queue_spec, job_key
+from app.tasks import get_queue_spec, get_task
+from queues import NORMAL_PRIORITY, job_key
 
 #: the only serializer bullrq uses; pickle never touches Redis
 SERIALIZER = JSONSerializer

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from redis import Redis
 from rq.utils import utcformat
 
-from app.history import stream_cap
-from app.redis_scripts import SCRIPTS
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
+from app.runtime.redis_scripts import SCRIPTS
+from app.store.history import stream_cap
+from app.tasks import queue_keys
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 
 #: seconds a lease lasts; renewed every `maintenance.RENEW_INTERVAL` while the worker lives, so the job of a dead
 #: worker is recovered within about LEASE seconds, and a healthy job of any length never is

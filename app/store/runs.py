@@ -1,7 +1,7 @@
 """Queries over the run history (`job_runs`) for the API, the pages and the CLI.
 
 Every query is bounded: lists are paginated and read through the indexes of `job_runs`; aggregates over a
-window read the hourly rollup (`app.rollup`). Times are `started_at`: when the attempt began (for a job canceled
+window read the hourly rollup (`app.store.rollup`). Times are `started_at`: when the attempt began (for a job canceled
 before it ran, when it was canceled).
 """
 
@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from app import rollup
+from app.store import rollup
 
 #: most rows one page may hold
 MAX_LIMIT = 100

@@ -21,9 +21,9 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from app import rollup
 from app.config import load_settings
-from app.db import connect, storable_json
+from app.store import rollup
+from app.store.db import connect, storable_json
 from queues import HISTORY_STREAM
 
 logger = logging.getLogger(__name__)
