@@ -18,7 +18,15 @@ from app.history import stream_cap
 from app.jobs import state_of
 from app.leases import rq_time
 from app.redis_scripts import SCRIPTS
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, get_queue_spec, job_key, queue_keys, results_key, worker_commands_key
+from queues import (
+    HISTORY_STREAM,
+    JOB_KEY_PREFIX,
+    RESULTS_KEY_PREFIX,
+    get_queue_spec,
+    job_key,
+    queue_keys,
+    worker_commands_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,23 +202,9 @@ def _delete(connection: Redis, registry: str, job_ids: list[str]) -> list[str]:
 
 
 def _delete_jobs(connection: Redis, job_ids: list[str]) -> None:
-    if not job_ids:
-        return
-    _release_dedup(connection, job_ids)
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.delete(job_key(job_id), results_key(job_id))
-        pipe.execute()
-
-
-def _release_dedup(connection: Redis, job_ids: list[str]) -> None:
-    """Free the dedup keys held by jobs about to be deleted."""
-    reads = connection.pipeline(transaction=False)
-    for job_id in job_ids:
-        reads.hget(job_key(job_id), "dedup_key")
-    held = [key for key in reads.execute() if key]
-    if held:
-        connection.delete(*held)
+    """Delete the jobs and their results; a dedup key goes only while its job still holds it (compared in Lua)."""
+    if job_ids:
+        SCRIPTS.delete(connection, [], [JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, *job_ids])
 
 
 def _decode(values) -> list[str]:

@@ -6,7 +6,8 @@
   ARGV[1] now, RQ's format      ARGV[2] job key prefix          ARGV[3] dedup TTL, seconds
   ARGV[4..] job ids
   Returns the ids requeued (ids not in the registry, or whose job is gone, are skipped). A requeued job takes its
-  dedup key back, unless another pending job holds it meanwhile (then that one keeps it).
+  dedup key back, unless another pending job holds it meanwhile (then that one keeps it). A cancel request was spent
+  on the run it stopped: the new run starts without it.
 ]]
 local live = {queued = true, scheduled = true, started = true, deferred = true, created = true}
 local out = {}
@@ -20,7 +21,7 @@ for i = 4, #ARGV do
     local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
     redis.call('PERSIST', job)
     redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[1], 'retries_left', attempts - 1)
-    redis.call('HDEL', job, 'ended_at', 'exc_info')
+    redis.call('HDEL', job, 'ended_at', 'exc_info', 'cancel_requested')
     redis.call('RPUSH', KEYS[2 + priority], id)
     local dedup = redis.call('HGET', job, 'dedup_key')
     if dedup then
