@@ -88,7 +88,8 @@ def cancel(connection: Redis, job_id: str) -> str:
 
 
 def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = None) -> list[str]:
-    """Put failed jobs of `queue` back to wait with their attempts reset: those of `job_ids`, or all of them.
+    """Put failed jobs of `queue` back to wait with their attempts reset: those of `job_ids`, or all of them (all
+    those failed when the call began; jobs failing meanwhile wait for the next call).
 
     Returns:
         The ids requeued (ids not in the failed registry are skipped).
@@ -98,9 +99,19 @@ def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = 
         ids = list(job_ids)
         return [job for start in range(0, len(ids), BATCH) for job in _requeue(connection, queue, registry,
                                                                                 ids[start : start + BATCH])]
+    # Only the jobs failed when the call began: under steady failures, jobs put back fail again and return to the
+    # registry, and a loop until it is empty would never end. New failures score later (their end + failure TTL)
+    # than the snapshot's last one; the count bounds the work even if a queue's failure TTL was shortened.
+    last = connection.zrange(registry, -1, -1, withscores=True)
+    if not last:
+        return []
+    cutoff, budget = last[0][1], connection.zcard(registry)
     requeued: list[str] = []
-    # the script takes every id it is given out of the registry (also those whose job expired): the loop ends
-    while batch := _decode(connection.zrange(registry, 0, BATCH - 1)):
+    while budget > 0:
+        batch = _decode(connection.zrangebyscore(registry, "-inf", cutoff, start=0, num=min(BATCH, budget)))
+        if not batch:
+            break
+        budget -= len(batch)  # the script takes every id it is given out of the registry (also expired jobs')
         requeued += _requeue(connection, queue, registry, batch)
     return requeued
 
