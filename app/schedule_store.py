@@ -47,7 +47,8 @@ def cron_of(row: dict) -> Cron:
 
 def sync_declared(conn: psycopg.Connection, entries: list[ScheduleEntry], now: datetime | None = None) -> None:
     """Make the table match the declaration: new entries added, changed ones updated (overrides and state kept),
-    entries no longer declared removed. An entry whose cron in force changed gets a new next_run_at."""
+    entries no longer declared removed. An entry whose cron in force changed, or that is enabled again, gets a new
+    next_run_at (after `now`)."""
     now = now or datetime.now(UTC)
     with conn.transaction():
         existing = {row["id"]: row for row in conn.execute("SELECT * FROM job_schedules FOR UPDATE")}
@@ -68,8 +69,11 @@ def sync_declared(conn: psycopg.Connection, entries: list[ScheduleEntry], now: d
                 "WHERE id = %(id)s",
                 {**values, "id": entry.id},
             )
-            after = cron_of({**row, "cron": entry.cron, "timezone": entry.timezone})
-            if (before.expression, before.timezone) != (after.expression, after.timezone):
+            declared = {**row, "cron": entry.cron, "timezone": entry.timezone, "enabled": entry.enabled}
+            after = cron_of(declared)
+            # Enabled again: slots that passed while it was off are not owed (as when enabled over the API).
+            woke = effective(declared)["effective_enabled"] and not effective(row)["effective_enabled"]
+            if woke or (before.expression, before.timezone) != (after.expression, after.timezone):
                 _set_next(conn, entry.id, after.next_after(now))
         for gone in existing:
             conn.execute("DELETE FROM job_schedules WHERE id = %s", (gone,))

@@ -251,3 +251,19 @@ def test_a_scheduler_dying_between_enqueue_and_commit_does_not_fire_the_slot_twi
     assert (row["total_runs"], row["next_run_at"]) == (1, datetime(2026, 11, 23, 10, 2, tzinfo=UTC))
     assert len(_scheduled_jobs(redis_conn)) == 1
     assert redis_conn.lrange("rq:queue:harvest", 0, -1) == [row["current_job_id"].encode()]
+
+
+def test_enabling_an_entry_in_the_yaml_fires_no_slot_that_passed_while_it_was_disabled(redis_conn, database_url, db,
+                                                                                       tmp_path):
+    clock = [datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)]
+    _scheduler(redis_conn, database_url, EVERY_MINUTE + "    enabled: false\n", tmp_path, clock)
+    clock[0] = datetime(2026, 11, 23, 10, 7, 10, tzinfo=UTC)  # disabled through seven slots, then enabled: restart
+    redis_conn.delete(SCHEDULER_LEADER_KEY)
+    process = _scheduler(redis_conn, database_url, EVERY_MINUTE + "    enabled: true\n", tmp_path, clock)
+    process.tick()
+    row = schedule_store.get_schedule(db, "minutely")
+    assert (row["total_runs"], row["next_run_at"]) == (0, datetime(2026, 11, 23, 10, 8, tzinfo=UTC))
+    assert _scheduled_jobs(redis_conn) == []
+    clock[0] = datetime(2026, 11, 23, 10, 8, 0, 100000, tzinfo=UTC)
+    process.tick()
+    assert schedule_store.get_schedule(db, "minutely")["total_runs"] == 1
