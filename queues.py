@@ -15,7 +15,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:paused       string  present while the queue is paused                                  no TTL
     bullrq:<q>:marker       list    at most one element: "work may be waiting", wakes idle workers        no TTL
     bullrq:<q>:limiter      string  jobs started in the current rate-limit window                   TTL: the window
-    bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>                  TTL: 7 days, freed at end
+    bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>   TTL: due + timeout + 7 d, freed at end
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.store.history)   capped length

@@ -95,6 +95,7 @@ class Settings:
     run_retention_days: float  # history rows older than this are deleted (BULLRQ_RUN_RETENTION_DAYS)
     job_retention_days: float  # ended jobs older than this leave Redis (BULLRQ_JOB_RETENTION_DAYS)
     schedules_file: Path  # the recurring entries (BULLRQ_SCHEDULES, default schedules.yaml)
+    allow_eviction: bool = False  # workers start on a Redis whose maxmemory-policy evicts (BULLRQ_ALLOW_EVICTION)
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -269,6 +270,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         run_retention_days=env_number(env, "BULLRQ_RUN_RETENTION_DAYS", 60, 0.01, 3650, "days"),
         job_retention_days=env_number(env, "BULLRQ_JOB_RETENTION_DAYS", 30, 0.01, 3650, "days"),
         schedules_file=Path(env.get("BULLRQ_SCHEDULES") or PROJECT_ROOT / "schedules.yaml"),
+        allow_eviction=env_bool(env, "BULLRQ_ALLOW_EVICTION", False),
     )
 
 

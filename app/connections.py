@@ -59,6 +59,25 @@ def ping(connection: Redis) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+#: the only maxmemory-policy under which Redis never deletes a key on its own
+SAFE_POLICY = "noeviction"
+#: the variable that lets workers start on a Redis that may evict keys
+ALLOW_EVICTION_VARIABLE = "BULLRQ_ALLOW_EVICTION"
+
+
+def eviction_policy(connection: Redis) -> str | None:
+    """Redis' maxmemory-policy, read from INFO (hosted Redis often refuses CONFIG GET); None if it does not say."""
+    return connection.info("memory").get("maxmemory_policy")
+
+
+def eviction_problem(policy: str | None) -> str | None:
+    """One line when `policy` lets Redis evict keys (jobs, leases, locks and dedup keys would vanish silently)."""
+    if policy is None or policy == SAFE_POLICY:
+        return None
+    return (f"Redis maxmemory-policy is {policy}: once memory is full it deletes keys (jobs, leases, dedup keys) "
+            f"without a word; set maxmemory-policy {SAFE_POLICY}")
+
+
 def describe_redis_failure(settings: Settings, exc: RedisError) -> str:
     """One line for a person: which Redis, found where, and what went wrong (no password)."""
     where = {"env": "from the environment", "run-dir": "started by scripts/up", "default": "the default"}

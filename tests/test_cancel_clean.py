@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from app.runtime.control import cancel, clean, empty
+from app.runtime.control import cancel, clean, empty, run_now
 from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.jobs import fetch_job
 from app.runtime.stats import queue_stats
@@ -175,3 +175,29 @@ def test_empty_racing_a_worker_deletes_only_what_the_worker_did_not_take(redis_u
     deleted = set(ids) - set(taken)
     assert not [job_id for job_id in deleted if redis_conn.exists(f"rq:job:{job_id}")]
     assert sum(redis_conn.llen(lane) for lane in KEYS.lanes) == 0
+
+
+def test_a_job_canceled_while_running_runs_to_the_end_when_run_again(redis_conn, workers):
+    """The cancel request is spent on the run it stopped: run-now (and retry-failed) start a clean run."""
+    workers.start("harvest", name="w-1")
+    job = enqueue(redis_conn, "semantics.record", {"tag": "again", "sleep": 2}, {"queue": "harvest"})
+    wait_for(lambda: runs(redis_conn, "again"), message="the handler to start")
+    assert cancel(redis_conn, job.id) == "canceling"
+    wait_status(redis_conn, job.id, "canceled", timeout=10)
+
+    assert run_now(redis_conn, job.id) == "requeued"
+    assert wait_status(redis_conn, job.id, "finished", "canceled", timeout=30) == "finished"
+    assert len(runs(redis_conn, "again", event="end")) == 1
+
+
+def test_clean_frees_a_dedup_key_only_when_the_cleaned_job_still_holds_it(redis_conn):
+    old = enqueue(redis_conn, "semantics.record", {"tag": "old"}, {"queue": "harvest", "jobId": "nightly"})
+    build_worker(["harvest"], redis_conn, "clean-dedup").work(burst=True)
+    assert status(redis_conn, old.id) == "finished"
+    pending = enqueue(redis_conn, "semantics.record", {"tag": "new"}, {"queue": "harvest", "jobId": "nightly"})
+    assert pending.created and pending.id != old.id
+
+    assert clean(redis_conn, "harvest", "completed", grace=0) == 1
+    assert redis_conn.get(KEYS.dedup("nightly")) == pending.id.encode()
+    again = enqueue(redis_conn, "semantics.record", {"tag": "dup"}, {"queue": "harvest", "jobId": "nightly"})
+    assert (again.created, again.id) == (False, pending.id)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
 
 from app.scheduling.cron import Cron, CronError
 
@@ -68,3 +70,36 @@ def test_every_quarter_hour_around_a_change_is_strictly_increasing_and_never_dou
 def test_bad_input_is_refused(expression, zone, message):
     with pytest.raises(CronError, match=message):
         Cron(expression, zone)
+
+
+def _expected(expression: str, zone: str, start: datetime, end: datetime) -> list[datetime]:
+    """Every matching wall-clock minute between `start` and `end`, placed on the timeline by the documented rule
+    (a wall time in a gap at the offset from before the jump, a repeated one at its first occurrence), once each."""
+    tz = ZoneInfo(zone)
+    offsets = [moment.astimezone(tz).utcoffset() for moment in (start, end)]
+    walker = croniter(expression, (start + min(offsets)).replace(tzinfo=None), ret_type=datetime)
+    last = (end + max(offsets)).replace(tzinfo=None)
+    out = set()
+    while (wall := walker.get_next(datetime)) <= last:
+        instant = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+        if start < instant <= end:
+            out.add(instant)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("expression", ["* * * * *", "*/15 * * * *", "0 * * * *", "30 1,2,3 * * *", "45 0-4 * * *"])
+@pytest.mark.parametrize(
+    "zone, change",
+    [
+        ("Antarctica/Troll", datetime(2026, 3, 29, 1, tzinfo=UTC)),  # 01:00 jumps to 03:00 (a two-hour gap)
+        ("Antarctica/Troll", datetime(2026, 10, 25, 1, tzinfo=UTC)),  # 03:00 falls back to 01:00
+        ("Australia/Lord_Howe", datetime(2026, 10, 3, 15, 30, tzinfo=UTC)),  # a half-hour gap
+        ("America/New_York", datetime(2026, 3, 8, 7, tzinfo=UTC)),
+    ],
+)  # fmt: skip
+def test_no_slot_is_skipped_or_doubled_across_a_change_of_any_length(expression, zone, change):
+    start, end = change - timedelta(hours=3), change + timedelta(hours=3)
+    cron, moment, got = Cron(expression, zone), start, []
+    while (moment := cron.next_after(moment)) <= end:
+        got.append(moment)
+    assert got == _expected(expression, zone, start, end)

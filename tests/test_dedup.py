@@ -9,9 +9,11 @@ import pytest
 import redis
 
 from app.runtime.control import pause, retry_failed
-from app.runtime.enqueue import enqueue
+from app.runtime.enqueue import MAX_BACKOFF, enqueue, retry_intervals
 from app.runtime.jobs import fetch_job
+from app.runtime.worker import build_worker
 from app.tasks import queue_keys
+from queues import Backoff, BackoffType
 from tests.handlers import open_gate, runs
 from tests.waits import wait_status
 
@@ -90,3 +92,28 @@ def test_a_failed_job_put_back_by_retry_failed_holds_its_key_again(redis_conn, w
 
     duplicate = enqueue(redis_conn, "semantics.fail", {"tag": "f"}, options)
     assert not duplicate.created and duplicate.id == job.id  # the job is pending again under its key
+
+
+def test_a_dedup_key_outlives_the_longest_delay_and_a_delayed_retry(redis_conn):
+    keys = queue_keys("harvest")
+    month = 30 * 24 * 3600
+    delayed = enqueue(redis_conn, "semantics.record", {"tag": "late"}, {"queue": "harvest", "jobId": "month",
+                                                                          "delay": month})  # fmt: skip
+    assert redis_conn.ttl(keys.dedup("month")) > month + 3600  # held past its due time, for its wait and run
+    again = enqueue(redis_conn, "semantics.record", {"tag": "dup"}, {"queue": "harvest", "jobId": "month"})
+    assert (again.created, again.id) == (False, delayed.id)
+
+    later = 20 * 24 * 3600  # the handler asks for a retry in 20 days: the key follows the retry
+    job = enqueue(redis_conn, "semantics.retry-later", {"tag": "r", "delay": later},
+                  {"queue": "harvest", "jobId": "retry", "attempts": 3})  # fmt: skip
+    build_worker(["harvest"], redis_conn, "dedup-retry").work(burst=True)
+    assert redis_conn.hget(f"rq:job:{job.id}", "status") == b"scheduled"
+    assert redis_conn.ttl(keys.dedup("retry")) > later + 3600
+    assert enqueue(redis_conn, "semantics.record", {"tag": "d"}, {"queue": "harvest", "jobId": "retry"}).id == job.id
+
+
+def test_exponential_backoff_is_capped():
+    intervals = retry_intervals(Backoff(BackoffType.EXPONENTIAL, 5), 99)
+    assert max(intervals) <= MAX_BACKOFF and intervals[-1] == MAX_BACKOFF
+    assert intervals[:3] == sorted(intervals[:3]) and intervals[0] <= 6
+    assert max(retry_intervals(Backoff(BackoffType.EXPONENTIAL, 3 * 86400), 5)) == 3 * 86400  # a longer base stays

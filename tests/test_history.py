@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from app.errors import PermanentFailure
 from app.local.servers import EmbeddedPostgres
@@ -23,7 +24,7 @@ from app.runtime.jobs import fetch_job
 from app.runtime.leases import recover
 from app.runtime.worker import build_worker
 from app.store.db import connect
-from app.store.history import HistoryWriter, run_row, write_rows
+from app.store.history import GROUP, MAX_ROW_BYTES, STREAM_MAXLEN, HistoryWriter, ensure_group, run_row, write_rows
 from app.store.migrate import apply_migrations
 from app.store.runs import (
     RunFilter,
@@ -36,12 +37,21 @@ from app.store.runs import (
 from app.tasks import Task, queue_keys, registry
 from queues import HISTORY_STREAM
 from tests.fixtures import wait_for
+from tests.waits import status, wait_status
+
+pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
 
 
 def _boom(kind: str = "permanent") -> None:
     if kind == "permanent":
         raise PermanentFailure("the provider rejected the record")
     raise RuntimeError("provider answered 503")
+
+
+def _deep(depth: int = 150) -> None:
+    if depth:
+        _deep(depth - 1)
+    raise PermanentFailure("l\u00e9gende " * 2000)  # long, and every é takes 6 bytes escaped in JSON
 
 
 _CALLS: dict[str, int] = {}
@@ -56,7 +66,7 @@ def _flaky(key: str) -> str:
 
 @pytest.fixture(autouse=True, scope="module")
 def history_tasks():
-    for task in (Task("test.boom", _boom, None), Task("test.flaky", _flaky, None)):
+    for task in (Task("test.boom", _boom, None), Task("test.flaky", _flaky, None), Task("test.deep", _deep, None)):
         registry.register(task)
     yield
 
@@ -247,3 +257,62 @@ def test_a_result_with_a_nul_character_is_still_recorded(redis_conn, database_ur
     assert _drain(redis_conn, database_url) == 1
     [run] = list_runs(db, RunFilter(job_id=job.id))["runs"]
     assert run["status"] == "completed" and run["result"] == "before\ufffdafter"
+
+
+def test_rows_trimmed_from_the_stream_while_pending_do_not_stop_the_writer(redis_conn, database_url, db):
+    """A batch read but not acknowledged (PostgreSQL went away) that the stream cap then trims comes back from
+    Redis as ids without fields: the writer acknowledges them and goes on with the rows that still exist."""
+    writer = HistoryWriter(redis_conn, database_url, "trimmed")
+    ensure_group(redis_conn)
+    lost = [run_row(job_id=f"lost-{n}", attempt=1, queue="sync", task="system.ping", status="completed")
+            for n in range(3)]
+    for row in lost:
+        redis_conn.xadd(HISTORY_STREAM, {"row": row})
+    redis_conn.xreadgroup(GROUP, "trimmed", {HISTORY_STREAM: ">"})  # read; the write that followed failed
+    redis_conn.xtrim(HISTORY_STREAM, maxlen=0)  # the cap trimmed them while they waited
+    kept = run_row(job_id="kept", attempt=1, queue="sync", task="system.ping", status="completed",
+                   started_at=time.time(), ended_at=time.time())
+    redis_conn.xadd(HISTORY_STREAM, {"row": kept})
+
+    for _ in range(5):
+        writer.drain_once(block=0.05)
+    writer.stop()
+    assert [r["job_id"] for r in list_runs(db)["runs"]] == ["kept"]
+    assert redis_conn.xpending(HISTORY_STREAM, GROUP)["pending"] == 0
+
+
+def test_a_row_with_a_long_traceback_fits_the_row_bound_and_keeps_its_end(redis_conn, database_url, db):
+    job = enqueue(redis_conn, "test.deep", {}, {"queue": "harvest"})
+    build_worker(["harvest"], redis_conn, "deep-test").work(burst=True)
+    assert len(redis_conn.hget(f"rq:job:{job.id}", "exc_info")) > 12_000  # the job keeps its whole traceback
+    [(_, fields)] = redis_conn.xrange(HISTORY_STREAM)
+    assert len(fields[b"row"]) <= MAX_ROW_BYTES
+    assert _drain(redis_conn, database_url) == 1
+    [run] = list_runs(db, RunFilter(job_id=job.id))["runs"]
+    assert run["status"] == "failed" and run["error_message"].startswith("l\u00e9gende")
+    traceback = db.execute("SELECT error_traceback FROM job_runs WHERE job_id = %s", (job.id,)).fetchone()[
+        "error_traceback"]
+    assert traceback.endswith("gende \n")  # its end, where it failed, is kept
+    # the cap and the row bound together bound the stream's memory
+    assert STREAM_MAXLEN * MAX_ROW_BYTES <= 512 * 2**20
+
+
+def test_a_redis_at_maxmemory_does_not_stop_a_running_job_from_finishing(redis_conn, workers):
+    """Redis fills up (noeviction) while a job runs: its outcome is still recorded and its worker lives on (the
+    finish script's first write releases the lease, and a script that has written may go on; Redis refuses only
+    a script whose first write would need memory)."""
+    workers.start("harvest", name="oom-1")
+    job = enqueue(redis_conn, "system.ping", {"echo": "full", "sleep": 3}, {"queue": "harvest"})
+    wait_status(redis_conn, job.id, "started")
+    redis_conn.config_set("maxmemory", int(redis_conn.info("memory")["used_memory"]))
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            redis_conn.set("filler", "x" * 200_000)
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+            enqueue(redis_conn, "system.ping", {"echo": "refused"}, {"queue": "harvest"})
+        wait_status(redis_conn, job.id, "finished", "failed", timeout=30)
+        assert status(redis_conn, job.id) == "finished" and workers.alive("oom-1")
+    finally:
+        redis_conn.config_set("maxmemory", 0)
+    after = enqueue(redis_conn, "system.ping", {"echo": "after"}, {"queue": "harvest"})
+    assert wait_status(redis_conn, after.id, "finished", timeout=30) and workers.alive("oom-1")

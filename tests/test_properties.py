@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from croniter import croniter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,9 +15,19 @@ from app.scheduling.cron import Cron
 from queues import QUEUES
 
 ZONES = ["UTC", "Europe/Lisbon", "America/Sao_Paulo", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu",
-         "Pacific/Chatham", "Europe/London", "America/St_Johns"]  # fmt: skip
+         "Pacific/Chatham", "Europe/London", "America/St_Johns", "Antarctica/Troll"]  # fmt: skip
 MOMENTS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2037, 12, 31), timezones=st.just(UTC))
+#: moments within a few hours of Antarctica/Troll's changes (its spring-forward gap lasts two hours)
+NEAR_TROLL_CHANGES = st.builds(
+    lambda year, spring, minutes: _last_sunday(year, 3 if spring else 10) + timedelta(hours=1, minutes=minutes),
+    st.integers(2006, 2037), st.booleans(), st.integers(-300, 300),
+)
 PROFILE = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _last_sunday(year: int, month: int) -> datetime:
+    day = datetime(year, month + 1, 1, tzinfo=UTC) - timedelta(days=1)
+    return (day - timedelta(days=(day.weekday() + 1) % 7)).replace(hour=0)
 
 
 @st.composite
@@ -59,7 +70,24 @@ def test_next_fire_is_later_on_the_wall_clock_and_nothing_between_is_skipped(exp
 
 
 @PROFILE
-@given(expression=crons(), zone=st.sampled_from(ZONES), moment=MOMENTS)
+@given(expression=crons(), moment=NEAR_TROLL_CHANGES)
+def test_across_a_two_hour_gap_the_fires_are_exactly_the_matching_wall_times_placed_once(expression, moment):
+    """Against the definition: every matching wall time, placed by the documented rule, fires once and in order."""
+    zone = ZoneInfo("Antarctica/Troll")
+    cron, fired = Cron(expression, "Antarctica/Troll"), [moment]
+    for _ in range(4):
+        fired.append(cron.next_after(fired[-1]))
+    walls = croniter(expression, (moment - timedelta(hours=1)).replace(tzinfo=None), ret_type=datetime)
+    expected = set()
+    while (wall := walls.get_next(datetime)) <= (fired[-1] + timedelta(hours=3)).replace(tzinfo=None):
+        instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if moment < instant <= fired[-1]:
+            expected.add(instant)
+    assert fired[1:] == sorted(expected), (expression, moment)
+
+
+@PROFILE
+@given(expression=crons(), zone=st.sampled_from(ZONES), moment=st.one_of(MOMENTS, NEAR_TROLL_CHANGES))
 def test_no_matching_minute_is_skipped_in_the_next_two_days(expression, zone, moment):
     """Walk minute by minute (in UTC, so every instant once) up to the first fire: no earlier instant matches on an
     unambiguous wall clock."""

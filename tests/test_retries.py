@@ -4,11 +4,14 @@ PermanentFailure, RetryLater, and retry-failed putting jobs back with their atte
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
+import redis
 
 from app.runtime.control import pause, resume, retry_failed
-from app.runtime.enqueue import enqueue
+from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.jobs import describe_job, fetch_job
 from app.runtime.stats import queue_stats
 from app.tasks import queue_keys
@@ -134,3 +137,46 @@ def test_retry_failed_requeues_one_a_list_or_all_with_attempts_reset(redis_conn,
         assert fetch_job(job_id, redis_conn).return_value() == f"j{n} ok on run 4"
     assert [len(runs(redis_conn, f"j{n}")) for n in range(4)] == [4, 4, 4, 4]
     assert status(redis_conn, ids[0]) == "finished"
+
+
+def test_retry_failed_all_returns_under_steady_failures_requeueing_each_failed_job_once(redis_url, redis_conn):
+    """Jobs fail again as fast as they are put back (faster than any worker here could fail them, so a failer
+    thread plays the workers): retry-failed of the whole queue still returns, having requeued the jobs that were
+    failed when it began, each once."""
+    failed = [job.id for job in enqueue_many(
+        redis_conn, [("semantics.fail", {"tag": f"f{n}"}, {"queue": "harvest", "attempts": 1}) for n in range(4000)]
+    )]
+    with redis_conn.pipeline() as pipe:
+        for job_id in failed:
+            pipe.lrem(KEYS.queue, 1, job_id)
+            pipe.hset(f"rq:job:{job_id}", "status", "failed")
+            pipe.zadd(KEYS.failed, {job_id: time.time() + 3600})
+        pipe.execute()
+
+    stop = threading.Event()
+
+    def failer():  # every requeued job fails again at once, and lands in the failed registry again
+        client = redis.Redis.from_url(redis_url)
+        while not stop.is_set():
+            ids = client.lpop(KEYS.queue, 500) or []
+            with client.pipeline() as pipe:
+                for job_id in ids:
+                    pipe.hset(b"rq:job:" + job_id, "status", "failed")
+                    pipe.zadd(KEYS.failed, {job_id: time.time() + 3600})
+                pipe.execute()
+        client.close()
+
+    outcome = {}
+    failers = [threading.Thread(target=failer, daemon=True) for _ in range(2)]
+    for thread in failers:
+        thread.start()
+    retrying = threading.Thread(target=lambda: outcome.setdefault("ids", retry_failed(redis_conn, "harvest")),
+                                daemon=True)
+    retrying.start()
+    retrying.join(timeout=120)
+    stop.set()
+    for thread in failers:
+        thread.join(timeout=10)
+    assert "ids" in outcome, "retry-failed of the whole queue never returned"
+    requeued = outcome["ids"]
+    assert len(requeued) == len(set(requeued)) and set(requeued) <= set(failed)

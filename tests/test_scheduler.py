@@ -213,3 +213,57 @@ def test_overrides_persist_across_restarts_until_cleared(redis_conn, database_ur
         schedule_store.set_overrides(db, "minutely", cron="99 * * * *")
     with pytest.raises(schedule_store.UnknownScheduleError, match="minutely"):
         schedule_store.get_schedule(db, "nope")
+
+
+_FIRE_THEN_DIE = """
+import os, sys
+from datetime import datetime
+from app import schedule_store
+from app.connections import redis_from_url
+from app.scheduling.scheduler import Scheduler
+from app.scheduling.schedules import load_schedules
+
+enqueue = schedule_store.enqueue
+def enqueue_then_die(*args, **kwargs):  # the process dies once the job is in Redis, before its COMMIT
+    enqueue(*args, **kwargs)
+    os._exit(9)
+schedule_store.enqueue = enqueue_then_die
+moment = datetime.fromisoformat(sys.argv[4])
+Scheduler(redis_from_url(sys.argv[1]), sys.argv[2], load_schedules(sys.argv[3]), clock=lambda: moment).tick()
+"""
+
+
+def test_a_scheduler_dying_between_enqueue_and_commit_does_not_fire_the_slot_twice(redis_conn, database_url, db,
+                                                                                     tmp_path):
+    clock = [datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)]
+    standby = _scheduler(redis_conn, database_url, EVERY_MINUTE, tmp_path, clock)
+    clock[0] = datetime(2026, 11, 23, 10, 1, 0, 100000, tzinfo=UTC)
+    dying = subprocess.run(
+        [sys.executable, "-c", _FIRE_THEN_DIE, os.environ["REDIS_URL"], database_url, str(tmp_path / "entries.yaml"),
+         clock[0].isoformat()], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert dying.returncode == 9, dying.stderr
+    assert len(_scheduled_jobs(redis_conn)) == 1  # in Redis, but its claim in PostgreSQL was rolled back
+    assert schedule_store.get_schedule(db, "minutely")["total_runs"] == 0
+
+    standby.tick()  # the slot is still due in PostgreSQL: the standby fires it, with the same job id
+    row = schedule_store.get_schedule(db, "minutely")
+    assert (row["total_runs"], row["next_run_at"]) == (1, datetime(2026, 11, 23, 10, 2, tzinfo=UTC))
+    assert len(_scheduled_jobs(redis_conn)) == 1
+    assert redis_conn.lrange("rq:queue:harvest", 0, -1) == [row["current_job_id"].encode()]
+
+
+def test_enabling_an_entry_in_the_yaml_fires_no_slot_that_passed_while_it_was_disabled(redis_conn, database_url, db,
+                                                                                       tmp_path):
+    clock = [datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)]
+    _scheduler(redis_conn, database_url, EVERY_MINUTE + "    enabled: false\n", tmp_path, clock)
+    clock[0] = datetime(2026, 11, 23, 10, 7, 10, tzinfo=UTC)  # disabled through seven slots, then enabled: restart
+    redis_conn.delete(SCHEDULER_LEADER_KEY)
+    process = _scheduler(redis_conn, database_url, EVERY_MINUTE + "    enabled: true\n", tmp_path, clock)
+    process.tick()
+    row = schedule_store.get_schedule(db, "minutely")
+    assert (row["total_runs"], row["next_run_at"]) == (0, datetime(2026, 11, 23, 10, 8, tzinfo=UTC))
+    assert _scheduled_jobs(redis_conn) == []
+    clock[0] = datetime(2026, 11, 23, 10, 8, 0, 100000, tzinfo=UTC)
+    process.tick()
+    assert schedule_store.get_schedule(db, "minutely")["total_runs"] == 1

@@ -350,3 +350,20 @@ def test_text_no_store_can_hold_is_a_400_not_a_500(api):
                  "/api/admin/jobs/logs?error=%00", "/api/admin/jobs/history-stats?queue=nowhere"):  # fmt: skip
         response = api.get(path, headers=AUTH)
         assert response.status_code == 400, (path, response.get_data(as_text=True))
+
+
+@pytest.fixture
+def evicting_redis(redis_conn):
+    """The test's Redis with an LRU eviction policy (as many hosted Redis have by default), restored afterwards."""
+    redis_conn.config_set("maxmemory-policy", "allkeys-lru")
+    yield redis_conn
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+
+
+def test_health_check_reports_a_redis_that_may_evict_keys(api, evicting_redis):
+    body = api.get("/api/admin/workers?action=health-check", headers=AUTH).get_json()
+    assert body["status"] == "degraded" and body["checks"]["redis"]["maxmemory_policy"] == "allkeys-lru"
+    assert any("maxmemory-policy is allkeys-lru" in problem for problem in body["problems"])
+    evicting_redis.config_set("maxmemory-policy", "noeviction")
+    body = api.get("/api/admin/workers?action=health-check", headers=AUTH).get_json()
+    assert not any("maxmemory-policy" in problem for problem in body["problems"])

@@ -200,3 +200,19 @@ def test_logs_prints_the_last_lines_of_a_worker(home):
 
     missing = run_cli("workers", "logs", "nobody-1")
     assert missing.returncode == 2 and "harvest-1" in missing.stderr
+
+
+def test_workers_refuse_to_start_on_a_redis_that_may_evict_keys_unless_told(home, redis_conn):
+    redis_conn.config_set("maxmemory-policy", "volatile-lru")
+    try:
+        for command in (("start", "sync"), ("run", "sync", "--burst")):
+            refused = run_cli("workers", *command)
+            assert refused.returncode == 1 and refused.stdout == "", refused
+            [line] = refused.stderr.splitlines()
+            assert "maxmemory-policy is volatile-lru" in line and "BULLRQ_ALLOW_EVICTION=1" in line
+        assert not (home / "pids").exists() or not list((home / "pids").iterdir())
+        allowed = run_cli("workers", "run", "sync", "--burst", env={**os.environ, "BULLRQ_ALLOW_EVICTION": "1"})
+        assert allowed.returncode == 0 and "warning: Redis maxmemory-policy is volatile-lru" in allowed.stderr
+    finally:
+        redis_conn.config_set("maxmemory-policy", "noeviction")
+    assert "maxmemory-policy" not in run_cli("workers", "run", "sync", "--burst").stderr

@@ -11,7 +11,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.config import Settings, load_settings
-from app.connections import describe_redis_failure, redis_from_url
+from app.connections import (
+    ALLOW_EVICTION_VARIABLE,
+    describe_redis_failure,
+    eviction_policy,
+    eviction_problem,
+    redis_from_url,
+)
 from app.errors import BullrqError, ConfigError
 
 #: exit statuses: 1 a server is unreachable or an operation failed, 2 bad input (as click's usage errors)
@@ -54,6 +60,17 @@ def connect_redis(config: Settings) -> Redis:
     except RedisError as exc:
         fail(describe_redis_failure(config, exc))
     return connection
+
+
+def check_eviction(connection: Redis, refuse: bool = False, config: Settings | None = None) -> None:
+    """At a process's start: say in one line when Redis may evict our keys; with `refuse` (workers), stop there
+    unless BULLRQ_ALLOW_EVICTION is set."""
+    problem = eviction_problem(eviction_policy(connection))
+    if problem is None:
+        return
+    if refuse and not (config or settings()).allow_eviction:
+        fail(f"{problem} (or set {ALLOW_EVICTION_VARIABLE}=1 to run workers anyway)")
+    click.secho(f"warning: {problem}", err=True, fg="yellow")
 
 
 def user_errors(func):

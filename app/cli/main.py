@@ -8,10 +8,12 @@ import signal
 
 import click
 import psycopg
+from redis.exceptions import RedisError
 
-from app.cli.common import EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
+from app.cli.common import EXIT_USAGE, check_eviction, connect_redis, fail, redis_option, settings, user_errors
 from app.cli.queues import jobs_group, queues_group
 from app.cli.schedules import schedules_group
+from app.connections import redis_from_url
 from app.errors import ConfigError
 from app.logs import configure_logging
 from app.runtime.enqueue import PRIORITIES, enqueue
@@ -101,6 +103,10 @@ def web(host, port, dev):
     configure_logging(config.log_format)
     _migrate()  # under the advisory lock: several web processes may start at once
     try:
+        check_eviction(redis_from_url(config.redis_url))
+    except RedisError:  # the web app starts without Redis (its /readyz says so)
+        pass
+    try:
         application = create_app()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
@@ -131,7 +137,9 @@ def scheduler():
         entries = load_schedules(config.schedules_file, default_timezone=config.timezone)
     except ScheduleError as exc:
         fail(str(exc), EXIT_USAGE)
-    process = Scheduler(connect_redis(config), config.database_url, entries)
+    connection = connect_redis(config)
+    check_eviction(connection)
+    process = Scheduler(connection, config.database_url, entries)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: process.stop())
     process.run()

@@ -13,7 +13,16 @@ import click
 from redis.exceptions import RedisError
 from rq.worker import Worker
 
-from app.cli.common import EXIT_FAILURE, EXIT_USAGE, connect_redis, fail, redis_option, settings, user_errors
+from app.cli.common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    check_eviction,
+    connect_redis,
+    fail,
+    redis_option,
+    settings,
+    user_errors,
+)
 from app.config import RunDir
 from app.errors import UnknownQueueError
 from app.local import processes
@@ -72,6 +81,7 @@ def _reap(connection, daemon: Daemon, pid: int) -> str:
 def _start(queues: list[str]) -> None:
     config = settings()
     connection = connect_redis(config)
+    check_eviction(connection, refuse=True, config=config)
     home = config.home
     started: list[tuple[Daemon, int]] = []
     for daemon, queue in _planned(home, queues):
@@ -304,6 +314,7 @@ def run(queues, name, burst):
     config = settings()
     configure_logging(config.log_format, logging.DEBUG if config.debug else logging.INFO)
     connection = connect_redis(config)
+    check_eviction(connection, refuse=True, config=config)
     run_worker(names, connection, name or "+".join(names), burst=burst, database_url=config.database_url)
 
 

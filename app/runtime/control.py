@@ -19,7 +19,7 @@ from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.history import stream_cap
 from app.tasks import get_queue_spec, queue_keys
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, job_key, results_key, worker_commands_key
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, job_key, worker_commands_key
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def cancel(connection: Redis, job_id: str) -> str:
 
 
 def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = None) -> list[str]:
-    """Put failed jobs of `queue` back to wait with their attempts reset: those of `job_ids`, or all of them.
+    """Put failed jobs of `queue` back to wait with their attempts reset: those of `job_ids`, or all of them (all
+    those failed when the call began; jobs failing meanwhile wait for the next call).
 
     Returns:
         The ids requeued (ids not in the failed registry are skipped).
@@ -91,9 +92,19 @@ def retry_failed(connection: Redis, queue: str, job_ids: Iterable[str] | None = 
         ids = list(job_ids)
         return [job for start in range(0, len(ids), BATCH) for job in _requeue(connection, queue, registry,
                                                                                 ids[start : start + BATCH])]
+    # Only the jobs failed when the call began: under steady failures, jobs put back fail again and return to the
+    # registry, and a loop until it is empty would never end. New failures score later (their end + failure TTL)
+    # than the snapshot's last one; the count bounds the work even if a queue's failure TTL was shortened.
+    last = connection.zrange(registry, -1, -1, withscores=True)
+    if not last:
+        return []
+    cutoff, budget = last[0][1], connection.zcard(registry)
     requeued: list[str] = []
-    # the script takes every id it is given out of the registry (also those whose job expired): the loop ends
-    while batch := _decode(connection.zrange(registry, 0, BATCH - 1)):
+    while budget > 0:
+        batch = _decode(connection.zrangebyscore(registry, "-inf", cutoff, start=0, num=min(BATCH, budget)))
+        if not batch:
+            break
+        budget -= len(batch)  # the script takes every id it is given out of the registry (also expired jobs')
         requeued += _requeue(connection, queue, registry, batch)
     return requeued
 
@@ -195,23 +206,9 @@ def _delete(connection: Redis, registry: str, job_ids: list[str]) -> list[str]:
 
 
 def _delete_jobs(connection: Redis, job_ids: list[str]) -> None:
-    if not job_ids:
-        return
-    _release_dedup(connection, job_ids)
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.delete(job_key(job_id), results_key(job_id))
-        pipe.execute()
-
-
-def _release_dedup(connection: Redis, job_ids: list[str]) -> None:
-    """Free the dedup keys held by jobs about to be deleted."""
-    reads = connection.pipeline(transaction=False)
-    for job_id in job_ids:
-        reads.hget(job_key(job_id), "dedup_key")
-    held = [key for key in reads.execute() if key]
-    if held:
-        connection.delete(*held)
+    """Delete the jobs and their results; a dedup key goes only while its job still holds it (compared in Lua)."""
+    if job_ids:
+        SCRIPTS.delete(connection, [], [JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, *job_ids])
 
 
 def _decode(values) -> list[str]:

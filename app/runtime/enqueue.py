@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -33,8 +34,11 @@ MAX_ATTEMPTS = 100
 _OPTION_NAMES = ("queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId")
 _DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
 _JITTER = random.Random()
-#: seconds a dedup key is held at most (it is freed as soon as its job ends)
+#: seconds a dedup key outlives its job's due time plus timeout (it is freed as soon as its job ends): the key's
+#: TTL is delay + timeout + this at enqueue, and is pushed back by every delayed retry (finish-9.lua)
 DEDUP_TTL = 7 * 24 * 3600
+#: seconds: the longest wait an exponential backoff grows to (a longer base delay is kept as it is)
+MAX_BACKOFF = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,14 @@ def _backoff(value: Any) -> Backoff | None:
 
 
 def retry_intervals(backoff: Backoff, retries: int, rng: random.Random | None = None) -> list[int]:
-    """Seconds to wait before each retry: fixed, or doubling per retry with +-20 % jitter (RQ takes whole seconds)."""
+    """Seconds to wait before each retry: fixed, or doubling per retry with +-20 % jitter up to `MAX_BACKOFF` (or
+    the base delay, when longer); whole seconds, as RQ takes them."""
     if backoff.type is BackoffType.FIXED:
         return [max(0, round(backoff.delay))] * retries
     rng = rng or _JITTER
-    return [max(1, round(backoff.delay * 2**n * rng.uniform(0.8, 1.2))) for n in range(retries)]
+    cap = max(MAX_BACKOFF, round(backoff.delay))
+    # 2**n stops growing once past the cap (100 attempts would otherwise reach 10**30 seconds)
+    return [max(1, min(cap, round(backoff.delay * 2 ** min(n, 40) * rng.uniform(0.8, 1.2)))) for n in range(retries)]
 
 
 class Enqueued(NamedTuple):
@@ -277,9 +284,11 @@ def _prepare(
         fields["retries_left"] = attempts - 1
         fields["retry_intervals"] = json.dumps(retry_intervals(opts.backoff or spec.backoff, attempts - 1))
     script_keys = [JOB_KEY_PREFIX + job_id, keys.lane(priority), keys.marker, keys.scheduled, QUEUES_SET]
+    dedup_ttl = DEDUP_TTL
     if opts.dedup:
         fields["dedup_key"] = keys.dedup(opts.dedup)
+        fields["dedup_ttl"] = dedup_ttl = fields["timeout"] + DEDUP_TTL  # past the job's due time
         script_keys.append(fields["dedup_key"])
     flat = [item for pair in fields.items() for item in pair]
-    args = [job_id, keys.queue, due, 0, DEDUP_TTL, JOB_KEY_PREFIX, *flat]
+    args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), JOB_KEY_PREFIX, *flat]
     return _Request(job_id, queue_name, task.name, fields, script_keys, args)

@@ -3,7 +3,8 @@
 Expressions have 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, as in BullMQ.
 Fire times are computed on the zone's wall clock, then placed on the timeline:
 - a wall time that does not exist (the spring-forward gap) fires at the same distance past the gap (02:30 on a
-  day the clock jumps from 02:00 to 03:00 fires at 03:30), so a daily entry still fires once that day;
+  day the clock jumps from 02:00 to 03:00 fires at 03:30), so a daily entry still fires once that day, whatever
+  the gap's length (Antarctica/Troll jumps two hours);
 - a wall time that happens twice (fall-back) fires at its first occurrence only.
 """
 
@@ -50,19 +51,39 @@ class Cron:
         self.zone = parse_zone(timezone)
 
     def next_after(self, moment: datetime) -> datetime:
-        """The first fire time strictly after `moment` (aware), in UTC."""
+        """The first fire time strictly after `moment` (aware), in UTC.
+
+        Wall times map to instants out of order inside a spring-forward gap (on a day with a two-hour gap, a wall
+        time inside it lands after wall times that follow the gap), so the walk starts early enough to see the gap
+        and goes on until no later wall time can land earlier than the best instant found.
+        """
         moment = moment.astimezone(UTC)
-        wall = moment.astimezone(self.zone).replace(tzinfo=None)
-        # Start an hour of wall clock early: around a fall-back the wall clock repeats that hour.
+        now_offset = self._offset(moment)
+        low = now_offset
+        earlier = self._offset(moment - timedelta(days=1))
+        if earlier < now_offset and self._offset(moment - (now_offset - earlier)) == earlier:
+            low = earlier  # a gap ended less than its own length ago: its wall times may still land after `moment`
+        high = max(now_offset, self._offset(moment + timedelta(days=1)))
         walker = croniter(
-            self.expression, wall - timedelta(hours=1), second_at_beginning=self.with_seconds, ret_type=datetime
-        )
+            self.expression, (moment + low).replace(tzinfo=None), second_at_beginning=self.with_seconds,
+            ret_type=datetime,
+        )  # fmt: skip
+        best = None
         for _ in range(100_000):
-            candidate = walker.get_next(datetime)
-            instant = _place(candidate, self.zone)
-            if instant > moment:
-                return instant
+            wall = walker.get_next(datetime)
+            if best is not None and wall - high >= best.replace(tzinfo=None):
+                return best  # every later wall time lands at or after `wall - high`
+            instant = _place(wall, self.zone)
+            if instant > moment and (best is None or instant < best):
+                best = instant
+                high = max(high, *(self._offset(best + timedelta(days=d)) for d in (-1, 0, 1)))
+        if best is not None:
+            return best
         raise CronError(f"cron {self.expression!r} has no fire time after {moment.isoformat()}")
+
+    def _offset(self, instant: datetime) -> timedelta:
+        """The zone's UTC offset at `instant`."""
+        return instant.astimezone(self.zone).utcoffset()
 
     def __repr__(self) -> str:
         return f"Cron({self.expression!r}, {self.timezone!r})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from uuid import uuid4
+from uuid import NAMESPACE_URL, uuid4, uuid5
 
 import psycopg
 from redis import Redis
@@ -47,7 +47,8 @@ def cron_of(row: dict) -> Cron:
 
 def sync_declared(conn: psycopg.Connection, entries: list[ScheduleEntry], now: datetime | None = None) -> None:
     """Make the table match the declaration: new entries added, changed ones updated (overrides and state kept),
-    entries no longer declared removed. An entry whose cron in force changed gets a new next_run_at."""
+    entries no longer declared removed. An entry whose cron in force changed, or that is enabled again, gets a new
+    next_run_at (after `now`)."""
     now = now or datetime.now(UTC)
     with conn.transaction():
         existing = {row["id"]: row for row in conn.execute("SELECT * FROM job_schedules FOR UPDATE")}
@@ -68,8 +69,11 @@ def sync_declared(conn: psycopg.Connection, entries: list[ScheduleEntry], now: d
                 "WHERE id = %(id)s",
                 {**values, "id": entry.id},
             )
-            after = cron_of({**row, "cron": entry.cron, "timezone": entry.timezone})
-            if (before.expression, before.timezone) != (after.expression, after.timezone):
+            declared = {**row, "cron": entry.cron, "timezone": entry.timezone, "enabled": entry.enabled}
+            after = cron_of(declared)
+            # Enabled again: slots that passed while it was off are not owed (as when enabled over the API).
+            woke = effective(declared)["effective_enabled"] and not effective(row)["effective_enabled"]
+            if woke or (before.expression, before.timezone) != (after.expression, after.timezone):
                 _set_next(conn, entry.id, after.next_after(now))
         for gone in existing:
             conn.execute("DELETE FROM job_schedules WHERE id = %s", (gone,))
@@ -201,11 +205,13 @@ def fire(
 
     The claim is a compare-and-set on next_run_at inside a transaction that commits only once the job is in Redis:
     another scheduler that saw the same slot claims nothing, and a failed enqueue leaves the slot to fire later.
+    A slot's job id is derived from (entry, slot): a scheduler that dies between the enqueue and the COMMIT leaves
+    the slot due, and the standby that fires it again enqueues the same id, which creates nothing new.
 
     Returns:
         The job id, or None when the slot was already claimed.
     """
-    job_id = str(uuid4())
+    job_id = slot_job_id(row["id"], slot) if slot is not None else str(uuid4())
     now = now or datetime.now(UTC)
     with conn.transaction():
         if slot is None:
@@ -231,6 +237,12 @@ def fire(
         )  # fmt: skip
     logger.info("schedule %s: fired job %s for %s", row["id"], job_id, slot.isoformat() if slot else "run now")
     return job_id
+
+
+def slot_job_id(schedule_id: str, slot: datetime) -> str:
+    """The id of the job that runs entry `schedule_id` for `slot`: the same however often the slot is fired (RQ
+    allows only letters, digits, _ and - in ids, so a name-based UUID rather than the entry's own name)."""
+    return str(uuid5(NAMESPACE_URL, f"bullrq:schedule:{schedule_id}:{slot.astimezone(UTC).isoformat()}"))
 
 
 def skip(conn: psycopg.Connection, row: dict, slot: datetime, next_run_at: datetime, reason: str) -> bool:

@@ -5,7 +5,8 @@ so it can never be lost between the two. Each worker process drains the stream i
 (`HistoryWriter`, a consumer of the stream's group): rows are acknowledged only once committed, a dead
 consumer's unacknowledged rows are claimed by another, and a replayed row updates the row already written
 (unique on job id + attempt) instead of adding one. While PostgreSQL is down rows wait in the stream, which is
-capped at `STREAM_MAXLEN` entries.
+capped at `STREAM_MAXLEN` rows of at most `MAX_ROW_BYTES` each, so a long outage holds at most about 400 MB of
+Redis (typical rows take a tenth of that); the oldest rows go first beyond it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 GROUP = "history-writers"
 #: rows kept in the stream at most while PostgreSQL is away (the oldest go first beyond that)
-STREAM_MAXLEN = 1_000_000
+STREAM_MAXLEN = 100_000
+#: bytes of one row at most (its JSON text): with the cap, bounds the stream's memory, not only its length
+MAX_ROW_BYTES = 4096
 #: rows written per batch; seconds a consumer blocks waiting for rows
 BATCH = 1000
 BLOCK = 0.5
@@ -38,10 +41,11 @@ BLOCK = 0.5
 CLAIM_AFTER = 30
 #: seconds a writer lets a trickle of rows gather before writing them
 GATHER = 0.25
-#: characters kept of error messages, tracebacks and result summaries
-MAX_MESSAGE = 2000
-MAX_TRACEBACK = 8000
-MAX_RESULT = 2000
+#: characters kept of error messages, tracebacks (their end) and result summaries; a row past MAX_ROW_BYTES even
+#: so (characters escaped in JSON take up to 6 bytes) has them cut further (the job keeps its full traceback)
+MAX_MESSAGE = 1000
+MAX_TRACEBACK = 2000
+MAX_RESULT = 1000
 
 COLUMNS = (
     "job_id", "attempt", "queue", "task", "schedule_id", "worker", "status", "enqueued_at", "started_at",
@@ -139,13 +143,31 @@ def run_row(
         "items_failed": items_failed,
     }
     if error is not None:
-        row["error_type"] = type(error).__name__
+        row["error_type"] = type(error).__name__[:200]
         row["error_message"] = str(error)[:MAX_MESSAGE]
         row["error_traceback"] = (traceback or "")[-MAX_TRACEBACK:]
     if result is not None:
         text = json.dumps(result, default=str)
         row["result"] = text if len(text) <= MAX_RESULT else json.dumps({"truncated": True, "head": text[:MAX_RESULT]})
-    return storable_json(json.dumps({k: v for k, v in row.items() if v is not None}, default=str))
+    row = {k: v for k, v in row.items() if v is not None}
+    text = storable_json(json.dumps(row, default=str))
+    while len(text.encode()) > MAX_ROW_BYTES:  # escaped characters: cut the longest text field until it fits
+        longest = max(_CUTTABLE, key=lambda name: len(str(row.get(name) or "")))
+        value = str(row.get(longest) or "")
+        if len(value) < 2:
+            break
+        if longest == "result":  # JSON text the writer casts to jsonb: replaced, not cut
+            row["result"] = json.dumps({"truncated": True})
+        elif longest == "error_traceback":
+            row[longest] = value[len(value) // 2 :]  # its end says where it failed
+        else:
+            row[longest] = value[: len(value) // 2]
+        text = storable_json(json.dumps(row, default=str))
+    return text
+
+
+#: the fields of a row cut, longest first, until it fits in MAX_ROW_BYTES
+_CUTTABLE = ("error_traceback", "error_message", "result", "task", "worker", "schedule_id", "job_id", "enqueued_at")
 
 
 def write_rows(conn: psycopg.Connection, rows: list[bytes | str]) -> None:
@@ -230,7 +252,14 @@ class HistoryWriter(threading.Thread):
                 # a trickle: wait a moment so rows go in batches (fewer transactions), still well within 2 s
                 self._stopped.wait(GATHER)
                 entries += self._read(">", block=None, count=BATCH - len(entries))
-        entries = [(entry_id, fields) for entry_id, fields in entries if fields]  # trimmed while pending
+        # Rows the cap trimmed while they waited unacknowledged come back as ids without fields (`(id, {})`): they
+        # are gone, so acknowledge them, or this consumer would read the same empty ids first forever.
+        trimmed = [entry_id for entry_id, fields in entries if not fields]
+        if trimmed:
+            self.connection.xack(HISTORY_STREAM, GROUP, *trimmed)
+            logger.warning("history: %d row(s) were trimmed from the stream before they could be written (cap: %d)",
+                           len(trimmed), STREAM_MAXLEN)
+        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
         if not entries:
             return 0
         self._unsure = True

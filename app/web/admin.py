@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from flask import Blueprint, current_app, jsonify, request
 
-from app.connections import ping
+from app.connections import eviction_policy, eviction_problem, ping
 from app.errors import InvalidJobError, JobStateError
 from app.runtime import control
 from app.runtime.enqueue import enqueue
@@ -112,6 +112,7 @@ def _health(stats: dict | None = None) -> tuple[dict, int]:
     checks, problems = {}, []
     try:
         checks["redis"] = {"ok": True, "latency_ms": round(ping(_redis()), 2)}
+        checks["redis"]["maxmemory_policy"] = policy = eviction_policy(_redis())
         stats = stats or queue_stats(_redis())
     except Exception as exc:  # noqa: BLE001 - any failure here means "unhealthy", reported as such
         checks["redis"] = {"ok": False, "error": str(exc)}
@@ -122,6 +123,8 @@ def _health(stats: dict | None = None) -> tuple[dict, int]:
     except Exception as exc:  # noqa: BLE001
         checks["postgres"] = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
         return {"status": "unhealthy", "checks": checks, "problems": ["postgres unreachable"]}, 503
+    if eviction_problem(policy):  # jobs and leases may vanish: not healthy, though everything answers
+        problems.append(eviction_problem(policy))
     for name, queue in stats["queues"].items():
         if queue["workers"] == 0:
             problems.append(f"{name}: no worker")

@@ -38,6 +38,11 @@ if outcome == 'retried' then
     redis.call('LTRIM', KEYS[8], 0, 0)
   end
   keep = tonumber(redis.call('HGET', KEYS[1], 'failure_ttl') or '604800')
+  local dedup = redis.call('HGET', KEYS[1], 'dedup_key')
+  if dedup and redis.call('GET', dedup) == id then  -- held until the retry is due, and its run after it
+    local hold = delay + (tonumber(redis.call('HGET', KEYS[1], 'dedup_ttl') or '0') or 0)
+    if redis.call('TTL', dedup) < hold then redis.call('EXPIRE', dedup, math.ceil(hold)) end
+  end
 else
   local dedup = redis.call('HGET', KEYS[1], 'dedup_key')
   if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end

@@ -3,10 +3,12 @@
 
   KEYS[1] the registry zset they are in (failed or canceled)      KEYS[2] marker list
   KEYS[3..12] lanes of priority 1..10
-  ARGV[1] now, RQ's format      ARGV[2] job key prefix          ARGV[3] dedup TTL, seconds
+  ARGV[1] now, RQ's format      ARGV[2] job key prefix
+  ARGV[3] dedup TTL, seconds, for a job without its own `dedup_ttl`
   ARGV[4..] job ids
   Returns the ids requeued (ids not in the registry, or whose job is gone, are skipped). A requeued job takes its
-  dedup key back, unless another pending job holds it meanwhile (then that one keeps it).
+  dedup key back, unless another pending job holds it meanwhile (then that one keeps it). A cancel request was spent
+  on the run it stopped: the new run starts without it.
 ]]
 local live = {queued = true, scheduled = true, started = true, deferred = true, created = true}
 local out = {}
@@ -20,13 +22,13 @@ for i = 4, #ARGV do
     local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
     redis.call('PERSIST', job)
     redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[1], 'retries_left', attempts - 1)
-    redis.call('HDEL', job, 'ended_at', 'exc_info')
+    redis.call('HDEL', job, 'ended_at', 'exc_info', 'cancel_requested')
     redis.call('RPUSH', KEYS[2 + priority], id)
     local dedup = redis.call('HGET', job, 'dedup_key')
     if dedup then
       local holder = redis.call('GET', dedup)
       if not holder or holder == id or not live[redis.call('HGET', ARGV[2] .. holder, 'status') or ''] then
-        redis.call('SET', dedup, id, 'EX', ARGV[3])
+        redis.call('SET', dedup, id, 'EX', tonumber(redis.call('HGET', job, 'dedup_ttl') or ARGV[3]) or ARGV[3])
       end
     end
     out[#out + 1] = id
