@@ -266,7 +266,7 @@ class BullWorker(Worker):
             try:
                 if self._cancel_requested == job.id:
                     raise JobCanceledError()
-                if self._lease_lost is not None:
+                if self.current and self._lease_lost == self.current[1]:
                     raise LeaseLostError()
                 result = task.func(**kwargs)
             finally:

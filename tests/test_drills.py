@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: drills run by each of the two processes started side by side
-GROUPS = (["a", "b", "f"], ["c", "e", "d"])
+GROUPS = (["a", "b", "f", "g"], ["c", "e", "d", "h", "i"])
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def reports() -> dict[str, dict]:
     ]
     found = {}
     for proc in procs:
-        out, err = proc.communicate(timeout=280)
+        out, err = proc.communicate(timeout=420)
         assert out.strip(), f"bench.drills printed nothing (exit {proc.returncode}):\n{err[-3000:]}"
         for report in json.loads(out):
             found[report["drill"]] = report
@@ -136,4 +136,35 @@ def test_f_a_sentinel_failover_loses_no_confirmed_job_and_everything_follows_the
     assert figures["not acknowledged (no master for a moment)"] > 0  # the kill did land under load
     assert figures["workers that ran jobs after the last failover"] == f"{QUICK.workers} / {QUICK.workers}"
     assert len([n for n in report["notes"] if n.startswith("kill ")]) == QUICK.failovers
+    assert report["ok"] and report["broken"] == []
+
+
+def test_g_redis_down_past_the_lease_loses_no_job_reruns_none_and_fails_none(reports):
+    report = reports["g"]
+    figures = _assert_every_job_completed_once(report)
+    assert figures["not acknowledged (Redis down)"] > 0  # the outage did land under load
+    assert figures["runs taken for abandoned"] == 0
+    assert figures["runs in flight: finished (not rerun, not failed)"] == f"{QUICK.workers} / {QUICK.workers}"
+    assert report["ok"] and report["broken"] == []
+
+
+def test_h_after_flushall_workers_are_seen_again_schedules_fire_and_no_row_stays_started(reports):
+    report = reports["h"]
+    figures = _assert_every_job_completed_once(report)
+    (visible,) = [value for label, value in figures.items() if label.startswith("flush to every worker visible")]
+    assert float(visible.removesuffix(" s")) <= 10
+    assert figures["workers counted by the stats after it"] == f"{QUICK.workers} / {QUICK.workers}"
+    assert figures["slots fired by jobs created after the flush"] > 0
+    assert figures["slots fired more than once"] == 0 and figures["slots missed"] == 0
+    assert figures["history rows left `started`"] == 0
+    assert report["ok"] and report["broken"] == []
+
+
+def test_i_a_worker_restarted_under_its_previous_name_serves_at_once_and_retries_its_job_once(reports):
+    report = reports["i"]
+    figures = _assert_every_job_completed_once(report)
+    n = QUICK.container_kills
+    assert figures["killed jobs retried exactly once (abandoned, then completed)"] == f"{n} / {n}"
+    (again,) = [value for label, value in figures.items() if label.startswith("restart to its job running again")]
+    assert float(again.removesuffix(" s")) <= 5
     assert report["ok"] and report["broken"] == []
