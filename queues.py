@@ -17,6 +17,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:limiter      string  jobs started in the current rate-limit window                   TTL: the window
     bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>   TTL: due + timeout + 7 d, freed at end
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
+    bullrq:<q>:lease-clock  hash    seen: Redis time of the last look for expired leases; grace: its end  no TTL
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.store.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
@@ -210,6 +211,10 @@ class QueueKeys:
     @property
     def stats(self) -> str:
         return key(self.name, "stats")
+
+    @property
+    def lease_clock(self) -> str:
+        return key(self.name, "lease-clock")
 
     def dedup(self, dedup_key: str) -> str:
         return key(self.name, "dedup", dedup_key)

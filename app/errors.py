@@ -76,3 +76,7 @@ class JobTimeoutError(BaseException):
 
 class JobCanceledError(BaseException):
     """Raised inside a running job that was canceled (a BaseException, so handlers' `except Exception` let it by)."""
+
+
+class LeaseLostError(BaseException):
+    """Raised inside a running job whose lease was taken back for another worker (its outcome is not recorded)."""

@@ -65,13 +65,20 @@ class Sizes:
     stop_queues: tuple[str, ...] = ("harvest", "embeddings", "documents")  #: e: inline, inline, a forked work horse
     failovers: int = 2  #: f: SIGKILLs of the Redis master (the killed node rejoins as a replica in between)
     failover_load: float = 6.0  #: f: seconds of load around each kill
+    redis_outage: float = 60.0  #: g: seconds Redis stays down (past the lease, so leases expire meanwhile)
+    flush_load: float = 10.0  #: h: seconds of load after the FLUSHALL
+    container_kills: int = 3  #: i: SIGKILLs of the worker that restarts under its previous name
+    #: whether promises on how fast things came back count (the suite's quick form, on a loaded machine, counts
+    #: outcomes only: a late recovery is a note there)
+    timed: bool = True
 
 
 #: --quick: bounded, for the test suite; the same promises at a smaller scale
 QUICK = Sizes(
     jobs=300, workers=2, kills=3, kill_every=1.5, restarts=1, load_seconds=2.0, outage=5.0, c_jobs=300,
     scheduler_kills=2, scheduler_every=2.0, long_job=2.0,
-    stop_queues=("harvest", "documents"), failovers=1, failover_load=3.0,
+    stop_queues=("harvest", "documents"), failovers=1, failover_load=3.0, redis_outage=LEASE + 5.0,
+    flush_load=5.0, container_kills=1, timed=False,
 )  # fmt: skip
 
 

@@ -12,6 +12,13 @@
     f  SIGKILL the Redis master of a Sentinel deployment (a master, a replica, three sentinels) under load:
        workers, scheduler and web follow the promoted replica; no job a replica confirmed is lost; duplicates
        and the time each part took to work again are reported (bench/drill_sentinel.py)
+    g  Redis down for a minute (25 s with --quick; past the lease either way), started again on its port from its
+       append-only file, under load with workers, a scheduler and the web app: no acknowledged job lost, no
+       finished job run again, no false failure (bench/drill_outages.py)
+    h  FLUSHALL under load: every worker visible again within 10 s, the schedule fires once per slot, no history
+       row left `started`
+    i  a worker restarting under its previous name (pid 1, same hostname: a container) SIGKILLed mid-job: it
+       serves again within 5 s and its job is retried once
 
 Each drill starts what it needs: a throwaway redis-server of its own, a database on one throwaway PostgreSQL shared
 by the drills of a run (both through `app.local.servers`), real worker processes (`workers run QUEUE --name N`, or
@@ -20,7 +27,7 @@ by the drills of a run (both through `app.local.servers`), real worker processes
 drill's own bookkeeping. A table per drill says what was submitted, acknowledged, completed once, run more than
 once, lost, and how long recovery took; the exit status is 1 when a promise was broken.
 
-    python -m bench.drills [a b c d e f] [--quick] [--jobs N] [--json]
+    python -m bench.drills [a b c d e f g h i] [--quick] [--jobs N] [--json]
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ from bench.drill_kit import (
     wait_ended,
     wait_history,
 )
+from bench.drill_outages import drill_g, drill_h, drill_i
 from bench.drill_sentinel import drill_f
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 
@@ -279,7 +287,7 @@ def drill_e(servers: Servers, sizes: Sizes, logs: Path) -> Report:
         report.notes.append(
             "FINDING: a run killed by `workers stop --timeout` gets an 'abandoned' row under the attempt number its "
             "rerun then uses (the requeue does not consume an attempt), so the rerun's 'completed' row overwrites it: "
-            "the killed run vanishes from job_runs (app/runtime/lua/recover-16.lua with consume_attempt=0)"
+            "the killed run vanishes from job_runs (app/runtime/lua/recover-17.lua with consume_attempt=0)"
         )
     report.promise(finished_in_stop == len(long_1), "a long job did not finish during a stop with time to spare")
     report.promise(behind_waiting == len(behind), "a stopping worker took a job waiting behind its last one")
@@ -501,7 +509,8 @@ def drill_b(servers: Servers, sizes: Sizes, logs: Path) -> Report:
 # -- running and printing ------------------------------------------------------------------------------------------
 
 DRILLS: dict[str, Callable[[Servers, Sizes, Path], Report]] = {
-    "a": drill_a, "b": drill_b, "c": drill_c, "d": drill_d, "e": drill_e, "f": drill_f,
+    "a": drill_a, "b": drill_b, "c": drill_c, "d": drill_d, "e": drill_e, "f": drill_f, "g": drill_g, "h": drill_h,
+    "i": drill_i,
 }  # fmt: skip
 
 
@@ -527,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         choices=[[], *DRILLS],
         metavar="DRILL",
-        help="drills to run, in order (a b c d e f; default: all)",
+        help="drills to run, in order (a b c d e f g h i; default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="small, bounded drills (the test suite's form)")
     parser.add_argument("--jobs", type=int, help="jobs of drill a")

@@ -100,11 +100,13 @@ def exit_now(tag: str, code: int = 1) -> None:
 
 
 @task("semantics.gated", queue=None)
-def gated(tag: str, wait: float = 20) -> str:
-    """Record the run, then wait (at most `wait` seconds) for the test to open the gate of `tag`."""
+def gated(tag: str, wait: float = 20, after: float = 0) -> str:
+    """Record the run, then wait (at most `wait` seconds) for the test to open the gate of `tag`; record that, and
+    return after `after` more seconds away from Redis (a test can then take Redis down under a finished handler)."""
     _record(tag)
     opened = _redis().blpop([f"test:gate:{tag}"], timeout=wait)
     _record(tag, "end")
+    time.sleep(after)
     return "opened" if opened else "gate timeout"
 
 

@@ -161,7 +161,7 @@ def test_empty_racing_a_worker_deletes_only_what_the_worker_did_not_take(redis_u
         while not stop.is_set():
             reply = taker._dequeue(taker.connection)
             if reply[0]:
-                taken.append(reply[1].decode().rsplit(":", 1)[0])
+                taken.append(taker._job_from_reply(reply)[0].id)  # as the worker loop does: the next take is new
 
     thread = threading.Thread(target=take)
     thread.start()

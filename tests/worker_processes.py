@@ -28,17 +28,21 @@ LAUNCHER = "import tests.handlers; from app.cli.workers import cli; cli()"
 class WorkerProcesses:
     """The worker processes of one test."""
 
-    def __init__(self, connection: redis.Redis, logs: Path):
+    def __init__(self, connection: redis.Redis, logs: Path, **env: str):
         self.connection = connection
         self.logs = logs
+        self.env = env  #: settings of the processes over the suite's (REDIS_URL of a server of the test's own)
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, *queues: str, name: str, burst: bool = False, wait: bool = True) -> subprocess.Popen:
-        """Start a worker process serving `queues`; with `wait`, return once it has registered in Redis."""
-        argv = [sys.executable, "-c", LAUNCHER, "run", *queues, "--name", name]
+    def start(
+        self, *queues: str, name: str, burst: bool = False, wait: bool = True, wrap: list[str] = ()
+    ) -> subprocess.Popen:
+        """Start a worker process serving `queues`; with `wait`, return once it has registered in Redis. `wrap`
+        runs it under another command (`unshare --pid --fork ...`: pid 1, as in a container)."""
+        argv = [*wrap, sys.executable, "-c", LAUNCHER, "run", *queues, "--name", name]
         if burst:
             argv.append("--burst")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.logs / f"{name}.log", "ab") as log:  # the child writes to its own copy of the descriptor
             proc = subprocess.Popen(argv, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc

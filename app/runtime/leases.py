@@ -1,7 +1,13 @@
 """Leases of running jobs: a worker holds one per running job and renews it while it lives.
 
 A lease is the job's entry in RQ's started registry (`rq:wip:<queue>`), "<job id>:<execution id>" scored by the
-time it ends. A worker that dies stops renewing, its lease expires, and any live worker recovers the job.
+time it ends on Redis' own clock (the scripts read it; a worker's clock never counts). A worker that dies stops
+renewing, its lease expires, and any live worker recovers the job. A worker whose renewal finds its lease gone
+stops the run and records nothing: the job belongs to whoever took it back.
+
+Time during which nobody could watch (Redis down or unreachable for every worker) does not count against a lease:
+after such a gap, expired leases get OUTAGE_GRACE seconds for their live owners to renew them or to record how
+their runs ended, so an outage longer than the lease does not turn finished runs into abandoned ones.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 #: seconds a lease lasts; renewed every `maintenance.RENEW_INTERVAL` while the worker lives, so the job of a dead
 #: worker is recovered within about LEASE seconds, and a healthy job of any length never is
 LEASE = 20
+#: seconds without a look for expired leases (every live worker looks every few seconds) that count as an outage
+OUTAGE_GAP = LEASE / 2
+#: seconds expired leases are left to their owners after such a gap (owners retry Redis at least every 5 s)
+OUTAGE_GRACE = LEASE / 2
 
 
 def rq_time(epoch: float) -> str:
@@ -34,8 +44,10 @@ def recover(
     consume_attempt: bool = True,
     reason: str = "abandoned: its worker stopped renewing the lease",
     limit: int = 100,
+    member: str | None = None,
 ) -> list[tuple[str, str]]:
-    """Take back jobs from dead workers: the expired leases of `queue`, or every lease of `job_id`.
+    """Take back jobs from dead workers: the expired leases of `queue`, every lease of `job_id`, or the one lease
+    `member` (that of a worker known to be dead).
 
     Each goes back to the front of its lane, or to the failed registry when no attempt is left.
 
@@ -44,9 +56,12 @@ def recover(
     """
     keys = queue_keys(queue)
     now = time.time()
+    which = f"member:{member}" if member else job_id or "expired"
     reply = SCRIPTS.recover(
         connection,
-        [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM, keys.canceled],
-        [now, rq_time(now), JOB_KEY_PREFIX, limit, job_id or "expired", int(consume_attempt), reason, stream_cap()],
-    )
+        [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM, keys.canceled,
+         keys.lease_clock],
+        [now, rq_time(now), JOB_KEY_PREFIX, limit, which, int(consume_attempt), reason, stream_cap(), OUTAGE_GAP,
+         OUTAGE_GRACE],
+    )  # fmt: skip
     return [(reply[i].decode(), reply[i + 1].decode()) for i in range(0, len(reply), 2)]

@@ -1,6 +1,7 @@
 """A worker's side thread: everything that runs on a timer rather than per job.
 
-- renews the running job's lease (so a live job is never taken for abandoned) and the worker's heartbeat;
+- renews the lease the worker holds (so a live job is never taken for abandoned), tells the worker when it was
+  lost (the run then stops), renews the worker's heartbeat and registers the worker again if Redis lost it;
 - moves due delayed jobs and delayed retries into their lanes;
 - recovers jobs whose lease expired (their worker died) and retries them per policy;
 - carries out commands sent to this worker (`cancel <job id>`).
@@ -16,6 +17,7 @@ from typing import Protocol
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 from app.runtime.jobs import RunningJob
 from app.runtime.leases import LEASE, recover, rq_time
@@ -90,18 +92,30 @@ class Maintenance(threading.Thread):
             except RedisError as exc:
                 logger.warning("worker %s: maintenance skipped a beat: %s", self.worker.name, exc)
                 self._stopped.wait(1)
+            except Exception:  # a bug or bad data must not end the thread: leases and heartbeats would stop
+                logger.exception("worker %s: maintenance failed; going on", self.worker.name)
+                self._stopped.wait(1)
 
     def renew(self) -> None:
-        """Extend the running job's lease and the worker's registration."""
+        """Extend the lease the worker holds and its registration; tell the worker when the lease is gone, and
+        register it again when its registration is."""
         now = time.time()
-        with self.connection.pipeline(transaction=False) as pipe:
-            current = self.worker.current
-            if current is not None:
-                job, member = current
-                pipe.zadd(queue_keys(job.origin).started, {member: now + LEASE}, xx=True)
-                pipe.hset(job.key, "last_heartbeat", rq_time(now))
+        lease = self.worker.lease
+
+        def fill(pipe):
+            if lease is not None:
+                job, member = lease
+                SCRIPTS.renew(pipe, [queue_keys(job.origin).started, job.key], [member, LEASE, rq_time(now)])
             self.worker.heartbeat(pipeline=pipe)
-            pipe.execute()
+            pipe.sismember(REDIS_WORKER_KEYS, self.worker.key)
+
+        replies = SCRIPTS.execute(self.connection, fill)
+        if lease is not None and replies[0] == 0:
+            if self.connection.exists(lease[0].key):
+                self.worker.lease_lost(lease[1])
+            # else the job is gone (Redis flushed): nobody else can run it; its run goes on and records its row
+        if not replies[-1]:
+            self.worker.register_again()
 
     def record_started(self) -> None:
         """Give a run that has gone on for a while its "started" history row (short runs get only their final one)."""

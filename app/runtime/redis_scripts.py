@@ -51,6 +51,7 @@ class Scripts:
     finish: LuaScript
     promote: LuaScript
     recover: LuaScript
+    renew: LuaScript
     cancel: LuaScript
     requeue: LuaScript
     delete: LuaScript

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from app.errors import (
     InvalidJobError,
     JobCanceledError,
     JobTimeoutError,
+    LeaseLostError,
     PermanentFailure,
     RetryLater,
     UnknownTaskError,
@@ -70,7 +72,7 @@ SOCKET_TIMEOUT = 15
 class Outcome:
     """How one run ended, as the `finish` script records it."""
 
-    kind: str  # completed | failed | retried | canceled
+    kind: str  # completed | failed | retried | canceled | lost (the lease was taken back: nothing to record)
     result: Any = None
     error: str | None = None  #: traceback text
     exc: BaseException | None = None
@@ -110,10 +112,16 @@ class BullWorker(Worker):
             ]
         self._markers = [keys.marker for keys in self._keys]
         self._exec_prefix = uuid.uuid4().hex[:8]
-        self._exec_count = 0
+        self._exec_count = 1
+        self._exec_id = f"{self._exec_prefix}1"  #: of the next dequeue; the same again while its reply is lost
         self._stopping = False
         self._idle = False
         self.current: tuple[RunningJob, str] | None = None  #: the running job and its lease member
+        #: the job and lease member this worker holds: from the dequeue until its finish is recorded (renewed all
+        #: along, the time spent recording included), or until a renewal finds it gone
+        self.lease: tuple[RunningJob, str] | None = None
+        self._lease_lost: str | None = None  #: lease member a renewal found gone while its run went on
+        self._handler_done = False  #: the forked child's handler has returned (it is recording its outcome)
         self._cancel_requested: str | None = None
         self._pending_cancels: set[str] = set()  #: cancels that arrived before their job was current
         self._interruptible = False
@@ -127,7 +135,7 @@ class BullWorker(Worker):
         self._install_signals()
         self.register_birth()
         self.set_state(WorkerStatus.IDLE)
-        maintenance = Maintenance(self)
+        maintenance = self._maintenance = Maintenance(self)
         maintenance.start()
         history = None
         if self.database_url and stream_cap():
@@ -137,6 +145,7 @@ class BullWorker(Worker):
         try:
             reply = self._redis(self._dequeue, self.connection)
             while not self._stopping:
+                maintenance = self._check_maintenance()
                 if reply[0]:
                     ran = True
                     job, member = self._job_from_reply(reply)
@@ -170,14 +179,14 @@ class BullWorker(Worker):
         """Run a Redis step, retrying while Redis is unreachable (a restart, a failover).
 
         Every step is safe to repeat: a `finish` that already ran finds its lease gone and changes nothing, and a
-        `dequeue` whose reply was lost leaves a lease that expires and is recovered.
+        `dequeue` asked again with the same execution id returns the job it already took.
         """
         delay = 0.1
         while True:
             try:
                 return call(*args, **kwargs)
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                if self._stopping and call is not self._finish:
+                if self._stopping and getattr(call, "__func__", None) is not BullWorker._finish:
                     raise _StopNow() from exc
                 logger.warning("worker %s: Redis unreachable (%s); retrying in %.1f s", self.name, exc, delay)
                 time.sleep(delay)
@@ -195,12 +204,11 @@ class BullWorker(Worker):
 
     def _dequeue(self, client) -> list:
         now = self._dequeued_at = time.time()
-        self._exec_count += 1
         args = [
-            now,
+            0,
             rq_time(now),
             self.name,
-            f"{self._exec_prefix}{self._exec_count}",
+            self._exec_id,
             LEASE,
             JOB_KEY_PREFIX,
             len(RunningJob.FIELDS),
@@ -214,7 +222,18 @@ class BullWorker(Worker):
         member = member.decode()
         job = RunningJob.from_fields(member.rsplit(":", 1)[0], self._keys[queue_number - 1].name, values)
         job.started = self._dequeued_at
+        self.lease = (job, member)
+        self._exec_count += 1
+        self._exec_id = f"{self._exec_prefix}{self._exec_count}"
         return job, member
+
+    def _check_maintenance(self) -> Maintenance:
+        """The side thread, started again (loudly) if it died: without it leases and heartbeats stop."""
+        if not self._maintenance.is_alive() and not self._stopping:
+            logger.error("worker %s: the maintenance thread died; starting it again", self.name)
+            self._maintenance = Maintenance(self)
+            self._maintenance.start()
+        return self._maintenance
 
     # -- running a job ------------------------------------------------------------------------------------------
 
@@ -231,6 +250,8 @@ class BullWorker(Worker):
         finally:
             self.current = None
         job.duration = time.monotonic() - started
+        if self._lease_lost == member:  # another worker holds the job now: its run's outcome is the one
+            return Outcome("lost")
         return outcome
 
     def _run_inline(self, job: RunningJob) -> Outcome:
@@ -245,6 +266,8 @@ class BullWorker(Worker):
             try:
                 if self._cancel_requested == job.id:
                     raise JobCanceledError()
+                if self.current and self._lease_lost == self.current[1]:
+                    raise LeaseLostError()
                 result = task.func(**kwargs)
             finally:
                 self._interruptible = False
@@ -252,6 +275,8 @@ class BullWorker(Worker):
             return Outcome("completed", result=result)
         except JobCanceledError as exc:
             return Outcome("canceled", error="canceled while running", exc=exc)
+        except LeaseLostError:
+            return Outcome("lost")
         except (Exception, JobTimeoutError) as exc:  # every handler error is recorded on the job, never swallowed
             return self._failure(job, exc)
         finally:
@@ -275,17 +300,24 @@ class BullWorker(Worker):
 
     def _run_forked(self, job: RunningJob, member: str) -> Outcome | None:
         parent = os.getpid()
+        done_r, done_w = os.pipe()  # the child writes a byte once its handler has returned
+        self._handler_done = False
         pid = os.fork()
-        if pid == 0:  # the child: run, record the outcome itself, exit
+        if pid == 0:  # the child: run, record the outcome itself (through Redis blips), exit
             code = 1
             try:
+                os.close(done_r)
                 _die_with_parent(parent)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-                self._finish(job, member, self._run_inline(job), dequeue_next=False)
+                outcome = self._run_inline(job)
+                os.write(done_w, b"1")
+                if outcome.kind != "lost":
+                    self._redis(self._finish, job, member, outcome, dequeue_next=False)
                 code = 0
             finally:
                 os._exit(code)
+        os.close(done_w)
         self._child_pid = pid
         deadline = time.monotonic() + (job.timeout or get_queue_spec(job.origin).timeout) + FORK_GRACE
         try:
@@ -293,15 +325,24 @@ class BullWorker(Worker):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     break
-                if self._cancel_requested == job.id or time.monotonic() > deadline:
+                if not self._handler_done and select.select([done_r], [], [], 0)[0]:
+                    self._handler_done = bool(os.read(done_r, 1))
+                if self._handler_done:  # recording: neither a timeout nor a cancel applies any more
+                    time.sleep(0.005)
+                    continue
+                lost = self._lease_lost == member
+                if lost or self._cancel_requested == job.id or time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
+                    if lost:
+                        return Outcome("lost")
                     if self._cancel_requested == job.id:
                         return Outcome("canceled", error="canceled while running", exc=JobCanceledError())
                     return self._failure(job, JobTimeoutError(f"job exceeded its timeout of {job.timeout} s"))
                 time.sleep(0.005)
         finally:
             self._child_pid = None
+            os.close(done_r)
         if os.waitstatus_to_exitcode(status) == 0:
             return None  # the child recorded the outcome
         return self._failure(job, RuntimeError(f"work horse died (exit status {os.waitstatus_to_exitcode(status)})"))
@@ -311,6 +352,15 @@ class BullWorker(Worker):
     def _finish(self, job: RunningJob, member: str, outcome: Outcome | None, dequeue_next: bool) -> list:
         """Record `outcome` and, with `dequeue_next`, take the next job in the same round trip."""
         if outcome is None:  # recorded by the forked child
+            self._release(member)
+            return self._dequeue(self.connection) if dequeue_next else [0, -1]
+        if outcome.kind == "lost":  # not this run's to record: the job is another worker's now
+            logger.warning("job %s: its lease was taken back while it ran; run stopped, nothing recorded", job.id)
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.hset(self.key, mapping={"state": WorkerStatus.IDLE.value, "current_job": ""})
+                pipe.hdel(self.key, "lease", "lease_set")
+                pipe.execute()
+            self._release(member)
             return self._dequeue(self.connection) if dequeue_next else [0, -1]
         keys = queue_keys(job.origin)
         now = time.time()
@@ -338,18 +388,28 @@ class BullWorker(Worker):
             keys.lane(job.priority), keys.marker, HISTORY_STREAM,
         ]  # fmt: skip
         if not dequeue_next:
-            SCRIPTS.finish(self.connection, finish_keys, args)
-            return [0, -1]
+            recorded, reply = SCRIPTS.finish(self.connection, finish_keys, args), [0, -1]
+        else:
 
-        def fill(pipe):
-            SCRIPTS.finish(pipe, finish_keys, args)
-            self._dequeue(pipe)
+            def fill(pipe):
+                SCRIPTS.finish(pipe, finish_keys, args)
+                self._dequeue(pipe)
 
-        recorded, reply = SCRIPTS.execute(self.connection, fill)
-        if not recorded:
+            recorded, reply = SCRIPTS.execute(self.connection, fill)
+        self._release(member)
+        if recorded == 0:
             logger.warning("job %s: its lease was taken back before it ended; outcome %s not recorded", job.id,
                            outcome.kind)
+        elif recorded == -1:
+            logger.warning("job %s: gone from Redis (flushed or deleted) while it ran; outcome %s kept in the "
+                           "history only", job.id, outcome.kind)
         return reply
+
+    def _release(self, member: str) -> None:
+        if self.lease is not None and self.lease[1] == member:
+            self.lease = None
+        if self._lease_lost == member:
+            self._lease_lost = None
 
     def _history_row(self, job: RunningJob, outcome: Outcome, now: float) -> str:
         processed = failed = None
@@ -375,7 +435,9 @@ class BullWorker(Worker):
 
     def _give_back(self, job: RunningJob, member: str) -> None:
         """Return a job taken but not started (the worker is stopping) to the front of its lane."""
-        recover(self.connection, job.origin, job.id, consume_attempt=False, reason="worker stopped before the start")
+        recover(self.connection, job.origin, member=member, consume_attempt=False,
+                reason="worker stopped before the start")
+        self._release(member)
 
     # -- signals ------------------------------------------------------------------------------------------------
 
@@ -401,8 +463,58 @@ class BullWorker(Worker):
             raise JobTimeoutError(f"job exceeded its timeout of {self.current[0].timeout} s")
 
     def _on_cancel(self, signum, frame) -> None:
+        if self._interruptible and self.current and self._lease_lost == self.current[1]:
+            raise LeaseLostError()
         if self._interruptible and self.current and self._cancel_requested == self.current[0].id:
             raise JobCanceledError()
+
+    def lease_lost(self, member: str) -> None:
+        """From the maintenance thread: a renewal found lease `member` gone (the job was taken back for another
+        worker). Its run stops at once (inline: interrupted; forked: the child is killed) and records nothing; a
+        run whose handler already returned just finds its lease gone when it records."""
+        if self.lease is None or self.lease[1] != member:
+            return
+        logger.warning("job %s: this worker lost its lease (taken back for another worker); stopping its run",
+                       self.lease[0].id)
+        self._lease_lost = member
+        self.lease = None
+        if self.current and self.current[1] == member and not self._child_pid:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the handler raises inside the job, in the main thread
+
+    def register_birth(self) -> None:
+        """Register; an entry under this very name (same host, same pid: a container restarted after its worker
+        was killed) belongs to a dead process: its job is taken back at once and the entry replaced."""
+        old = self.connection.hgetall(self.key)
+        if old and b"death" not in old:
+            self._bury_previous(old)
+        super().register_birth()
+
+    def _bury_previous(self, old: dict) -> None:
+        member, started = old.get(b"lease"), old.get(b"lease_set")
+        queue = next((keys.name for keys in map(queue_keys, QUEUES) if started and keys.started == started.decode()),
+                     None)
+        taken = []
+        if member and queue:
+            taken = recover(self.connection, queue, member=member.decode(),
+                            reason=f"abandoned: its worker {self.name} died (restarted under the same name)")
+        logger.warning("worker %s: an earlier process of this name died without unregistering; replacing its "
+                       "entry%s", self.name, "".join(f"; its job {j} {o}" for j, o in taken))
+        with self.connection.pipeline() as pipe:
+            unregister(self, pipe)
+            pipe.delete(self.key)
+            pipe.execute()
+
+    def register_again(self) -> None:
+        """From the maintenance thread: this worker's registration is gone (Redis was flushed, or restarted
+        empty): register again, so `rq info`, `workers status`, stats and health see it."""
+        logger.warning("worker %s: its registration was gone from Redis; registering again", self.name)
+        self.connection.delete(self.key)
+        super().register_birth()
+        lease = self.lease
+        self.connection.hset(self.key, mapping={
+            "state": (WorkerStatus.BUSY if lease else WorkerStatus.IDLE).value,
+            "current_job": lease[0].id if lease else "",
+        })  # fmt: skip
 
     def request_cancel(self, job_id: str) -> bool:
         """From the maintenance thread: stop `job_id` if it is the running job. Returns whether it is; a cancel
@@ -453,7 +565,8 @@ def worker_command(queue: str, process_name: str) -> list[str]:
 
 
 def rq_worker_name(process_name: str) -> str:
-    """The RQ worker name of a process: unique per incarnation, so a restart never collides with a dead entry."""
+    """The RQ worker name of a process: `<process>.<host>.<pid>`. In a container (pid 1, same hostname at every
+    restart) it repeats: a new process finding a live-looking entry of its own name replaces it (`register_birth`)."""
     return f"{process_name}.{socket.gethostname()}.{os.getpid()}"
 
 

@@ -11,10 +11,21 @@
   ARGV[7] seconds the run took   ARGV[8] the run's history row, JSON ("": history is off)
   ARGV[9] history stream cap     ARGV[10] number of job hash field/value pairs that follow
   ARGV[11..] job hash field, value, ... then results stream field, value, ...
-  Returns 1, or 0 when the lease was no longer held (the job was recovered elsewhere): nothing is changed.
+  Returns 1; 0 when the lease was no longer held (the job was recovered elsewhere): nothing is changed; -1 when
+  the job itself is gone (Redis was flushed, or the job deleted while it ran): only the run's history row is
+  added, so the run does not stay `started` in the history.
 ]]
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then
-  return 0
+  local gone = redis.call('EXISTS', KEYS[1]) == 0
+  if redis.call('HGET', KEYS[3], 'lease') == ARGV[2] then
+    redis.call('HSET', KEYS[3], 'state', 'idle', 'current_job', '')
+    redis.call('HDEL', KEYS[3], 'lease', 'lease_set')
+  end
+  if not gone then return 0 end
+  if ARGV[8] ~= '' then
+    redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[9], '*', 'row', ARGV[8])
+  end
+  return -1
 end
 local outcome, id, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
 local pairs_end = 10 + 2 * tonumber(ARGV[10])
@@ -63,6 +74,7 @@ end
 
 local counter = outcome == 'completed' and 'successful_job_count' or 'failed_job_count'
 redis.call('HSET', KEYS[3], 'state', 'idle', 'current_job', '')
+redis.call('HDEL', KEYS[3], 'lease', 'lease_set')
 redis.call('HINCRBY', KEYS[3], counter, 1)
 redis.call('HINCRBYFLOAT', KEYS[3], 'total_working_time', ARGV[7])
 redis.call('HINCRBY', KEYS[5], outcome, 1)

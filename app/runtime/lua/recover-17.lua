@@ -2,18 +2,36 @@
   whose worker was killed. Each goes back to the front of its lane, or to the failed set when it has no attempt
   left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
 
+  Leases are judged by Redis' own clock. Time nobody watched does not count against them: when no look at this
+  queue's leases came for ARGV[9] seconds (Redis was down or unreachable for everyone, so no owner could renew),
+  expired leases are left alone for ARGV[10] more seconds, time for their live owners to renew them or record
+  how their runs ended.
+
   KEYS[1] started zset     KEYS[2] failed zset      KEYS[3] marker list      KEYS[4] stats hash
   KEYS[5..14] lanes of priority 1..10      KEYS[15] history stream          KEYS[16] canceled zset
+  KEYS[17] the queue's lease clock (hash: `seen`, Redis time of the last look at its expired leases; `grace`,
+           when the grace after an unwatched gap ends)
   ARGV[1] now, epoch seconds    ARGV[2] now, RQ's format    ARGV[3] job key prefix    ARGV[4] most leases
-  ARGV[5] "expired" (leases past their end) or a job id (that job's leases, expired or not)
+  ARGV[5] "expired" (leases past their end), a job id (that job's leases, expired or not), or "member:" and one
+          exact lease (that of a worker known to be dead)
   ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
   ARGV[8] history stream cap (0: history is off)
+  ARGV[9] seconds without a look after which expired leases get a grace   ARGV[10] that grace, seconds
   A job canceled while it ran (`cancel_requested`) goes to the canceled set instead.
   Returns a flat list: job id, "requeued" | "failed" | "canceled", ...
 ]]
 local members = {}
 if ARGV[5] == 'expired' then
-  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local clock = redis.call('HMGET', KEYS[17], 'seen', 'grace')
+  local seen, grace = tonumber(clock[1]), tonumber(clock[2]) or 0
+  if seen and now - seen > tonumber(ARGV[9]) then grace = now + tonumber(ARGV[10]) end
+  redis.call('HSET', KEYS[17], 'seen', now, 'grace', grace)
+  if now < grace then return {} end
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, tonumber(ARGV[4]))
+elseif string.sub(ARGV[5], 1, 7) == 'member:' then
+  members = {string.sub(ARGV[5], 8)}
 else
   for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. ':' then members[#members + 1] = member end
