@@ -218,7 +218,7 @@ def test_overrides_persist_across_restarts_until_cleared(redis_conn, database_ur
 _FIRE_THEN_DIE = """
 import os, sys
 from datetime import datetime
-from app import schedule_store
+from app.scheduling import schedule_store
 from app.connections import redis_from_url
 from app.scheduling.scheduler import Scheduler
 from app.scheduling.schedules import load_schedules
