@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rq.utils import str_to_date
 
+from app.runtime.control import pause, resume
 from app.scheduling import schedule_store
 from app.scheduling.scheduler import Scheduler
 from app.scheduling.schedules import load_schedules
@@ -21,6 +22,9 @@ from app.store.migrate import apply_migrations
 from app.store.runs import RunFilter, list_runs
 from queues import SCHEDULER_LEADER_KEY
 from tests.fixtures import wait_for
+from tests.waits import wait_status
+
+pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
 
 EVERY_2S = """
 schedules:
@@ -109,6 +113,16 @@ def test_three_schedulers_fire_each_slot_once_on_time_and_a_standby_takes_over(r
     wait_for(lambda: schedule_store.get_schedule(db, "tick")["last_status"] in ("success", "running"))
 
 
+def _scheduled_job_ids(redis_conn) -> list[tuple[datetime, str]]:
+    """(slot, job id) of every job the scheduler fired, by slot."""
+    out = []
+    for key in redis_conn.scan_iter("rq:job:*"):
+        slot = redis_conn.hget(key, "schedule_slot")
+        if slot:
+            out.append((str_to_date(slot.decode()), key.decode().removeprefix("rq:job:")))
+    return sorted(out)
+
+
 def _scheduler(redis_conn, database_url, body: str, tmp_path, clock):
     path = tmp_path / "entries.yaml"
     path.write_text(body)
@@ -153,22 +167,56 @@ def test_catch_up_off_skips_missed_slots(redis_conn, database_url, db, tmp_path)
     assert len(skipped) == 1 and "catch_up" in skipped[0]["error_message"]
 
 
-def test_a_running_entry_is_not_started_again_and_a_stuck_one_is_freed(redis_conn, database_url, db, tmp_path):
+def test_an_entry_whose_run_waits_is_not_started_again_and_has_no_backlog(redis_conn, database_url, db, tmp_path):
     clock = [datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)]
     process = _scheduler(redis_conn, database_url, EVERY_MINUTE, tmp_path, clock)
     clock[0] = datetime(2026, 11, 23, 10, 1, 0, 100000, tzinfo=UTC)
-    process.tick()  # fires; no worker runs it, so it stays "running"
+    process.tick()  # fires; no worker runs it, so it waits and its entry stays "running"
     first = schedule_store.get_schedule(db, "minutely")["current_job_id"]
-    clock[0] = datetime(2026, 11, 23, 10, 2, 0, 100000, tzinfo=UTC)
-    process.tick()  # the next slot finds it running: skipped
+    for minute in (2, 3, 4, 5):  # far past max_runtime (120 s) since the fire, but the run never started
+        clock[0] = datetime(2026, 11, 23, 10, minute, 0, 100000, tzinfo=UTC)
+        process.tick()
     row = schedule_store.get_schedule(db, "minutely")
     assert (row["total_runs"], row["current_job_id"]) == (1, first)
-    assert len(list_runs(db, RunFilter(schedule_id="minutely", status="skipped"))["runs"]) == 1
+    assert len(_scheduled_jobs(redis_conn)) == 1  # one job waits for the entry, however long
+    skipped = list_runs(db, RunFilter(schedule_id="minutely", status="skipped"))["runs"]
+    assert len(skipped) == 4 and all("still waiting to start" in run["error_message"] for run in skipped)
 
-    clock[0] = datetime(2026, 11, 23, 10, 3, 0, 200000, tzinfo=UTC)  # 120.1 s after the start: past max_runtime
-    process.tick()  # past max_runtime: the stuck run is marked failed and the slot fires
-    row = schedule_store.get_schedule(db, "minutely")
+
+LONG_RUN = """
+schedules:
+  - id: long
+    task: system.ping
+    queue: harvest
+    cron: "* * * * *"
+    args: {sleep: 60}
+    max_runtime: 120
+"""
+
+
+def test_a_run_its_worker_did_not_stop_is_canceled_past_max_runtime_and_the_entry_fires(redis_conn, database_url,
+                                                                                          db, tmp_path, workers):
+    clock = [datetime.now(UTC)]
+    process = _scheduler(redis_conn, database_url, LONG_RUN, tmp_path, clock)
+    clock[0] = schedule_store.get_schedule(db, "long")["next_run_at"] + timedelta(milliseconds=100)
+    process.tick()
+    first = schedule_store.get_schedule(db, "long")["current_job_id"]
+    assert redis_conn.hget(f"rq:job:{first}", "timeout") == b"120"  # its worker stops it at max_runtime
+    workers.start("harvest", name="long-1")
+    wait_status(redis_conn, first, "started", timeout=30)
+    started = str_to_date(redis_conn.hget(f"rq:job:{first}", "started_at").decode())
+
+    while True:  # the scheduler's clock moves on, slot by slot, until past max_runtime (120 s) and the grace (30 s)
+        clock[0] = schedule_store.get_schedule(db, "long")["next_run_at"] + timedelta(milliseconds=100)
+        process.tick()
+        if clock[0] > started + timedelta(seconds=150):
+            break  # the worker did not stop it (the scheduler's clock ran ahead of the worker's)
+        assert schedule_store.get_schedule(db, "long")["current_job_id"] == first
+    row = schedule_store.get_schedule(db, "long")
     assert row["total_runs"] == 2 and row["current_job_id"] != first
+    assert wait_status(redis_conn, first, "canceled", timeout=30) == "canceled"  # it does not run on beside the next
+    [stuck] = [run for run in list_runs(db, RunFilter(schedule_id="long"))["runs"] if run["job_id"] == first] or [None]
+    assert stuck is None or stuck["status"] != "completed"
 
 
 def test_state_follows_the_job_and_survives_a_flushed_redis(redis_conn, database_url, db, tmp_path):
@@ -267,3 +315,39 @@ def test_enabling_an_entry_in_the_yaml_fires_no_slot_that_passed_while_it_was_di
     clock[0] = datetime(2026, 11, 23, 10, 8, 0, 100000, tzinfo=UTC)
     process.tick()
     assert schedule_store.get_schedule(db, "minutely")["total_runs"] == 1
+
+
+SHORT_LIMIT = """
+schedules:
+  - id: short
+    task: system.ping
+    queue: harvest
+    cron: "* * * * * *"
+    args: {sleep: 30}
+    max_runtime: 3
+"""
+
+
+def test_max_runtime_stops_the_run_counted_from_its_start_not_from_the_fire(redis_conn, database_url, db, tmp_path,
+                                                                             workers):
+    pause(redis_conn, "harvest")
+    path = tmp_path / "entries.yaml"
+    path.write_text(SHORT_LIMIT)
+    process = Scheduler(redis_conn, database_url, load_schedules(path))  # the real clock
+    assert process._holds_lease()
+
+    def skipped_while_waiting():
+        process.tick()
+        time.sleep(0.2)
+        return len(list_runs(db, RunFilter(schedule_id="short", status="skipped"))["runs"]) >= 5
+
+    wait_for(skipped_while_waiting, timeout=60, message="slots to pass while the run waits")  # > max_runtime
+    [(_, job_id)] = [(slot, j) for slot, j in _scheduled_job_ids(redis_conn)]  # one job: no backlog
+    resume(redis_conn, "harvest")
+    workers.start("harvest", name="short-1")
+    wait_status(redis_conn, job_id, "scheduled", "failed", timeout=60)  # timed out: retried per the queue's policy
+    started, ended, error = redis_conn.hmget(f"rq:job:{job_id}", "started_at", "ended_at", "exc_info")
+    assert b"JobTimeoutError" in error
+    assert str_to_date(ended.decode()) - str_to_date(started.decode()) >= timedelta(seconds=3)
+    runs = list_runs(db, RunFilter(job_id=job_id))["runs"]
+    assert all(run["status"] != "completed" for run in runs)

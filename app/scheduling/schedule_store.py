@@ -15,11 +15,13 @@ from uuid import NAMESPACE_URL, uuid4, uuid5
 import psycopg
 from redis import Redis
 
-from app.errors import BullrqError
+from app.errors import BullrqError, InvalidJobError
+from app.runtime import control
 from app.runtime.enqueue import enqueue
 from app.runtime.jobs import fetch_job, state_of
 from app.scheduling.cron import Cron
 from app.scheduling.schedules import ScheduleEntry
+from app.tasks import get_queue_spec
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +174,9 @@ def refresh_status(conn: psycopg.Connection, redis: Redis, row: dict) -> dict:
     job = fetch_job(row["current_job_id"], redis)
     state = state_of(job.get_status(refresh=False)) if job is not None else None
     if state is not None and state.value in ("waiting", "delayed", "active"):
-        return row
+        # max_runtime counts from the start of the run, not from the fire: a job still waiting is not stuck
+        started = job.started_at if state.value == "active" else None
+        return {**row, "job_state": state.value, "job_started_at": started}
     status, result, error, duration = "error", None, "its job vanished from Redis", None
     if job is not None:
         latest = job.latest_result()
@@ -231,8 +235,11 @@ def fire(
         if claimed is None:
             return None
         args = row["args"] if isinstance(row["args"], dict) else json.loads(row["args"])
+        options = {"queue": row["queue"]}
+        if row["max_runtime"] < get_queue_spec(row["queue"]).timeout:
+            options["timeout"] = row["max_runtime"]  # its worker stops the run at max_runtime, counted from its start
         enqueue(
-            redis, row["task"], args, {"queue": row["queue"]}, schedule_id=row["id"],
+            redis, row["task"], args, options, schedule_id=row["id"],
             schedule_slot=slot.timestamp() if slot else None, job_id=job_id,
         )  # fmt: skip
     logger.info("schedule %s: fired job %s for %s", row["id"], job_id, slot.isoformat() if slot else "run now")
@@ -264,7 +271,9 @@ def skip(conn: psycopg.Connection, row: dict, slot: datetime, next_run_at: datet
     return bool(moved)
 
 
-def mark_stuck(conn: psycopg.Connection, row: dict) -> None:
+def mark_stuck(conn: psycopg.Connection, redis: Redis, row: dict) -> None:
+    """Free an entry whose run went on past max_runtime (its worker did not stop it: wedged, or the handler
+    ignores the timeout): the entry is marked failed and the run is canceled, so it never runs on beside the next."""
     conn.execute(
         "UPDATE job_schedules SET last_status = 'error', last_error = %s, current_job_id = NULL, "
         "current_started_at = NULL, updated_at = now() WHERE id = %s AND current_job_id = %s",
@@ -272,3 +281,7 @@ def mark_stuck(conn: psycopg.Connection, row: dict) -> None:
     )
     logger.warning("schedule %s: job %s ran past %d s, marked failed", row["id"], row["current_job_id"],
                    row["max_runtime"])
+    try:
+        control.cancel(redis, row["current_job_id"])
+    except InvalidJobError:  # gone meanwhile
+        pass

@@ -37,6 +37,9 @@ LEADER_TTL = 5.0
 RENEW = 1.0
 #: a slot more than this many seconds in the past was missed (everything was down), not merely due
 MISSED_AFTER = 30.0
+#: seconds past max_runtime before a run its worker did not stop is declared stuck (the worker's own timeout, a
+#: forked child's kill grace and a lease's recovery come first)
+STUCK_GRACE = 30.0
 
 _RENEW_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -144,11 +147,15 @@ class Scheduler:
         # downtime the missed slots collapse into this one run and the schedule resumes from now.
         next_run_at = cron.next_after(slot if recent else now)
         if row["last_status"] == "running":
-            started = row["current_started_at"]
-            if started is not None and now - started > timedelta(seconds=row["max_runtime"]):
-                schedule_store.mark_stuck(conn, row)
+            # The run's own timeout (max_runtime, from its start) stops it; past that and a grace, its worker did
+            # not, and the entry is freed. A run still waiting has not started its clock: its entry waits for it,
+            # so an entry never has more than one job waiting (no backlog).
+            started = row.get("job_started_at")
+            if started is not None and now - started > timedelta(seconds=row["max_runtime"] + STUCK_GRACE):
+                schedule_store.mark_stuck(conn, self.redis, row)
             else:
-                schedule_store.skip(conn, row, slot, next_run_at, "the previous run is still going")
+                going = "still waiting to start" if row.get("job_state") in ("waiting", "delayed") else "still going"
+                schedule_store.skip(conn, row, slot, next_run_at, f"the previous run is {going}")
                 return
         if not recent and not row["catch_up"]:
             schedule_store.skip(conn, row, slot, next_run_at, "missed while down, and catch_up is off")
