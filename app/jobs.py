@@ -19,7 +19,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from app.tasks import get_task
-from queues import NORMAL_PRIORITY, get_queue_spec, job_key
+from queues import NORMAL_PRIORITY, QUEUES, QUEUES_SET, get_queue_spec, job_key, queue_keys
 
 #: the only serializer bullrq uses; pickle never touches Redis
 SERIALIZER = JSONSerializer
@@ -108,6 +108,14 @@ def get_queue(name: str, connection: Redis) -> Queue:
         serializer=SERIALIZER,
         default_timeout=spec.timeout,
     )
+
+
+def declare_queues(connection: Redis) -> None:
+    """Add every declared queue to RQ's set of queues, so RQ's tools (`rq info`) list them before their first job.
+
+    Lanes are added by the enqueue script when first used.
+    """
+    connection.sadd(QUEUES_SET, *(queue_keys(name).queue for name in QUEUES))
 
 
 def fetch_job(job_id: str, connection: Redis) -> BullJob | None:

@@ -53,6 +53,7 @@ class Scripts:
     recover: LuaScript
     cancel: LuaScript
     requeue: LuaScript
+    compact: LuaScript
 
     def load(self, connection: Redis) -> None:
         """Load every script into Redis's script cache."""
