@@ -12,6 +12,7 @@ import time
 from redis import Redis
 
 from app.jobs import BullJob, State, describe_job
+from app.leases import lease_score
 from queues import QUEUES, queue_keys
 
 
@@ -34,7 +35,7 @@ def list_jobs(connection: Redis, state: State, queue: str | None = None, limit: 
     Returns:
         `{"jobs": [...], "total": n, "limit", "offset"}`, each job as `describe_job` shows it.
     """
-    now = time.time()
+    now = lease_score(time.time())  # only compared with lease scores
     sources = [source for name in ([queue] if queue else list(QUEUES)) for source in _sources(name, state)]
     pipe = connection.pipeline(transaction=False)
     for kind, key in sources:

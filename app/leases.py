@@ -1,7 +1,13 @@
 """Leases of running jobs: a worker holds one per running job and renews it while it lives.
 
 A lease is the job's entry in RQ's started registry (`rq:wip:<queue>`), "<job id>:<execution id>" scored by the
-time it ends. A worker that dies stops renewing, its lease expires, and any live worker recovers the job.
+time it ends, in milliseconds. A worker that dies stops renewing, its lease expires, and any live worker recovers
+the job.
+
+Milliseconds, not RQ's seconds: RQ's `StartedJobRegistry.cleanup` (run by `rq info` and by every
+`registry.count`) takes each member scored up to now *in seconds* for abandoned and requeues or fails it with RQ's
+semantics (no lane, no history row, pickled meta). Scored in milliseconds, a lease never looks expired to it, so
+reading with RQ's tools changes nothing and only bullrq's recover script takes abandoned jobs back.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
 #: seconds a lease lasts; renewed every `maintenance.RENEW_INTERVAL` while the worker lives, so the job of a dead
 #: worker is recovered within about LEASE seconds, and a healthy job of any length never is
 LEASE = 20
+
+
+def lease_score(epoch: float) -> float:
+    """The started-registry score of a lease ending at `epoch` (seconds): milliseconds, see above."""
+    return epoch * 1000
 
 
 def rq_time(epoch: float) -> str:

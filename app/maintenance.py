@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from app.history import run_row, stream_cap
-from app.leases import LEASE, recover, rq_time
+from app.leases import LEASE, lease_score, recover, rq_time
 from app.redis_scripts import SCRIPTS
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys, worker_commands_key
 
@@ -84,7 +84,7 @@ class Maintenance(threading.Thread):
             current = self.worker.current
             if current is not None:
                 job, member = current
-                pipe.zadd(queue_keys(job.origin).started, {member: now + LEASE}, xx=True)
+                pipe.zadd(queue_keys(job.origin).started, {member: lease_score(now + LEASE)}, xx=True)
                 pipe.hset(job.key, "last_heartbeat", rq_time(now))
             self.worker.heartbeat(pipeline=pipe)
             pipe.execute()

@@ -6,6 +6,7 @@ import time
 
 from redis import Redis
 
+from app.leases import lease_score
 from queues import QUEUES, queue_keys
 
 
@@ -22,7 +23,7 @@ def queue_stats(connection: Redis) -> dict:
         keys = queue_keys(name)
         for lane in keys.lanes:
             pipe.llen(lane)
-        pipe.zcount(keys.started, now, "+inf")
+        pipe.zcount(keys.started, lease_score(now), "+inf")
         pipe.zcard(keys.started)
         pipe.zcard(keys.scheduled)
         pipe.zcard(keys.finished)

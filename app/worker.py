@@ -45,7 +45,7 @@ from app.errors import (
     UnknownTaskError,
 )
 from app.history import HistoryWriter, run_row, stream_cap
-from app.jobs import SERIALIZER, BullJob, RunningJob, get_queue
+from app.jobs import SERIALIZER, BullJob, RunningJob, declare_queues, get_queue
 from app.leases import LEASE, recover, rq_time
 from app.maintenance import Maintenance
 from app.redis_scripts import SCRIPTS
@@ -118,6 +118,10 @@ class BullWorker(Worker):
         self._pending_cancels: set[str] = set()  #: cancels that arrived before their job was current
         self._interruptible = False
         self._child_pid: int | None = None
+
+    def register_birth(self, *args, **kwargs) -> None:
+        super().register_birth(*args, **kwargs)
+        declare_queues(self.connection)  # RQ's tools list every queue from the first start, not from its first job
 
     # -- the loop -----------------------------------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 --[[ Take the next job for a worker: the first queue (in the worker's order) that is not paused, under its
   concurrency cap and rate limit, gives the first job of its highest-priority non-empty lane. The job is
-  marked started and leased to the worker in one step, so no other worker can take it.
+  marked started and leased to the worker in one step, so no other worker can take it. Only a job whose status
+  is "queued" is taken: an id left in a lane by a job that moved on (deleted, canceled, already taken because its
+  id was pushed twice) is dropped, so a job never runs twice from one queueing.
+  Leases are scored in milliseconds (app.leases: RQ's cleanup, which `rq info` runs, must never see one expire).
 
   KEYS[1]  the worker's hash
   then 13 keys per queue: paused string, limiter string, started zset (rq:wip), lanes of priority 1..10
@@ -12,6 +15,7 @@
   {0, ms until a rate limit frees a slot (-1: no limit is in the way)}.
 ]]
 local now = tonumber(ARGV[1])
+local now_ms = now * 1000
 local queues = (#KEYS - 1) / 13
 local nfields = tonumber(ARGV[7])
 local fields = {}
@@ -22,7 +26,7 @@ for q = 0, queues - 1 do
   local a = 8 + nfields + q * 3
   local cap, rate, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
   local open = redis.call('EXISTS', KEYS[k + 1]) == 0
-  if open and cap > 0 and redis.call('ZCOUNT', KEYS[k + 3], now, '+inf') >= cap then
+  if open and cap > 0 and redis.call('ZCOUNT', KEYS[k + 3], now_ms, '+inf') >= cap then
     open = false
   end
   if open and rate > 0 and tonumber(redis.call('GET', KEYS[k + 2]) or '0') >= rate then
@@ -35,18 +39,18 @@ for q = 0, queues - 1 do
       local id = redis.call('LPOP', KEYS[lane])
       while id do
         local job = ARGV[6] .. id
-        if redis.call('EXISTS', job) == 1 then
+        if redis.call('HGET', job, 'status') == 'queued' then
           if rate > 0 and redis.call('INCR', KEYS[k + 2]) == 1 then
             redis.call('PEXPIRE', KEYS[k + 2], window)
           end
           local member = id .. ':' .. ARGV[4]
-          redis.call('ZADD', KEYS[k + 3], now + tonumber(ARGV[5]), member)
+          redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(ARGV[5]) * 1000, member)
           redis.call('HSET', job, 'status', 'started', 'started_at', ARGV[2], 'worker_name', ARGV[3],
             'last_heartbeat', ARGV[2])
           redis.call('HSET', KEYS[1], 'state', 'busy', 'current_job', id)
           return {q + 1, member, redis.call('HMGET', job, unpack(fields))}
         end
-        id = redis.call('LPOP', KEYS[lane]) -- a deleted job's id: skip it
+        id = redis.call('LPOP', KEYS[lane]) -- not a queued job's id: skip it
       end
     end
   end

@@ -13,7 +13,9 @@
 ]]
 local members = {}
 if ARGV[5] == 'expired' then
-  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+  -- leases are scored in milliseconds (app.leases)
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.3f', tonumber(ARGV[1]) * 1000),
+    'LIMIT', 0, tonumber(ARGV[4]))
 else
   for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. ':' then members[#members + 1] = member end
