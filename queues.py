@@ -241,6 +241,11 @@ class QueueKeys:
         """The waiting lists in the order workers take from them: priority 1 first."""
         return [self.lane(p) for p in PRIORITY_RANGE]
 
+    @property
+    def legacy_lanes(self) -> dict[int, str]:
+        """Where releases before lanes were named as RQ queues kept them (`bullrq:<q>:lane:<p>`), by priority."""
+        return {p: key(self.name, "lane", str(p)) for p in PRIORITY_RANGE if p != NORMAL_PRIORITY}
+
 
 def queue_keys(name: str) -> QueueKeys:
     """The keys of declared queue `name`.

@@ -113,9 +113,19 @@ def get_queue(name: str, connection: Redis) -> Queue:
 def declare_queues(connection: Redis) -> None:
     """Add every declared queue to RQ's set of queues, so RQ's tools (`rq info`) list them before their first job.
 
-    Lanes are added by the enqueue script when first used.
+    Lanes are added by the enqueue script when first used. Jobs still waiting in the lanes of an earlier release
+    (`bullrq:<q>:lane:<p>`) move to the end of today's lanes.
     """
     connection.sadd(QUEUES_SET, *(queue_keys(name).queue for name in QUEUES))
+    legacy = [(keys, p, old) for keys in map(queue_keys, QUEUES) for p, old in keys.legacy_lanes.items()]
+    with connection.pipeline(transaction=False) as pipe:
+        for _, _, old in legacy:
+            pipe.exists(old)
+        found = [entry for entry, exists in zip(legacy, pipe.execute(), strict=True) if exists]
+    for keys, priority, old in found:
+        connection.sadd(QUEUES_SET, keys.lane(priority))
+        while connection.lmove(old, keys.lane(priority), "LEFT", "RIGHT"):
+            pass
 
 
 def fetch_job(job_id: str, connection: Redis) -> BullJob | None:

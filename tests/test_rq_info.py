@@ -14,12 +14,12 @@ from app.control import pause
 from app.db import connect
 from app.enqueue import enqueue
 from app.history import HistoryWriter
-from app.jobs import SERIALIZER
+from app.jobs import SERIALIZER, declare_queues
 from app.leases import lease_score, recover
 from app.migrate import apply_migrations
 from app.stats import queue_stats
 from app.worker import build_worker
-from queues import LANE_INFIX, queue_keys, queue_names
+from queues import LANE_INFIX, QUEUES_SET, queue_keys, queue_names
 from tests.fixtures import BIN, wait_for
 from tests.handlers import open_gate
 from tests.test_web_dashboard import AUTH
@@ -139,3 +139,17 @@ def test_reading_with_rq_info_and_rq_dashboard_changes_nothing(redis_url, redis_
     with connect(database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT attempt, status FROM job_runs WHERE job_id = %s ORDER BY attempt", (job.id,))
         assert [(r["attempt"], r["status"]) for r in rows.fetchall()] == [(1, "abandoned"), (2, "completed")]
+
+
+def test_jobs_waiting_in_an_earlier_releases_lanes_move_to_todays(redis_conn):
+    keys = queue_keys("sync")
+    first = enqueue(redis_conn, "system.ping", {}, {"queue": "sync", "priority": "high"})
+    second = enqueue(redis_conn, "system.ping", {}, {"queue": "sync", "priority": "high"})
+    redis_conn.delete(keys.lane(1), QUEUES_SET)
+    redis_conn.rpush(keys.legacy_lanes[1], first.id, second.id)  # where they waited before lanes were RQ queues
+
+    declare_queues(redis_conn)
+    assert redis_conn.lrange(keys.lane(1), 0, -1) == [first.id.encode(), second.id.encode()]
+    assert not redis_conn.exists(keys.legacy_lanes[1])
+    assert redis_conn.sismember(QUEUES_SET, keys.lane(1)) and redis_conn.sismember(QUEUES_SET, keys.queue)
+    assert queue_stats(redis_conn)["queues"]["sync"]["waiting"] == 2
