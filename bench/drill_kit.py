@@ -64,13 +64,15 @@ class Sizes:
     stop_queues: tuple[str, ...] = ("harvest", "embeddings", "documents")  #: e: inline, inline, a forked work horse
     failovers: int = 2  #: f: SIGKILLs of the Redis master (the killed node rejoins as a replica in between)
     failover_load: float = 6.0  #: f: seconds of load around each kill
+    g_jobs: int = 2000  #: g: jobs submitted while workers are killed and RQ's tools read
+    read_every: float = 0.1  #: g: seconds between two readings of each reader
 
 
 #: --quick: bounded, for the test suite; the same promises at a smaller scale
 QUICK = Sizes(
     jobs=300, workers=2, kills=3, kill_every=1.5, restarts=1, load_seconds=2.0, outage=5.0, c_jobs=300,
     scheduler_kills=2, scheduler_every=2.0, long_job=2.0,
-    stop_queues=("harvest", "documents"), failovers=1, failover_load=3.0,
+    stop_queues=("harvest", "documents"), failovers=1, failover_load=3.0, g_jobs=200,
 )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: drills run by each of the two processes started side by side
-GROUPS = (["a", "b", "f"], ["c", "e", "d"])
+GROUPS = (["a", "b", "f"], ["c", "e", "d", "g"])
 
 
 @pytest.fixture(scope="module")
@@ -136,4 +136,16 @@ def test_f_a_sentinel_failover_loses_no_confirmed_job_and_everything_follows_the
     assert figures["not acknowledged (no master for a moment)"] > 0  # the kill did land under load
     assert figures["workers that ran jobs after the last failover"] == f"{QUICK.workers} / {QUICK.workers}"
     assert len([n for n in report["notes"] if n.startswith("kill ")]) == QUICK.failovers
+    assert report["ok"] and report["broken"] == []
+
+
+def test_g_reading_with_rq_info_and_rq_dashboard_during_kills_changes_nothing(reports):
+    report = reports["g"]
+    figures = _assert_every_job_completed_once(report)
+    assert figures["jobs submitted"] == figures["acknowledged"] == QUICK.g_jobs
+    assert figures["plain `rq info` runs"] > 0 and figures["rq-dashboard requests"] > 0
+    assert figures["readings that failed"] == 0, report
+    in_history, in_counter = map(int, figures["abandoned runs in history / in the queue's counter"].split(" / "))
+    assert in_history == in_counter  # only bullrq's recover took abandoned runs back, each with its history row
+    assert figures["run more than once (an abandoned run, then a retry)"] == in_history
     assert report["ok"] and report["broken"] == []
