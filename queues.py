@@ -3,7 +3,11 @@
 RQ's own keys keep RQ's names and formats, so `rq info`, rq-scheduler and rq-dashboard read our queues and jobs:
 
     rq:queue:<q>            list    waiting jobs of normal priority (RQ's queue)
-    rq:wip:<q>              zset    running jobs, "<job id>:<execution id>" scored by the time their lease ends
+    rq:queue:<q>:priority-<p>  list  waiting jobs of priority p (1 first .. 10 last, but 5: rq:queue:<q>); named
+                            as RQ queues (and added to rq:queues when used) so `rq info` counts them, as lanes
+                            of <q>
+    rq:wip:<q>              zset    running jobs, "<job id>:<execution id>" scored by the time their lease ends,
+                            in milliseconds (app.runtime.leases)
     rq:scheduled:<q>        zset    delayed jobs and delayed retries, scored by the time they are due
     rq:finished:<q>         zset    completed jobs, scored by their expiry time (also failed:, canceled:)
     rq:job:<id>             hash    the job (RQ's fields, plus priority, attempts, dedup_key and progress)
@@ -11,7 +15,6 @@ RQ's own keys keep RQ's names and formats, so `rq info`, rq-scheduler and rq-das
 
 Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
 
-    bullrq:<q>:lane:<p>     list    waiting jobs of priority p (1 first .. 10 last; 5 is rq:queue:<q>)   no TTL
     bullrq:<q>:paused       string  present while the queue is paused                                  no TTL
     bullrq:<q>:marker       list    at most one element: "work may be waiting", wakes idle workers        no TTL
     bullrq:<q>:limiter      string  jobs started in the current rate-limit window                   TTL: the window
@@ -58,6 +61,8 @@ HISTORY_STREAM = f"{KEY_PREFIX}:history"
 SCHEDULER_LEADER_KEY = f"{KEY_PREFIX}:scheduler:leader"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
+#: what joins a queue's name and a priority in a lane's name: RQ's tools show lane 1 of `sync` as `sync:priority-1`
+LANE_INFIX = "priority-"
 
 
 class Isolation(StrEnum):
@@ -220,10 +225,15 @@ class QueueKeys:
         return key(self.name, "dedup", dedup_key)
 
     def lane(self, priority: int) -> str:
-        return self.queue if priority == NORMAL_PRIORITY else key(self.name, "lane", str(priority))
+        return self.queue if priority == NORMAL_PRIORITY else f"{self.queue}:{LANE_INFIX}{priority}"
 
     @property
     def lanes(self) -> list[str]:
         """The waiting lists in the order workers take from them: priority 1 first."""
         return [self.lane(p) for p in PRIORITY_RANGE]
+
+    @property
+    def legacy_lanes(self) -> dict[int, str]:
+        """Where releases before lanes were named as RQ queues kept them (`bullrq:<q>:lane:<p>`), by priority."""
+        return {p: key(self.name, "lane", str(p)) for p in PRIORITY_RANGE if p != NORMAL_PRIORITY}
 

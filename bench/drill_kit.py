@@ -71,6 +71,8 @@ class Sizes:
     #: whether promises on how fast things came back count (the suite's quick form, on a loaded machine, counts
     #: outcomes only: a late recovery is a note there)
     timed: bool = True
+    k_jobs: int = 2000  #: k: jobs submitted while workers are killed and RQ's tools read
+    read_every: float = 0.1  #: k: seconds between two readings of each reader
 
 
 #: --quick: bounded, for the test suite; the same promises at a smaller scale
@@ -78,7 +80,7 @@ QUICK = Sizes(
     jobs=300, workers=2, kills=3, kill_every=1.5, restarts=1, load_seconds=2.0, outage=5.0, c_jobs=300,
     scheduler_kills=2, scheduler_every=2.0, long_job=2.0,
     stop_queues=("harvest", "documents"), failovers=1, failover_load=3.0, redis_outage=LEASE + 5.0,
-    flush_load=5.0, container_kills=1, timed=False,
+    flush_load=5.0, container_kills=1, timed=False, k_jobs=200,
 )  # fmt: skip
 
 

@@ -19,6 +19,10 @@
        row left `started`
     i  a worker restarting under its previous name (pid 1, same hostname: a container) SIGKILLed mid-job: it
        serves again within 5 s and its job is retried once
+    k  SIGKILL workers under 2,000 jobs while RQ's tools read all the time (every 100 ms: a plain `rq info`, the
+       registry counts of `rq info --interval`, which run RQ's StartedJobRegistry.cleanup, and rq-dashboard's
+       queue, worker and running-job endpoints): reading changes nothing; every abandoned run is taken back by
+       bullrq alone, with its history row, and each job completes exactly once
 
 Each drill starts what it needs: a throwaway redis-server of its own, a database on one throwaway PostgreSQL shared
 by the drills of a run (both through `app.local.servers`), real worker processes (`workers run QUEUE --name N`, or
@@ -27,7 +31,7 @@ by the drills of a run (both through `app.local.servers`), real worker processes
 drill's own bookkeeping. A table per drill says what was submitted, acknowledged, completed once, run more than
 once, lost, and how long recovery took; the exit status is 1 when a promise was broken.
 
-    python -m bench.drills [a b c d e f g h i] [--quick] [--jobs N] [--json]
+    python -m bench.drills [a b c d e f g h i k] [--quick] [--jobs N] [--json]
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
@@ -53,6 +60,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ServerError
+from app.local.servers import free_port
 from app.runtime.enqueue import enqueue
 from app.runtime.leases import LEASE
 from app.scheduling.cron import Cron
@@ -193,6 +201,135 @@ def drill_c(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     report.promise(during > 0, "no job completed while PostgreSQL was down")
     report.promise(missing == 0, f"{missing} job(s) have no history row")
     report.promise(rows == len(submitter.acked), f"{rows} history rows for {len(submitter.acked)} single-run jobs")
+    return report
+
+
+#: the admin token of drill k's web process
+G_TOKEN = "drill-g-token-0123456789abcdef"
+#: a job hash field RQ's Job.save writes and bullrq never does
+RQ_SAVE_MARK = "success_callback_name"
+#: RQ's own command line, installed beside this interpreter
+RQ_CLI = str(Path(sys.executable).parent / "rq")
+
+
+class _Readers:
+    """RQ's tools and rq-dashboard reading a queue every `every` seconds, in threads; counts what went wrong."""
+
+    def __init__(self, redis_url: str, web_port: int, queue: str, every: float):
+        self.redis_url, self.queue, self.every = redis_url, queue, every
+        base = f"http://127.0.0.1:{web_port}/api/admin/queues/0/data"
+        self.urls = [f"{base}/queues.json", f"{base}/workers.json", f"{base}/jobs/{queue}/started/8/asc/1.json"]
+        self.counts: Counter = Counter()
+        self.problems: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._rq_info, daemon=True),
+                         threading.Thread(target=self._dashboard, daemon=True)]  # fmt: skip
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def _problem(self, text: str) -> None:
+        self.counts["problems"] += 1
+        if len(self.problems) < 5:
+            self.problems.append(text)
+
+    def _rq_info(self) -> None:
+        while not self._stop.is_set():
+            done = subprocess.run([RQ_CLI, "info", "-u", self.redis_url], capture_output=True, text=True, timeout=120)
+            self.counts["rq info"] += 1
+            if done.returncode != 0 or "Traceback" in done.stderr:
+                self._problem(f"rq info exited {done.returncode}: {done.stderr[-300:]}")
+            self._stop.wait(self.every)
+
+    def _dashboard(self) -> None:
+        while not self._stop.is_set():
+            for url in self.urls:
+                request = urllib.request.Request(url, headers={"Authorization": f"Bearer {G_TOKEN}"})
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        json.loads(response.read())
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    self._problem(f"GET {url}: {exc}")
+                self.counts["dashboard requests"] += 1
+            self._stop.wait(self.every)
+
+
+def _web_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def drill_k(servers: Servers, sizes: Sizes, logs: Path) -> Report:
+    """SIGKILL workers while RQ's tools and rq-dashboard read in a loop: reading changes nothing."""
+    queue = "harvest"
+    report = Report(
+        "k",
+        f"SIGKILL a random worker every {sizes.kill_every:g} s ({sizes.kills} kills) during {sizes.k_jobs:,} jobs "
+        f"while `rq info` and rq-dashboard read every {sizes.read_every:g} s; {sizes.workers} workers on {queue}",
+    )
+    redis, database_url, conn = servers.stage("k")
+    rng = random.Random(9)
+    web_port = free_port()
+    with Fleet(child_env(servers.root, redis.url, database_url, ADMIN_TOKEN=G_TOKEN), logs) as fleet:
+        names = started_workers(fleet, conn, queue, sizes.workers, "k")
+        fleet.web("g-web", web_port)
+        deadline = time.monotonic() + REGISTER_TIMEOUT
+        while not _web_ready(web_port):
+            fleet.check_alive("g-web")
+            if time.monotonic() > deadline:
+                raise DrillError(f"the web app did not answer /readyz in {REGISTER_TIMEOUT} s")
+            time.sleep(POLL)
+        # RQ's own monitor refreshing: each refresh counts the started registry with RQ's cleanup
+        fleet.spawn("k-rq-info", [RQ_CLI, "info", "-u", redis.url, "--interval", str(sizes.read_every)])
+        readers = _Readers(redis.url, web_port, queue, sizes.read_every)
+        readers.start()
+        submitter = Submitter(redis.url, queue, sizes.k_jobs, sizes.kills * sizes.kill_every, sizes.job_sleep)
+        submitter.start()
+        kills = 0
+        for _ in range(sizes.kills):
+            time.sleep(sizes.kill_every * rng.uniform(0.6, 1.4))
+            name = rng.choice(names)
+            fleet.kill(name)
+            kills += 1
+            fleet.worker(queue, name)
+        submitter.finish()
+        fleet.wait_registered(conn, names)
+        wait_ended(conn, submitter.acked, fleet=fleet)
+        wait_history(conn)
+        readers.stop()
+        fleet.check_alive()  # `rq info --interval` included: RQ's cleanup never broke on our data
+    report.figures.update(
+        {"jobs submitted": sizes.k_jobs, "acknowledged": len(submitter.acked), "workers SIGKILLed": kills,
+         "plain `rq info` runs": readers.counts["rq info"],
+         "rq-dashboard requests": readers.counts["dashboard requests"],
+         "readings that failed": readers.counts["problems"]}
+    )  # fmt: skip
+    job_counts(report, conn, database_url, submitter.acked, queue)
+    in_history, in_counter = map(int, report.figures["abandoned runs in history / in the queue's counter"].split("/"))
+    # RQ's cleanup, had it taken a lease, would have saved the job with RQ's Job.save: fields bullrq never writes
+    pipe = conn.pipeline(transaction=False)
+    for job_id in submitter.acked:
+        pipe.hexists(JOB_KEY_PREFIX + job_id, RQ_SAVE_MARK)
+    rewritten = sum(pipe.execute())
+    report.figures[f"jobs saved by RQ's cleanup (with `{RQ_SAVE_MARK}`)"] = rewritten
+    for problem in readers.problems:
+        report.notes.append(problem)
+    report.promise(len(submitter.acked) == sizes.k_jobs, "some submissions were not acknowledged (Redis was not hurt)")
+    report.promise(readers.counts["rq info"] > 0 and readers.counts["dashboard requests"] > 0, "nothing was read")
+    report.promise(readers.counts["problems"] == 0, f"{readers.counts['problems']} reading(s) failed")
+    report.promise(in_history == in_counter, f"abandoned runs: {in_history} in history, {in_counter} counted")
+    report.promise(rewritten == 0, f"RQ's cleanup took {rewritten} job(s) back with RQ's semantics")
+    more = report.figures["run more than once (an abandoned run, then a retry)"]
+    report.promise(more == in_history, f"{more} job(s) ran more than once, {in_history} abandoned run(s) recorded")
     return report
 
 
@@ -510,7 +647,7 @@ def drill_b(servers: Servers, sizes: Sizes, logs: Path) -> Report:
 
 DRILLS: dict[str, Callable[[Servers, Sizes, Path], Report]] = {
     "a": drill_a, "b": drill_b, "c": drill_c, "d": drill_d, "e": drill_e, "f": drill_f, "g": drill_g, "h": drill_h,
-    "i": drill_i,
+    "i": drill_i, "k": drill_k,
 }  # fmt: skip
 
 
@@ -536,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         choices=[[], *DRILLS],
         metavar="DRILL",
-        help="drills to run, in order (a b c d e f g h i; default: all)",
+        help="drills to run, in order (a b c d e f g h i k; default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="small, bounded drills (the test suite's form)")
     parser.add_argument("--jobs", type=int, help="jobs of drill a")

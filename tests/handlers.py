@@ -26,7 +26,8 @@ def _redis() -> redis.Redis:
     """A client of the suite's Redis for this process (a forked work horse gets its own)."""
     pid = os.getpid()
     if pid not in _clients:
-        _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"])
+        # blocking waits (the gate) outlast redis-py 8's default 5 s socket timeout
+        _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=120)
     return _clients[pid]
 
 

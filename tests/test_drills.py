@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: drills run by each of the two processes started side by side
-GROUPS = (["a", "b", "f"], ["c", "e", "d"], ["g", "h", "i"])
+GROUPS = (["a", "b", "f"], ["c", "e", "d", "k"], ["g", "h", "i"])
 
 
 @pytest.fixture(scope="module")
@@ -164,4 +164,15 @@ def test_i_a_worker_restarted_under_its_previous_name_serves_at_once_and_retries
     figures = _assert_every_job_completed_once(report)
     n = QUICK.container_kills
     assert figures["killed jobs retried exactly once (abandoned, then completed)"] == f"{n} / {n}"
+
+
+def test_k_reading_with_rq_info_and_rq_dashboard_during_kills_changes_nothing(reports):
+    report = reports["k"]
+    figures = _assert_every_job_completed_once(report)
+    assert figures["jobs submitted"] == figures["acknowledged"] == QUICK.k_jobs
+    assert figures["plain `rq info` runs"] > 0 and figures["rq-dashboard requests"] > 0
+    assert figures["readings that failed"] == 0, report
+    in_history, in_counter = map(int, figures["abandoned runs in history / in the queue's counter"].split(" / "))
+    assert in_history == in_counter  # only bullrq's recover took abandoned runs back, each with its history row
+    assert figures["run more than once (an abandoned run, then a retry)"] == in_history
     assert report["ok"] and report["broken"] == []

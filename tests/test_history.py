@@ -21,7 +21,7 @@ from app.local.servers import EmbeddedPostgres
 from app.runtime import control
 from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.jobs import fetch_job
-from app.runtime.leases import recover
+from app.runtime.leases import lease_score, recover
 from app.runtime.worker import build_worker
 from app.store.db import connect
 from app.store.history import GROUP, MAX_ROW_BYTES, STREAM_MAXLEN, HistoryWriter, ensure_group, run_row, write_rows
@@ -127,7 +127,7 @@ def test_an_abandoned_attempt_is_recorded_and_retried(redis_conn, database_url, 
     assert reply[0] == 1
     keys = queue_keys("harvest")
     member = reply[1].decode()
-    redis_conn.zadd(keys.started, {member: time.time() - 1})  # its lease ran out: no heartbeat came
+    redis_conn.zadd(keys.started, {member: lease_score(time.time() - 1)})  # its lease ran out: no heartbeat came
 
     assert recover(redis_conn, "harvest") == [(job.id, "requeued")]
     assert recover(redis_conn, "harvest") == []  # recovered once only

@@ -16,7 +16,9 @@ from werkzeug.serving import make_server
 from app.config import PROJECT_ROOT
 from app.errors import PermanentFailure
 from app.local.servers import free_port
+from app.runtime.control import pause
 from app.runtime.enqueue import enqueue
+from app.runtime.jobs import fetch_job
 from app.runtime.worker import build_worker
 from app.scheduling.schedule_store import sync_declared
 from app.scheduling.schedules import load_schedules
@@ -26,6 +28,7 @@ from app.store.migrate import apply_migrations
 from app.tasks import Task, queue_keys, registry
 from queues import queue_names
 from tests.conftest import IN_CI, TOKEN
+from tests.fixtures import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -435,3 +438,78 @@ def test_job_data_with_markup_renders_inert_in_rq_dashboard(browser, site, redis
     assert job.id in page.content()
     assert page.evaluate("window.pwned") is None
     assert page.locator("img[src=x]").count() == 0
+
+
+def _dashboard_page(browser, site: str, failures: list):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.on("response", lambda r: failures.append((r.status, r.url)) if r.status >= 500 else None)
+    page.on("pageerror", lambda exc: failures.append(("script error", str(exc))))
+    _sign_in(page, site)
+    return page
+
+
+@pytest.mark.slow
+def test_rq_dashboard_pages_in_chromium_show_every_job_once_escaped_and_never_fail(browser, site, redis_conn,
+                                                                                    database_url):  # fmt: skip
+    done = enqueue(redis_conn, "system.ping", {"echo": HOSTILE}, {"queue": "sync"})
+    failed = _failing(redis_conn, HOSTILE)
+    _work(redis_conn, database_url, "sync")
+    build_worker(["sync"], redis_conn, "idle-after-a-job").register_birth()  # registered, idle, no current job
+    high = enqueue(redis_conn, "system.ping", {"echo": "first"}, {"queue": "embeddings", "priority": "high"})
+    low = enqueue(redis_conn, "system.ping", {"echo": "last"}, {"queue": "embeddings", "priority": "low"})
+    later = enqueue(redis_conn, "system.ping", {}, {"queue": "embeddings", "delay": 600})
+    enqueue(redis_conn, "notifications.send", {"channel": "webhook", "to": "https://example.com/h", "text": "x"})
+    pause(redis_conn, "notifications")
+    dash = f"{site}/api/admin/queues"
+    failures: list = []
+    page = _dashboard_page(browser, site, failures)
+
+    page.goto(f"{dash}/")
+    page.wait_for_selector("#queues tbody tr:has-text('embeddings')")
+    rows = {row.locator("td").first.inner_text(): row.locator("td").nth(1).inner_text()
+            for row in page.locator("#queues tbody tr").all()}  # fmt: skip
+    assert set(rows) == {*queue_names(), "notifications (paused)"} - {"notifications"}
+    assert rows["embeddings"] == "2" and rows["notifications (paused)"] == "1"  # every priority lane counted
+    page.screenshot(path=str(ARTIFACTS / "rq-dashboard-queues.png"), full_page=True)
+
+    page.goto(f"{dash}/0/view/workers")
+    page.wait_for_selector("table tbody tr:has-text('idle-after-a-job')")
+    assert "idle" in page.locator("table tbody tr:has-text('idle-after-a-job')").inner_text()
+
+    page.goto(f"{dash}/0/view/jobs/embeddings/queued/8/asc/1")
+    page.wait_for_selector(f"tr[data-job-id='{low.id}']")
+    assert [row.get_attribute("data-job-id") for row in page.locator("tr[data-role=job]").all()] == [high.id, low.id]
+    page.goto(f"{dash}/0/view/jobs/embeddings/scheduled/8/asc/1")
+    page.wait_for_selector(f"tr[data-job-id='{later.id}']")
+
+    page.goto(f"{dash}/0/view/jobs/sync/finished/8/asc/1")
+    page.wait_for_selector(f"tr[data-job-id='{done.id}']")
+    text = page.locator(f"tr[data-job-id='{done.id}'] .description").inner_text()
+    assert text == f"system.ping(echo={HOSTILE!r})"  # shown as the text it is: no &lt; or &#x27; left over
+    page.goto(f"{dash}/0/view/jobs/sync/failed/8/asc/1")
+    page.wait_for_selector(f"tr[data-job-id='{failed.id}']")
+    assert HOSTILE in page.locator(f"tr[data-job-id='{failed.id}'] .exc_info").inner_text()
+    page.goto(f"{dash}/0/view/job/{done.id}")
+    page.wait_for_selector(".description-scroll:has-text('system.ping')")
+    assert page.locator(".description-scroll").inner_text() == f"system.ping(echo={HOSTILE!r})"
+    assert HOSTILE in page.locator("pre").first.inner_text()  # the result
+    assert page.locator("img[src=x]").count() == 0 and page.evaluate("window.pwned") is None
+
+    # Requeue from the failed list: bullrq's retry-failed, its next try numbered 2
+    page.goto(f"{dash}/0/view/jobs/sync/failed/8/asc/1")
+    page.click(f"tr[data-job-id='{failed.id}'] [data-role=requeue-job-btn]")
+    wait_for(lambda: redis_conn.hget(f"rq:job:{failed.id}", "status") == b"queued", message="the requeue")
+    assert fetch_job(failed.id, redis_conn).attempt == 2
+
+    # Empty the waiting jobs of embeddings from its page: every lane, the delayed job kept
+    page.goto(f"{dash}/0/view/jobs/embeddings/queued/8/asc/1")
+    page.wait_for_selector(f"tr[data-job-id='{low.id}']")
+    page.click("#empty-btn")
+    page.click("#confirmation-modal-yes")
+    wait_for(lambda: not any(redis_conn.llen(lane) for lane in queue_keys("embeddings").lanes), message="empty")
+    assert redis_conn.zscore(queue_keys("embeddings").scheduled, later.id) is not None
+
+    missing = page.goto(f"{dash}/0/view/job/no-such-job")
+    assert missing.status == 404 and missing.json()["error"]["code"] == "job_not_found"
+    failures = [f for f in failures if f[0] != 404]
+    assert not failures, failures

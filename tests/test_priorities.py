@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.runtime.control import pause, resume
+from app.runtime.control import cancel, pause, resume
 from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.jobs import fetch_job
+from app.runtime.worker import build_worker
 from app.tasks import queue_keys
 from tests.handlers import runs
 from tests.waits import wait_status
@@ -55,3 +56,21 @@ def test_notifications_jobs_default_to_the_first_priority(redis_conn, workers):
     resume(redis_conn, "notifications")
     wait_status(redis_conn, normal.id, "finished")
     assert [entry["tag"] for entry in runs(redis_conn)] == ["default", "normal"]
+
+
+def test_an_id_pushed_twice_runs_once(redis_conn):
+    """The dequeue script takes only a job whose status is queued: a second copy of its id is dropped."""
+    keys = queue_keys("harvest")
+    twice = enqueue(redis_conn, "semantics.record", {"tag": "twice"}, {"queue": "harvest", "priority": "high"})
+    redis_conn.rpush(keys.lane(1), twice.id)  # the same id again, as a lost reply's retry or a bad tool might
+    redis_conn.rpush(keys.lane(5), twice.id)  # and in another lane
+    canceled = enqueue(redis_conn, "semantics.record", {"tag": "canceled"}, {"queue": "harvest"})
+    assert cancel(redis_conn, canceled.id) == "canceled"
+    redis_conn.rpush(keys.lane(5), canceled.id)  # a canceled job's id left behind
+    after = enqueue(redis_conn, "semantics.record", {"tag": "after"}, {"queue": "harvest", "priority": "low"})
+
+    build_worker(["harvest"], redis_conn, "guard").work(burst=True)
+    assert [entry["tag"] for entry in runs(redis_conn)] == ["twice", "after"]
+    assert fetch_job(canceled.id, redis_conn).get_status() == "canceled"
+    assert all(redis_conn.llen(lane) == 0 for lane in keys.lanes)
+    assert fetch_job(after.id, redis_conn).get_status() == "finished"

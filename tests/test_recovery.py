@@ -17,7 +17,7 @@ import pytest
 from app.runtime.control import cancel
 from app.runtime.enqueue import enqueue
 from app.runtime.jobs import fetch_job
-from app.runtime.leases import LEASE
+from app.runtime.leases import LEASE, lease_score
 from app.runtime.maintenance import RECOVER_INTERVAL, RENEW_INTERVAL
 from app.runtime.stats import queue_stats
 from app.runtime.worker import find_rq_worker, rq_worker_name
@@ -90,7 +90,7 @@ def test_a_cancel_sent_to_a_dead_worker_is_not_lost_when_its_job_is_recovered(re
     assert cancel(redis_conn, job.id) == "canceling"
     started = queue_keys("harvest").started
     (member,) = redis_conn.zrange(started, 0, -1)
-    redis_conn.zadd(started, {member: time.time() - 1}, xx=True)  # as if LEASE seconds had gone by
+    redis_conn.zadd(started, {member: lease_score(time.time() - 1)}, xx=True)  # as if LEASE seconds had gone by
 
     workers.start("harvest", name="rescuer")
     wait_for(lambda: redis_conn.zcard(started) == 0, timeout=3 * RECOVER_INTERVAL, message="the lease to be taken")

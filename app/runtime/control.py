@@ -1,4 +1,4 @@
-"""Queue and job controls: pause, resume, cancel, retry-failed, run now, clean, empty.
+"""Queue and job controls: pause, resume, cancel, retry-failed, run now, clean, empty, delete, compact.
 
 Every control works on Redis alone, across all workers on all machines, and is safe to call at any time.
 """
@@ -14,7 +14,7 @@ from rq.utils import str_to_date
 
 from app.errors import InvalidJobError, JobStateError
 from app.runtime.enqueue import DEDUP_TTL
-from app.runtime.jobs import state_of
+from app.runtime.jobs import State, state_of
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.history import stream_cap
@@ -177,21 +177,79 @@ def clean(connection: Redis, queue: str, state: str, grace: float = 0, limit: in
     return removed
 
 
-def empty(connection: Redis, queue: str) -> int:
-    """Delete every waiting and delayed job of `queue` (running jobs finish). Returns how many were deleted.
+def empty(connection: Redis, queue: str, waiting: bool = True, delayed: bool = True) -> int:
+    """Delete every waiting and delayed job of `queue` (running jobs finish), or only the `waiting` (in every
+    priority lane) or only the `delayed` ones. Returns how many were deleted.
 
     Ids are taken out of the lanes with LPOP and out of the delayed set with ZREM before their jobs are deleted:
     a job a worker takes meanwhile is never deleted under it, and a job pushed back meanwhile is never lost.
     """
     keys = queue_keys(queue)
     removed = 0
-    for lane in keys.lanes:
+    for lane in keys.lanes if waiting else ():
         while batch := _decode(connection.lpop(lane, BATCH) or []):
             _delete_jobs(connection, batch)
             removed += len(batch)
-    while batch := _decode(connection.zrange(keys.scheduled, 0, BATCH - 1)):
+    while delayed and (batch := _decode(connection.zrange(keys.scheduled, 0, BATCH - 1))):
         removed += len(_delete(connection, keys.scheduled, batch))
     logger.info("queue %s: emptied, %d job(s) deleted", queue, removed)
+    return removed
+
+
+def delete(connection: Redis, job_id: str) -> str:
+    """Delete a job that is not running: a waiting one (taken out of its lane), a delayed or an ended one.
+
+    The job is taken out of where it waits before it is deleted, so a job a worker took meanwhile is never
+    deleted under it; its dedup key is freed.
+
+    Returns:
+        The Bull state the job was in.
+
+    Raises:
+        InvalidJobError: no such job.
+        JobStateError: the job is running (cancel it instead), or it started meanwhile.
+    """
+    origin, status = connection.hmget(job_key(job_id), "origin", "status")
+    if origin is None:
+        raise InvalidJobError(f"no job {job_id!r}")
+    keys = queue_keys(origin.decode())
+    state = state_of((status or b"").decode() or None)
+    if state is State.WAITING:
+        with connection.pipeline(transaction=False) as pipe:
+            for lane in keys.lanes:
+                pipe.lrem(lane, 0, job_id)
+            taken = any(pipe.execute())
+    elif state is State.DELAYED:
+        taken = bool(connection.zrem(keys.scheduled, job_id))
+    elif state in (State.COMPLETED, State.FAILED, State.CANCELED):
+        connection.zrem({State.COMPLETED: keys.finished, State.FAILED: keys.failed}.get(state, keys.canceled), job_id)
+        taken = True
+    else:
+        taken = False
+    if not taken:
+        now = state_of((connection.hget(job_key(job_id), "status") or b"").decode() or None)
+        raise JobStateError(f"job {job_id!r} is {now.value if now else 'gone'}: a running job cannot be deleted; "
+                            "cancel it instead")
+    _delete_jobs(connection, [job_id])
+    logger.info("job %s: deleted (was %s)", job_id, state.value)
+    return state.value
+
+
+def compact(connection: Redis, queue: str) -> int:
+    """Drop from `queue`'s lanes the ids of jobs that no longer exist. Returns how many ids were dropped.
+
+    Workers skip such ids anyway; this only makes the counts exact again. Safe beside running workers.
+    """
+    removed = 0
+    for lane in queue_keys(queue).lanes:
+        start = 0
+        while True:
+            dropped, seen = SCRIPTS.compact(connection, [lane], [JOB_KEY_PREFIX, start, BATCH])
+            removed += dropped
+            if seen < BATCH:
+                break
+            start += seen - dropped
+    logger.info("queue %s: compacted, %d stale id(s) dropped", queue, removed)
     return removed
 
 

@@ -12,6 +12,7 @@ import time
 from redis import Redis
 
 from app.runtime.jobs import BullJob, State, describe_job
+from app.runtime.leases import lease_score
 from app.tasks import queue_keys
 from queues import QUEUES
 
@@ -35,7 +36,7 @@ def list_jobs(connection: Redis, state: State, queue: str | None = None, limit: 
     Returns:
         `{"jobs": [...], "total": n, "limit", "offset"}`, each job as `describe_job` shows it.
     """
-    now = time.time()
+    now = lease_score(time.time())  # only compared with lease scores
     sources = [source for name in ([queue] if queue else list(QUEUES)) for source in _sources(name, state)]
     pipe = connection.pipeline(transaction=False)
     for kind, key in sources:

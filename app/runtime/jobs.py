@@ -18,8 +18,8 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from app.tasks import get_queue_spec, get_task
-from queues import NORMAL_PRIORITY, job_key
+from app.tasks import get_queue_spec, get_task, queue_keys
+from queues import NORMAL_PRIORITY, QUEUES, QUEUES_SET, job_key
 
 #: the only serializer bullrq uses; pickle never touches Redis
 SERIALIZER = JSONSerializer
@@ -108,6 +108,24 @@ def get_queue(name: str, connection: Redis) -> Queue:
         serializer=SERIALIZER,
         default_timeout=spec.timeout,
     )
+
+
+def declare_queues(connection: Redis) -> None:
+    """Add every declared queue to RQ's set of queues, so RQ's tools (`rq info`) list them before their first job.
+
+    Lanes are added by the enqueue script when first used. Jobs still waiting in the lanes of an earlier release
+    (`bullrq:<q>:lane:<p>`) move to the end of today's lanes.
+    """
+    connection.sadd(QUEUES_SET, *(queue_keys(name).queue for name in QUEUES))
+    legacy = [(keys, p, old) for keys in map(queue_keys, QUEUES) for p, old in keys.legacy_lanes.items()]
+    with connection.pipeline(transaction=False) as pipe:
+        for _, _, old in legacy:
+            pipe.exists(old)
+        found = [entry for entry, exists in zip(legacy, pipe.execute(), strict=True) if exists]
+    for keys, priority, old in found:
+        connection.sadd(QUEUES_SET, keys.lane(priority))
+        while connection.lmove(old, keys.lane(priority), "LEFT", "RIGHT"):
+            pass
 
 
 def fetch_job(job_id: str, connection: Redis) -> BullJob | None:

@@ -8,6 +8,11 @@ stops the run and records nothing: the job belongs to whoever took it back.
 Time during which nobody could watch (Redis down or unreachable for every worker) does not count against a lease:
 after such a gap, expired leases get OUTAGE_GRACE seconds for their live owners to renew them or to record how
 their runs ended, so an outage longer than the lease does not turn finished runs into abandoned ones.
+
+Scores are milliseconds, not RQ's seconds: RQ's `StartedJobRegistry.cleanup` (run by `rq info` and by every
+`registry.count`) takes each member scored up to now *in seconds* for abandoned and requeues or fails it with RQ's
+semantics (no lane, no history row, pickled meta). Scored in milliseconds, a lease never looks expired to it, so
+reading with RQ's tools changes nothing and only bullrq's recover script takes abandoned jobs back.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ LEASE = 20
 OUTAGE_GAP = LEASE / 2
 #: seconds expired leases are left to their owners after such a gap (owners retry Redis at least every 5 s)
 OUTAGE_GRACE = LEASE / 2
+
+
+def lease_score(epoch: float) -> float:
+    """The started-registry score of a lease ending at `epoch` (seconds): milliseconds, see above."""
+    return epoch * 1000
 
 
 def rq_time(epoch: float) -> str:

@@ -55,6 +55,7 @@ class Scripts:
     cancel: LuaScript
     requeue: LuaScript
     delete: LuaScript
+    compact: LuaScript
 
     def load(self, connection: Redis) -> None:
         """Load every script into Redis's script cache."""

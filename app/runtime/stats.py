@@ -6,6 +6,7 @@ import time
 
 from redis import Redis
 
+from app.runtime.leases import lease_score
 from app.tasks import queue_keys
 from queues import QUEUES
 
@@ -23,7 +24,7 @@ def queue_stats(connection: Redis) -> dict:
         keys = queue_keys(name)
         for lane in keys.lanes:
             pipe.llen(lane)
-        pipe.zcount(keys.started, now, "+inf")
+        pipe.zcount(keys.started, lease_score(now), "+inf")
         pipe.zcard(keys.started)
         pipe.zcard(keys.scheduled)
         pipe.zcard(keys.finished)

@@ -46,7 +46,7 @@ from app.errors import (
     UnknownTaskError,
 )
 from app.runtime import progress
-from app.runtime.jobs import SERIALIZER, BullJob, RunningJob, get_queue
+from app.runtime.jobs import SERIALIZER, BullJob, RunningJob, declare_queues, get_queue
 from app.runtime.leases import LEASE, recover, rq_time
 from app.runtime.maintenance import Maintenance
 from app.runtime.redis_scripts import SCRIPTS
@@ -488,6 +488,7 @@ class BullWorker(Worker):
         if old and b"death" not in old:
             self._bury_previous(old)
         super().register_birth()
+        declare_queues(self.connection)  # RQ's tools list every queue from the first start, not from its first job
 
     def _bury_previous(self, old: dict) -> None:
         member, started = old.get(b"lease"), old.get(b"lease_set")
@@ -510,11 +511,11 @@ class BullWorker(Worker):
         logger.warning("worker %s: its registration was gone from Redis; registering again", self.name)
         self.connection.delete(self.key)
         super().register_birth()
+        declare_queues(self.connection)
         lease = self.lease
-        self.connection.hset(self.key, mapping={
-            "state": (WorkerStatus.BUSY if lease else WorkerStatus.IDLE).value,
-            "current_job": lease[0].id if lease else "",
-        })  # fmt: skip
+        self.connection.hset(self.key, "state", (WorkerStatus.BUSY if lease else WorkerStatus.IDLE).value)
+        if lease:
+            self.connection.hset(self.key, "current_job", lease[0].id)
 
     def request_cancel(self, job_id: str) -> bool:
         """From the maintenance thread: stop `job_id` if it is the running job. Returns whether it is; a cancel

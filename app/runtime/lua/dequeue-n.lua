@@ -4,6 +4,10 @@
   seconds from Redis' own clock (never a worker's), and the worker's hash names it (`lease`, `lease_set`): a
   worker that asks again with the same execution id (its reply was lost on the way) gets the job it already holds
   instead of leaving a lease nobody runs.
+  Only a job whose status is "queued" is taken: an id left in a lane by a job that moved on (deleted, canceled,
+  already taken because its id was pushed twice) is dropped, so a job never runs twice from one queueing.
+  Leases are scored in milliseconds (app.runtime.leases: RQ's cleanup, which `rq info` runs, must never see one
+  expire).
 
   KEYS[1]  the worker's hash
   then 13 keys per queue: paused string, limiter string, started zset (rq:wip), lanes of priority 1..10
@@ -16,6 +20,7 @@
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now_ms = now * 1000
 local queues = (#KEYS - 1) / 13
 local nfields = tonumber(ARGV[7])
 local fields = {}
@@ -36,7 +41,7 @@ for q = 0, queues - 1 do
   local a = 8 + nfields + q * 3
   local cap, rate, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
   local open = redis.call('EXISTS', KEYS[k + 1]) == 0
-  if open and cap > 0 and redis.call('ZCOUNT', KEYS[k + 3], now, '+inf') >= cap then
+  if open and cap > 0 and redis.call('ZCOUNT', KEYS[k + 3], now_ms, '+inf') >= cap then
     open = false
   end
   if open and rate > 0 and tonumber(redis.call('GET', KEYS[k + 2]) or '0') >= rate then
@@ -49,18 +54,18 @@ for q = 0, queues - 1 do
       local id = redis.call('LPOP', KEYS[lane])
       while id do
         local job = ARGV[6] .. id
-        if redis.call('EXISTS', job) == 1 then
+        if redis.call('HGET', job, 'status') == 'queued' then
           if rate > 0 and redis.call('INCR', KEYS[k + 2]) == 1 then
             redis.call('PEXPIRE', KEYS[k + 2], window)
           end
           local member = id .. ':' .. ARGV[4]
-          redis.call('ZADD', KEYS[k + 3], now + tonumber(ARGV[5]), member)
+          redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(ARGV[5]) * 1000, member)
           redis.call('HSET', job, 'status', 'started', 'started_at', ARGV[2], 'worker_name', ARGV[3],
             'last_heartbeat', ARGV[2])
           redis.call('HSET', KEYS[1], 'state', 'busy', 'current_job', id, 'lease', member, 'lease_set', KEYS[k + 3])
           return {q + 1, member, redis.call('HMGET', job, unpack(fields))}
         end
-        id = redis.call('LPOP', KEYS[lane]) -- a deleted job's id: skip it
+        id = redis.call('LPOP', KEYS[lane]) -- not a queued job's id: skip it
       end
     end
   end

@@ -25,7 +25,7 @@ if KEYS[6] then
   redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[5])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('SADD', KEYS[5], ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[2], KEYS[2]) -- the queue and its lane: RQ's tools list and count both
 local due = tonumber(ARGV[3])
 if due > 0 then
   redis.call('ZADD', KEYS[4], due, ARGV[1])

@@ -29,7 +29,9 @@ if ARGV[5] == 'expired' then
   if seen and now - seen > tonumber(ARGV[9]) then grace = now + tonumber(ARGV[10]) end
   redis.call('HSET', KEYS[17], 'seen', now, 'grace', grace)
   if now < grace then return {} end
-  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, tonumber(ARGV[4]))
+  -- leases are scored in milliseconds (app.runtime.leases)
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.3f', now * 1000), 'LIMIT', 0,
+    tonumber(ARGV[4]))
 elseif string.sub(ARGV[5], 1, 7) == 'member:' then
   members = {string.sub(ARGV[5], 8)}
 else

@@ -9,6 +9,7 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 0
 end
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[2]), ARGV[1])
+-- milliseconds, as every lease (app.runtime.leases)
+redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[2]) * 1000, ARGV[1])
 redis.call('HSET', KEYS[2], 'last_heartbeat', ARGV[3])
 return 1
