@@ -105,16 +105,17 @@ def _worker_hash(connection, name: str, pid: int) -> dict:
     return {k.decode(): v.decode() for k, v in connection.hgetall(worker.key).items()}
 
 
-def test_a_stopped_worker_that_lost_its_lease_stops_its_run_and_records_nothing(redis_conn, workers):
-    stale = workers.start("harvest", name="stale")
-    job = enqueue(redis_conn, "semantics.slow-first", {"tag": "sigstop", "sleep": 120}, {"queue": "harvest"})
+@pytest.mark.parametrize("queue", ["harvest", "documents"])  # inline, and in a forked work horse (not stopped)
+def test_a_stopped_worker_that_lost_its_lease_stops_its_run_and_records_nothing(redis_conn, workers, queue):
+    stale = workers.start(queue, name="stale")
+    job = enqueue(redis_conn, "semantics.slow-first", {"tag": "sigstop", "sleep": 120}, {"queue": queue})
     wait_for(lambda: runs(redis_conn, "sigstop"), message="the handler to start")
     stale.send_signal(signal.SIGSTOP)  # frozen (a long GC pause, a stopped container, a VM migration)
     try:
-        started = queue_keys("harvest").started
+        started = queue_keys(queue).started
         (member,) = redis_conn.zrange(started, 0, -1)
         redis_conn.zadd(started, {member: 1}, xx=True)  # as if LEASE seconds had gone by
-        rescuer = workers.start("harvest", name="rescuer")
+        rescuer = workers.start(queue, name="rescuer")
         wait_status(redis_conn, job.id, "finished", timeout=LEASE + 40)
         assert fetch_job(job.id, redis_conn).return_value() == 2  # the rerun
     finally:
@@ -127,7 +128,7 @@ def test_a_stopped_worker_that_lost_its_lease_stops_its_run_and_records_nothing(
     job = fetch_job(job.id, redis_conn)
     assert job.get_status(refresh=False) == "finished" and job.return_value() == 2
     assert job.worker_name.startswith("rescuer.")
-    assert queue_stats(redis_conn)["queues"]["harvest"]["totals"].get("completed") == 1
+    assert queue_stats(redis_conn)["queues"][queue]["totals"].get("completed") == 1
     assert workers.alive("stale") and workers.alive("rescuer") and rescuer.poll() is None
 
 
