@@ -23,6 +23,7 @@ from app.alerts.evaluator import AlertEvaluator
 from app.alerts.settings import load_alert_settings
 from app.db import connect
 from app.enqueue import enqueue, enqueue_many
+from app.errors import ConfigError
 from app.history import WRITE_LOCK
 from app.migrate import apply_migrations
 from app.schedule_store import fire, get_schedule, sync_declared
@@ -110,9 +111,12 @@ class Alerting:
         return proc
 
     def start_web(self) -> subprocess.Popen:
+        """`bullrq web` under gunicorn: each of its two worker processes is a candidate evaluator."""
         self.web_port = free_port()
-        proc = self.start("web", "--dev", "--port", str(self.web_port), name="web")
-        wait_for(lambda: self.log("web").count("candidate evaluator") >= 1, timeout=60, message="the web process")
+        self.configure(WEB_CONCURRENCY="2", WEB_THREADS="2")
+        proc = self.start("web", "--port", str(self.web_port), name="web")
+        wait_for(lambda: self.log("web").count("candidate evaluator") >= 2, timeout=90,
+                 message=f"both gunicorn workers to be candidates\n{self.log('web')}")  # fmt: skip
         return proc
 
     def log(self, name: str) -> str:
@@ -495,6 +499,26 @@ def test_a_restart_neither_resends_an_open_alert_nor_forgets_it(alerting, redis_
     alerting.workers.start("embeddings", name="drain")
     alerting.wait_events([("alert.opened", key), ("alert.cleared", key)])
     assert alerting.webhooks()[1]["alert"]["id"] == before["id"]
+
+
+def test_settings_default_per_queue_and_overridden_for_all_or_one_queue():
+    defaults = load_alert_settings({})
+    assert defaults.queues["notifications"].backlog_waiting == 1000
+    assert defaults.queues["sync"].backlog_waiting == 10_000
+    assert defaults.channels == () and defaults.public_url is None and defaults.link("/admin/") == "/admin/"
+    env = {"ALERT_BACKLOG_WAITING": "50", "ALERT_BACKLOG_WAITING_CACHE_CLEANUP": "0", "ALERT_FAILED_HARVEST": "no",
+           "ALERT_QUIET_TASKS": "sync.manual, harvest.source", "BULLRQ_PUBLIC_URL": "https://jobs.example.com/",
+           "ALERT_CHANNELS": "email:ops@example.com, webhook:https://hooks.example.com/x?token=1"}  # fmt: skip
+    settings = load_alert_settings(env)
+    assert [s.backlog_waiting for s in settings.queues.values()] == [50, 50, 0, 50, 50, 50, 50]
+    assert not settings.queues["harvest"].failed and settings.queues["sync"].failed
+    assert settings.queues["sync"].quiet_tasks == {"sync.manual", "harvest.source"}
+    assert settings.link("/admin/schedules") == "https://jobs.example.com/admin/schedules"
+    assert [r.channel for r in settings.channels] == ["email", "webhook"]
+    for name, value in (("ALERT_FAILURE_RATE", "1.5"), ("ALERT_INTERVAL", "0"), ("ALERT_FAILED", "maybe"),
+                        ("BULLRQ_PUBLIC_URL", "ftp://x"), ("ALERT_CHANNELS", "pager:123")):  # fmt: skip
+        with pytest.raises(ConfigError, match=name):
+            load_alert_settings({name: value})
 
 
 # -- visible: API, page, metrics, CLI ------------------------------------------------------------------------------
