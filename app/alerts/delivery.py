@@ -16,6 +16,7 @@ from app.alerts.messages import Rendered, render, test_message
 from app.alerts.settings import AlertSettings
 from app.alerts.store import Event
 from app.enqueue import enqueue
+from app.errors import InvalidJobError
 from workers._report_delivery import Recipient, dedup_id
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,14 @@ def notify(redis: Redis, settings: AlertSettings, alert: dict, event: Event) -> 
         return []
     message = render(alert, event, settings)
     logger.info("alert %s %s: %s", alert["key"], event, alert["summary"])
-    return [_send(redis, recipient, message, f"alert:{alert['id']}:{event}:{recipient.channel}:{recipient.to}")
-            for recipient in settings.channels]  # fmt: skip
+    jobs = []
+    for recipient in settings.channels:
+        try:
+            key = f"alert:{alert['id']}:{event}:{recipient.channel}:{recipient.to}"
+            jobs.append(_send(redis, recipient, message, key))
+        except InvalidJobError as exc:  # one message the queue refuses must not hold back every other alert
+            logger.error("alert %s %s: not sent to %s: %s", alert["key"], event, recipient.channel, exc)
+    return jobs
 
 
 def send_test(redis: Redis, settings: AlertSettings) -> list[tuple[Recipient, str]]:
