@@ -24,6 +24,7 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.store.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
+    bullrq:alerts:evaluator string  identity of the process evaluating alerts (app.alerts)     TTL: 30 s, renewed
     bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
     bullrq:sync:fanout:<job id>  set  workspaces a scheduled sync already enqueued (retry-safe)       TTL: 1 day
     bullrq:cache:<area>:... handler caches (sync answers: cache:sync:<sha256>; AI results: cache:ai:...)  TTL set
@@ -59,6 +60,8 @@ RESULTS_KEY_PREFIX = "rq:results:"
 HISTORY_STREAM = f"{KEY_PREFIX}:history"
 #: the active scheduler's lease
 SCHEDULER_LEADER_KEY = f"{KEY_PREFIX}:scheduler:leader"
+#: the alert evaluator's lease: one process at a time evaluates the alert conditions (app.alerts.evaluator)
+ALERTS_LEASE_KEY = f"{KEY_PREFIX}:alerts:evaluator"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
 #: what joins a queue's name and a priority in a lane's name: RQ's tools show lane 1 of `sync` as `sync:priority-1`
@@ -94,6 +97,38 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class AlertSpec:
+    """When a queue raises an alert (app.alerts); each value can be overridden by environment (README "Alerts").
+
+    A threshold of 0 switches its condition off for the queue.
+    """
+
+    failed: bool = True  #: a job failed for good (attempts exhausted, or a permanent failure)
+    failed_window: int = 600  #: seconds: failures of a task this close are one alert, which clears after as long
+    quiet_tasks: frozenset[str] = frozenset()  #: task types whose failures raise no alert
+    failure_rate: float = 0.2  #: share of finished attempts that failed, over `failure_window`
+    failure_window: int = 900  #: seconds
+    failure_min_runs: int = 20  #: attempts in the window below which no rate is judged
+    backlog_waiting: int = 10_000  #: waiting jobs
+    backlog_age: int = 3600  #: seconds the oldest waiting job has waited
+    no_worker_after: int = 120  #: seconds without a live worker
+
+
+@dataclass(frozen=True)
+class SystemAlertSpec:
+    """Alerts about the system as a whole (seconds; 0 switches the condition off)."""
+
+    no_leader_after: int = 60  #: no scheduler process holds the lead
+    schedule_late_after: int = 300  #: an enabled entry's due run has not fired
+    schedule_failed: bool = True  #: an entry's last run failed, or ran past its max_runtime
+    history_behind_after: int = 300  #: the oldest run-history row still waiting in Redis
+
+
+#: the defaults of the system-wide alerts
+SYSTEM_ALERTS = SystemAlertSpec()
+
+
+@dataclass(frozen=True)
 class QueueSpec:
     """A queue's policy; the defaults apply to every job enqueued on it unless the job overrides them."""
 
@@ -109,6 +144,7 @@ class QueueSpec:
     failure_ttl: int = 7 * 24 * 3600  #: seconds a failed job is kept in the failed registry
     concurrency: int | None = None  #: jobs running at once across all workers (None: no cap)
     rate_limit: RateLimit | None = None
+    alerts: AlertSpec = field(default_factory=AlertSpec)
 
 
 QUEUES: dict[str, QueueSpec] = {
@@ -122,6 +158,7 @@ QUEUES: dict[str, QueueSpec] = {
             timeout=600,
             concurrency=5,  # the original system sent at most 5 requests at once
             rate_limit=RateLimit(max_jobs=20, period=1.0),  # the providers' APIs throttle bursts
+            alerts=AlertSpec(backlog_age=1800),
         ),
         QueueSpec(
             "reports",
@@ -137,9 +174,16 @@ QUEUES: dict[str, QueueSpec] = {
             priority="high",
             attempts=5,
             timeout=60,
+            # messages people wait for: a short queue is already late
+            alerts=AlertSpec(backlog_waiting=1000, backlog_age=300, no_worker_after=60),
         ),
         QueueSpec("harvest", "Fetch content from harvest sources", timeout=900),
-        QueueSpec("embeddings", "Embed harvested content", timeout=1800),
+        QueueSpec(
+            "embeddings",
+            "Embed harvested content",
+            timeout=1800,
+            alerts=AlertSpec(backlog_age=6 * 3600),  # weekly bulk runs wait their turn behind long batches
+        ),
     )
 }
 

@@ -1,14 +1,15 @@
 """bullrq: Bull-style background jobs on Redis and RQ, with durable run history in PostgreSQL.
 
 The modules directly in `app/` are the base every part shares: settings (`config`, `sentinel`), Redis
-connections, errors, logging setup, the task registry (task types and queue lookups) and outgoing HTTP. They
-import only each other and `queues.py`.
+connections, errors, logging setup, the task registry (task types and queue lookups), outgoing HTTP and
+notification recipients. They import only each other and `queues.py`.
 
 The parts, from the bottom up; each imports only the parts listed before it (and the base):
 
     store       PostgreSQL: connections, migrations, the history writer, run queries, the hourly rollup
     runtime     the job path on Redis: enqueue, the worker loop, leases, Lua scripts, controls, stats
     scheduling  cron, schedules.yaml, schedule state in PostgreSQL, the scheduler process
+    alerts      conditions watched by one evaluator at a time, their state, messages through notifications
     local       local Redis/PostgreSQL/Sentinel servers, daemon processes, `scripts/up`
     web         the Flask app: admin API, pages, health, metrics, rq-dashboard
     cli         the `bullrq` and `workers` commands (may import every part)

@@ -132,3 +132,12 @@ def report_progress(tag: str) -> str:
     progress.report(100, "done", processed=10, failed=2)
     _record(tag, "end")
     return "reported"
+
+
+@task("semantics.fail-while", queue=None)
+def fail_while(tag: str) -> str:
+    """Fail for good while the Redis key `test:broken:<tag>` exists, else succeed (a fault the test repairs)."""
+    _record(tag)
+    if _redis().exists(f"test:broken:{tag}"):
+        raise PermanentFailure(f"{tag} is broken")
+    return "repaired"

@@ -20,12 +20,13 @@ ALLOWED = {
     "store": {"base", "queues"},
     "runtime": {"base", "queues", "store"},
     "scheduling": {"base", "queues", "store", "runtime"},
+    "alerts": {"base", "queues", "store", "runtime", "scheduling"},
     "local": {"base", "queues", "store", "runtime", "scheduling"},
-    "web": {"base", "queues", "store", "runtime", "scheduling"},
-    "cli": {"base", "queues", "store", "runtime", "scheduling", "local", "web"},
+    "web": {"base", "queues", "store", "runtime", "scheduling", "alerts"},
+    "cli": {"base", "queues", "store", "runtime", "scheduling", "alerts", "local", "web"},
     "handlers": {"base", "queues", "store", "runtime", "scheduling"},
 }
-SUBPACKAGES = ("store", "runtime", "scheduling", "local", "web", "cli")
+SUBPACKAGES = ("store", "runtime", "scheduling", "alerts", "local", "web", "cli")
 #: most modules directly in app/ (the base), __init__ not counted
 MAX_BASE_MODULES = 10
 

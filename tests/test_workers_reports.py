@@ -16,13 +16,14 @@ from psycopg.types.json import Jsonb
 
 from app.config import ConfigError
 from app.errors import InvalidJobError
+from app.recipients import Recipient, dedup_id
 from app.runtime import control
 from app.runtime.enqueue import JobOptions, enqueue
 from app.runtime.jobs import describe_job, fetch_job
 from app.store import rollup
 from app.tasks import get_task, queue_keys
 from workers import _report_data, _report_render
-from workers._report_delivery import Recipient, Rendered, dedup_id, notification
+from workers._report_delivery import Rendered, notification
 from workers.reports import ReportSettings, check_formats, slot_key
 
 pytest_plugins = ["tests.worker_processes", "tests.handler_runs", "tests.http_service"]

@@ -26,16 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from app.errors import ConfigError, InvalidJobError, PermanentFailure
+from app.recipients import Recipient, dedup_id, parse_recipient_list, parse_recipients
 from app.tasks import task
-from workers._report_delivery import (
-    Recipient,
-    Rendered,
-    dedup_id,
-    notification,
-    one_line,
-    parse_recipient_list,
-    parse_recipients,
-)
+from workers._report_delivery import Rendered, notification, one_line
 
 logger = logging.getLogger(__name__)
 

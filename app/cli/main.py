@@ -10,6 +10,7 @@ import click
 import psycopg
 from redis.exceptions import RedisError
 
+from app.cli.alerts import alerts_group
 from app.cli.common import EXIT_USAGE, check_eviction, connect_redis, fail, redis_option, settings, user_errors
 from app.cli.queues import jobs_group, queues_group
 from app.cli.schedules import schedules_group
@@ -28,6 +29,7 @@ def cli():
 cli.add_command(queues_group)
 cli.add_command(jobs_group)
 cli.add_command(schedules_group)
+cli.add_command(alerts_group)
 
 
 @cli.command("enqueue")
@@ -97,6 +99,7 @@ def db_status():
 @click.option("--dev", is_flag=True, help="Werkzeug's single-process server instead of gunicorn.")
 def web(host, port, dev):
     """Serve the web app (admin API, dashboard, health probes) with gunicorn; SIGTERM stops it gracefully."""
+    from app.alerts.settings import load_alert_settings
     from app.web import create_app
 
     config = settings()
@@ -108,11 +111,13 @@ def web(host, port, dev):
         pass
     try:
         application = create_app()
+        load_alert_settings()  # checked here: each gunicorn worker starts an alert evaluator with them
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if dev:
         from werkzeug.serving import run_simple
 
+        _start_alerts(config, "web")  # gunicorn starts one per worker process instead (app.web.server)
         run_simple(host, port, application, threaded=True, use_reloader=False)
         return
     from app.web.server import WebServer
@@ -142,7 +147,20 @@ def scheduler():
     process = Scheduler(connection, config.database_url, entries)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: process.stop())
+    alerts = _start_alerts(config, "scheduler")
     process.run()
+    if alerts is not None:
+        alerts.stop()
+
+
+def _start_alerts(config, role: str):
+    """This process's candidate alert evaluator (app.alerts.evaluator); a bad alert setting ends the command."""
+    from app.alerts.evaluator import start_evaluator
+
+    try:
+        return start_evaluator(config.redis_url, config.database_url, role)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 if __name__ == "__main__":

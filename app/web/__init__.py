@@ -11,7 +11,7 @@ from flask import Flask
 from app.config import ensure_admin_token, load_settings
 from app.connections import redis_from_url
 from app.errors import ConfigError
-from app.web import admin, auth, dashboard, db, errors, health, metrics, pages, schedules_api
+from app.web import admin, alerts_api, auth, dashboard, db, errors, health, metrics, pages, schedules_api
 from app.web.json import ApiJSONProvider
 
 
@@ -49,6 +49,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(schedules_api.bp)
+    app.register_blueprint(alerts_api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)

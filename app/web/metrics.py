@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from flask import Blueprint, Response, current_app
 
+from app.alerts import store as alert_store
 from app.runtime.stats import queue_stats
 from app.store import rollup
 from app.web.auth import require_token
@@ -87,7 +88,19 @@ def metrics():
         out.sample("bullrq_job_duration_seconds_sum", round((sums.get(queue) or 0) / 1000, 6), queue=queue)
         out.sample("bullrq_job_duration_seconds_count", sum(buckets.values()), queue=queue)
 
+    _alerts(out, db)
+
     memory = redis.info("memory")
     out.family("bullrq_redis_memory_bytes", "gauge", "Memory used by Redis.")
     out.sample("bullrq_redis_memory_bytes", memory.get("used_memory", 0))
     return Response("\n".join(out.lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+def _alerts(out: _Text, db) -> None:
+    """Open alerts per condition (every condition, 0 when none), and one series per open alert (app.alerts)."""
+    out.family("bullrq_alerts_open", "gauge", "Open alerts per condition.")
+    for condition, count in alert_store.open_counts(db).items():
+        out.sample("bullrq_alerts_open", count, condition=condition)
+    out.family("bullrq_alert_open", "gauge", "1 for each open alert, by its key (condition and subject).")
+    for row in db.execute("SELECT key, condition FROM alerts WHERE status = 'open' ORDER BY key"):
+        out.sample("bullrq_alert_open", 1, key=row["key"], condition=row["condition"])

@@ -30,6 +30,7 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from app.alerts import store as alert_store
 from app.errors import BullrqError, UnknownQueueError
 from app.runtime import control
 from app.runtime.jobs import describe_job, fetch_job
@@ -55,6 +56,8 @@ NAV = (("pages.overview", "Overview"), ("pages.schedules", "Schedules"), ("pages
 WINDOWS = {24: "24 hours", 168: "7 days"}
 #: runs per page of the runs search
 RUNS_PAGE = 50
+#: cleared alerts the overview lists
+RECENT_ALERTS = 10
 #: seconds: the default age of the jobs the overview's clean button removes
 CLEAN_AGE = 3600
 #: chart geometry in SVG user units: plot width, left margin (y labels), bottom margin (x labels), top margin
@@ -165,9 +168,19 @@ def _refused(endpoint: str, status: int, code: str, message: str):
 
 @bp.get("/")
 def overview():
-    """Per queue: waiting, running, scheduled, failed, paused, throughput and workers, with the queue controls."""
-    return render_template("overview.html", stats=queue_stats(_redis()), runs=_recent_runs(),
+    """Open and recent alerts; per queue: waiting, running, scheduled, failed, paused, throughput and workers, with
+    the queue controls."""
+    return render_template("overview.html", stats=queue_stats(_redis()), runs=_recent_runs(), alerts=_alerts(),
                            clean_states=control.CLEANABLE, clean_age=CLEAN_AGE)  # fmt: skip
+
+
+def _alerts() -> dict | None:
+    """Open, pending and recently cleared alerts, or None while PostgreSQL is unreachable."""
+    try:
+        return alert_store.list_alerts(get_db(), recent_limit=RECENT_ALERTS)
+    except (psycopg.Error, PoolTimeout) as exc:
+        logger.warning("overview: no alerts: %s", exc)
+        return None
 
 
 def _recent_runs() -> dict[str, dict] | None:

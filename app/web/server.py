@@ -3,6 +3,8 @@
 `bullrq web` runs it (the Procfile's and docker-compose's web process); `bullrq web --dev` runs Werkzeug's server
 instead. Gunicorn's SIGTERM is a graceful stop: requests in flight finish (up to `graceful_timeout`), then the
 workers exit. With LOG_FORMAT=json its error and access logs are JSON lines like every other process's.
+Each gunicorn worker process is also a candidate alert evaluator (app.alerts.evaluator), so alerts are still
+evaluated while every scheduler is down.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ class WebServer(BaseApplication):
             "logconfig_dict": _log_config(log_format),
             "control_socket_disable": True,  # its default path is shared by every instance of the same user
             "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            "post_worker_init": self._start_alerts,
+            "worker_exit": self._stop_alerts,
         }
+        self._alerts = None
         super().__init__()
 
     def load_config(self):
@@ -61,3 +66,14 @@ class WebServer(BaseApplication):
 
     def load(self):
         return self.application
+
+    def _start_alerts(self, worker) -> None:
+        """In each gunicorn worker process (threads do not survive the fork): a candidate alert evaluator."""
+        from app.alerts.evaluator import start_evaluator
+
+        config = self.application.config
+        self._alerts = start_evaluator(config["REDIS_URL"], config["DATABASE_URL"], "web")
+
+    def _stop_alerts(self, server, worker) -> None:
+        if self._alerts is not None:
+            self._alerts.stop()
