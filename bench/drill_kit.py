@@ -33,6 +33,8 @@ from queues import HISTORY_STREAM, JOB_KEY_PREFIX, queue_keys
 
 PROJECT = Path(__file__).resolve().parent.parent
 TASK = "system.ping"
+#: the folder whose sitecustomize registers the modules named in BULLRQ_PRELOAD
+PRELOAD = PROJECT / "bench" / "preload"
 RQ_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: seconds to wait for a process to register, for jobs to end after the damage stops, for history to arrive
 REGISTER_TIMEOUT = 30
@@ -60,7 +62,6 @@ class Sizes:
     c_jobs: int = 3000  #: c: jobs submitted around the outage
     scheduler_kills: int = 8  #: d: SIGKILLs of the active scheduler
     scheduler_every: float = 4.0  #: d: seconds between a takeover and the next kill
-    long_job: float = 5.0  #: e: seconds a long job runs
     stop_queues: tuple[str, ...] = ("harvest", "embeddings", "documents")  #: e: inline, inline, a forked work horse
     failovers: int = 2  #: f: SIGKILLs of the Redis master (the killed node rejoins as a replica in between)
     failover_load: float = 6.0  #: f: seconds of load around each kill
@@ -69,7 +70,7 @@ class Sizes:
 #: --quick: bounded, for the test suite; the same promises at a smaller scale
 QUICK = Sizes(
     jobs=300, workers=2, kills=3, kill_every=1.5, restarts=1, load_seconds=2.0, outage=5.0, c_jobs=300,
-    scheduler_kills=2, scheduler_every=2.0, long_job=2.0,
+    scheduler_kills=2, scheduler_every=2.0,
     stop_queues=("harvest", "documents"), failovers=1, failover_load=3.0,
 )  # fmt: skip
 
@@ -222,6 +223,13 @@ def child_env(root: Path, redis_url: str, database_url: str, **extra: str) -> di
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
     env.update(BULLRQ_HOME=str(root / "home"), BULLRQ_DOTENV=str(root / "no.env"), **extra)
     return env
+
+
+def preload_env(env: dict, *modules: str) -> dict:
+    """`env` for processes that must also register the task types of `modules` (bench/preload/sitecustomize.py):
+    the daemons the `workers` CLI starts inherit it."""
+    path = os.pathsep.join(filter(None, [str(PRELOAD), str(PROJECT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "BULLRQ_PRELOAD": ",".join(modules)}
 
 
 # -- reading what happened -----------------------------------------------------------------------------------------
