@@ -198,13 +198,16 @@ def test_batches_of_fifty_with_at_most_five_requests_in_flight(handlers, http_se
     lock = threading.Lock()
     state = {"in_flight": 0, "max": 0}
     spans: dict[str, tuple[float, float]] = {}
+    # each answer waits until five requests are in flight together: the cap is reached however slow the machine
+    # (120 items are 24 rounds of five); fewer at once would break the barrier, a sixth would show in the count
+    five = threading.Barrier(5, timeout=60)
 
     def provider(request):
         with lock:
             state["in_flight"] += 1
             state["max"] = max(state["max"], state["in_flight"])
         started = time.monotonic()
-        time.sleep(0.02)
+        five.wait()
         external_id = request.path.rsplit("/", 1)[1]
         with lock:
             state["in_flight"] -= 1
@@ -217,7 +220,7 @@ def test_batches_of_fifty_with_at_most_five_requests_in_flight(handlers, http_se
     _providers(monkeypatch, http_service.url + "/p")
     handlers.start("sync")
 
-    job = handlers.run("sync.manual", {"workspaceId": "big"})
+    job = handlers.run("sync.manual", {"workspaceId": "big"}, timeout=120)
     assert job["status"] == "completed", job["error"]
     assert job["result"]["new"] == 120 and job["progress"]["processed"] == 120
     assert state["max"] == 5
