@@ -144,7 +144,7 @@ def test_d_killing_the_active_scheduler_misses_and_doubles_no_slot(reports):
     figures = report["figures"]
     assert not [b for b in report["broken"] if "could not run" in b], report
     assert figures["active scheduler SIGKILLed"] == QUICK.scheduler_kills
-    assert figures["slots due while the drill ran"] > 10, report
+    assert figures["slots due while the drill ran"] >= 10, report  # 8 s of sleeps at least: 8 + 2 slots
     assert figures["slots missed"] == 0, report
     assert figures["slots fired more than once"] == 0, report
     assert (
