@@ -34,6 +34,8 @@ from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 
 PROJECT = Path(__file__).resolve().parent.parent
 TASK = "system.ping"
+#: the folder whose sitecustomize registers the modules named in BULLRQ_PRELOAD
+PRELOAD = PROJECT / "bench" / "preload"
 RQ_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: seconds to wait for a process to register, for jobs to end after the damage stops, for history to arrive
 REGISTER_TIMEOUT = 30
@@ -61,13 +63,13 @@ class Sizes:
     c_jobs: int = 3000  #: c: jobs submitted around the outage
     scheduler_kills: int = 8  #: d: SIGKILLs of the active scheduler
     scheduler_every: float = 4.0  #: d: seconds between a takeover and the next kill
-    long_job: float = 5.0  #: e: seconds a long job runs
     stop_queues: tuple[str, ...] = ("harvest", "embeddings", "documents")  #: e: inline, inline, a forked work horse
     failovers: int = 2  #: f: SIGKILLs of the Redis master (the killed node rejoins as a replica in between)
     failover_load: float = 6.0  #: f: seconds of load around each kill
     redis_outage: float = 60.0  #: g: seconds Redis stays down (past the lease, so leases expire meanwhile)
     flush_load: float = 10.0  #: h: seconds of load after the FLUSHALL
     container_kills: int = 3  #: i: SIGKILLs of the worker that restarts under its previous name
+    long_job: float = 5.0  #: i: a third of the seconds the job killed mid-run would take
     #: whether promises on how fast things came back count (the suite's quick form, on a loaded machine, counts
     #: outcomes only: a late recovery is a note there)
     timed: bool = True
@@ -232,6 +234,13 @@ def child_env(root: Path, redis_url: str, database_url: str, **extra: str) -> di
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
     env.update(BULLRQ_HOME=str(root / "home"), BULLRQ_DOTENV=str(root / "no.env"), **extra)
     return env
+
+
+def preload_env(env: dict, *modules: str) -> dict:
+    """`env` for processes that must also register the task types of `modules` (bench/preload/sitecustomize.py):
+    the daemons the `workers` CLI starts inherit it."""
+    path = os.pathsep.join(filter(None, [str(PRELOAD), str(PROJECT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "BULLRQ_PRELOAD": ",".join(modules)}
 
 
 # -- reading what happened -----------------------------------------------------------------------------------------

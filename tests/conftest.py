@@ -32,6 +32,27 @@ def _missing(what: str):
     pytest.skip(f"{message} (skipped outside CI only; CI=true fails instead)")
 
 
+#: the suite's layers (README: "How the suite is organised"), each a pytest marker given to every test of the layer
+LAYERS = {
+    "drills": {"test_drills.py"},  # the fault drills' quick forms: their own servers and fleets of processes
+    "fuzz": {"test_web_fuzz.py", "test_fuzz_script.py"},  # schemathesis against the admin API
+}
+#: fixtures that mean a test runs on the real servers (and often real processes)
+REAL_SERVERS = {"redis_url", "redis_conn", "database_url", "app", "client", "workers", "handlers"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its layer: unit (fakeredis or nothing), integration (real servers and processes),
+    browser (Chromium through Playwright), drills, fuzz; `-m unit` runs one layer."""
+    for item in items:
+        filename = item.path.name
+        layer = next((name for name, files in LAYERS.items() if filename in files), None)
+        if layer is None:
+            fixtures = set(getattr(item, "fixturenames", ()))
+            layer = "browser" if "browser" in fixtures else "integration" if fixtures & REAL_SERVERS else "unit"
+        item.add_marker(layer)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Each test gets its own run directory, no `.env`, and no admin token from the outside."""

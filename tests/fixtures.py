@@ -30,9 +30,12 @@ def wait_for(condition, timeout: float = 15, interval: float = 0.05, message: st
         time.sleep(interval)
 
 
-def processes_with(needle: str, home: Path | None = None) -> list[int]:
+def processes_with(needle: str, home: Path | None = None, env: str | None = None) -> list[int]:
     """Pids of live (non-zombie) processes whose command line contains `needle` (and, given `home`, that run with
-    that BULLRQ_HOME, so test runs side by side do not see each other's processes)."""
+    that BULLRQ_HOME, so test runs side by side do not see each other's processes; given `env`, a `NAME=value`
+    their environment holds). This process is never among them."""
+    if home is not None:
+        env = f"BULLRQ_HOME={home}"
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -42,11 +45,11 @@ def processes_with(needle: str, home: Path | None = None) -> list[int]:
             state = (entry / "stat").read_text().rsplit(") ", 1)[1][0]
         except (OSError, IndexError):
             continue
-        if needle not in cmdline or state in "ZX":
+        if needle not in cmdline or state in "ZX" or int(entry.name) == os.getpid():
             continue
-        if home is not None:
+        if env is not None:
             try:
-                if f"BULLRQ_HOME={home}".encode() not in (entry / "environ").read_bytes().split(b"\0"):
+                if env.encode() not in (entry / "environ").read_bytes().split(b"\0"):
                     continue
             except OSError:
                 continue

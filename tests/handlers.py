@@ -26,8 +26,8 @@ def _redis() -> redis.Redis:
     """A client of the suite's Redis for this process (a forked work horse gets its own)."""
     pid = os.getpid()
     if pid not in _clients:
-        # blocking waits (the gate) outlast redis-py 8's default 5 s socket timeout
-        _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=120)
+        # no socket timeout (redis-py's default is 5 s): a gate's BLPOP may wait longer
+        _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=None)
     return _clients[pid]
 
 

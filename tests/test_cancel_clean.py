@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -24,6 +25,11 @@ pytestmark = pytest.mark.slow
 pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
 
 KEYS = queue_keys("harvest")
+
+
+def _epoch(stamp: bytes) -> float:
+    """Seconds since the epoch of one of RQ's UTC time stamps."""
+    return datetime.strptime(stamp.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def _canceled_registry(redis_conn, queue: str = "harvest") -> list[str]:
@@ -62,17 +68,18 @@ def test_cancel_a_delayed_job_and_it_never_runs(redis_conn, workers):
 @pytest.mark.parametrize("queue", ["harvest", "documents"])  # inline, and in a forked work horse
 def test_cancel_a_running_job_stops_it_and_the_worker_goes_on(redis_conn, workers, queue):
     worker = workers.start(queue, name="w-1")
-    job = enqueue(redis_conn, "semantics.record", {"tag": "late", "sleep": 10}, {"queue": queue})
-    wait_for(lambda: runs(redis_conn, "late"), message="the handler to start")
+    # held far longer than the wait below: only the cancel can end it in time
+    job = enqueue(redis_conn, "semantics.gated", {"tag": "late", "wait": 300}, {"queue": queue})
+    wait_for(lambda: runs(redis_conn, "late"), timeout=60, message="the handler to start")
 
     assert cancel(redis_conn, job.id) == "canceling"
-    wait_status(redis_conn, job.id, "canceled", timeout=3)
+    wait_status(redis_conn, job.id, "canceled", timeout=60)
     assert _canceled_registry(redis_conn, queue) == [job.id]
     assert redis_conn.zcard(queue_keys(queue).started) == 0  # its lease is released
     assert workers.alive("w-1")
 
     after = enqueue(redis_conn, "system.ping", {"echo": "next"}, {"queue": queue})
-    wait_status(redis_conn, after.id, "finished", timeout=5)
+    wait_status(redis_conn, after.id, "finished", timeout=60)
     assert fetch_job(after.id, redis_conn).return_value() == "next"
     assert fetch_job(after.id, redis_conn).worker_name.endswith(f".{worker.pid}")
     assert status(redis_conn, job.id) == "canceled"  # it never completed after all
@@ -99,16 +106,24 @@ def test_clean_removes_jobs_older_than_the_grace_up_to_the_limit(redis_conn, wor
         return ids
 
     old = run(["o1", "o2", "o3", "o4"])
-    time.sleep(1.2)
+    time.sleep(2)  # a gap of 2 s between the last old end and the first new one
     new = run(["n1", "n2"])
+    # the cut-off falls half way between the old jobs' ends and the new ones' (`ended_at`, what clean reads), so no
+    # slowness of this machine moves a job to the other side of it
+    ended_at = {i: _epoch(redis_conn.hget(f"rq:job:{i}", "ended_at")) for i in old + new}
+    cut = (max(ended_at[i] for i in old) + min(ended_at[i] for i in new)) / 2
+    assert max(ended_at[i] for i in old) + 0.5 < cut < min(ended_at[i] for i in new) - 0.5
 
-    assert clean(redis_conn, "harvest", state, grace=0.6, limit=3) == 3
+    def grace_between() -> float:
+        return time.time() - cut
+
+    assert clean(redis_conn, "harvest", state, grace=grace_between(), limit=3) == 3
     left = {i.decode() for i in redis_conn.zrange(registry, 0, -1)}
     assert set(new) < left and len(left & set(old)) == 1
     gone = set(old) - left
     assert all(fetch_job(job_id, redis_conn) is None for job_id in gone)
 
-    assert clean(redis_conn, "harvest", state, grace=0.6) == 1
+    assert clean(redis_conn, "harvest", state, grace=grace_between()) == 1
     assert {i.decode() for i in redis_conn.zrange(registry, 0, -1)} == set(new)
     assert all(fetch_job(job_id, redis_conn) is None for job_id in old)
     assert all(status(redis_conn, job_id) == ended for job_id in new)

@@ -24,7 +24,16 @@ from app.runtime.jobs import fetch_job
 from app.runtime.leases import lease_score, recover
 from app.runtime.worker import build_worker
 from app.store.db import connect
-from app.store.history import GROUP, MAX_ROW_BYTES, STREAM_MAXLEN, HistoryWriter, ensure_group, run_row, write_rows
+from app.store.history import (
+    GROUP,
+    MAX_ROW_BYTES,
+    STREAM_MAXLEN,
+    HistoryWriter,
+    ensure_group,
+    run_row,
+    stream_cap,
+    write_rows,
+)
 from app.store.migrate import apply_migrations
 from app.store.runs import (
     RunFilter,
@@ -37,6 +46,7 @@ from app.store.runs import (
 from app.tasks import Task, queue_keys, registry
 from queues import HISTORY_STREAM
 from tests.fixtures import wait_for
+from tests.handlers import RUNS  # noqa: F401  (registers the semantics.* task types the worker processes run)
 from tests.waits import status, wait_status
 
 pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
@@ -316,3 +326,63 @@ def test_a_redis_at_maxmemory_does_not_stop_a_running_job_from_finishing(redis_c
         redis_conn.config_set("maxmemory", 0)
     after = enqueue(redis_conn, "system.ping", {"echo": "after"}, {"queue": "harvest"})
     assert wait_status(redis_conn, after.id, "finished", timeout=30) and workers.alive("oom-1")
+
+
+@pytest.mark.parametrize("history", ["1", "0"])
+def test_bullrq_history_0_records_no_run_anywhere(redis_conn, database_url, db, monkeypatch, workers, history):
+    monkeypatch.setenv("BULLRQ_HISTORY", history)  # read once per process: by the worker, and here for the cancel
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    stream_cap.cache_clear()
+    try:
+        done = enqueue(redis_conn, "system.ping", {"echo": "ok"}, {"queue": "harvest"})
+        failed = enqueue(redis_conn, "semantics.fail", {"tag": "f"}, {"queue": "harvest", "attempts": 1})
+        canceled = enqueue(redis_conn, "system.ping", {}, {"queue": "harvest", "delay": 60})
+        assert control.cancel(redis_conn, canceled.id) == "canceled"
+    finally:
+        stream_cap.cache_clear()
+    workers.start("harvest", name="history-switch", burst=True)
+    assert workers.wait_exit("history-switch", timeout=60) == 0
+    assert fetch_job(done.id, redis_conn).get_status() == "finished"
+    assert fetch_job(failed.id, redis_conn).get_status() == "failed"
+
+    in_stream = redis_conn.xlen(HISTORY_STREAM)
+    in_database = {r["job_id"] for r in list_runs(db)["runs"]}
+    _drain(redis_conn, database_url)
+    jobs = {r["job_id"] for r in list_runs(db)["runs"]}
+    if history == "1":  # the same jobs, with history on, leave their rows (so the check below can fail)
+        assert in_stream + len(in_database) > 0 and jobs == {done.id, failed.id, canceled.id}
+    else:
+        assert (in_stream, in_database, jobs) == (0, set(), set())
+
+
+def _ended_days_ago(redis_conn, job_id: str, days: float) -> None:
+    stamp = datetime.now(UTC) - timedelta(days=days)
+    redis_conn.hset(f"rq:job:{job_id}", "ended_at", stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def test_retention_deletes_ended_jobs_past_their_age_in_every_state(redis_conn, database_url, db, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("BULLRQ_JOB_RETENTION_DAYS", "20")
+    finished = [enqueue(redis_conn, "system.ping", {"echo": n}, {"queue": "sync"}).id for n in range(3)]
+    failed = [enqueue(redis_conn, "test.boom", {}, {"queue": "reports"}).id for _ in range(2)]
+    canceled = [enqueue(redis_conn, "system.ping", {}, {"queue": "harvest", "delay": 600}).id for _ in range(2)]
+    waiting = enqueue(redis_conn, "system.ping", {}, {"queue": "embeddings"}).id  # not ended: never deleted
+    for job_id in canceled:
+        control.cancel(redis_conn, job_id)
+    build_worker(["sync", "reports"], redis_conn, "retention-jobs").work(burst=True)
+    old = [finished[0], finished[1], failed[0], canceled[0]]
+    kept = [finished[2], failed[1], canceled[1], waiting]
+    for job_id in old:
+        _ended_days_ago(redis_conn, job_id, 25)
+    for job_id in kept[:3]:
+        _ended_days_ago(redis_conn, job_id, 15)
+
+    job = enqueue(redis_conn, "system.retention_cleanup", {})
+    build_worker(["cache-cleanup"], redis_conn, "retention").work(burst=True)
+
+    assert fetch_job(job.id, redis_conn).return_value() == {"runs_deleted": 0, "jobs_deleted": len(old)}
+    assert [job_id for job_id in old if redis_conn.exists(f"rq:job:{job_id}")] == []
+    assert all(redis_conn.exists(f"rq:job:{job_id}") for job_id in kept)
+    assert redis_conn.zrange(queue_keys("sync").finished, 0, -1) == [finished[2].encode()]
+    assert redis_conn.zrange(queue_keys("reports").failed, 0, -1) == [failed[1].encode()]
+    assert redis_conn.zrange(queue_keys("harvest").canceled, 0, -1) == [canceled[1].encode()]

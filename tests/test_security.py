@@ -3,6 +3,7 @@ JSON is ever stored in Redis (no pickle, whatever ran)."""
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from urllib.parse import urlsplit
@@ -14,11 +15,14 @@ from app.runtime.jobs import describe_job, fetch_job
 from app.runtime.worker import build_worker
 from app.store.migrate import apply_migrations
 from tests.conftest import TOKEN
+from tests.waits import wait_status
 
 #: routes anyone may call: probes, metrics for the scraper on the private network, signing in and out
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/login", "/logout", "/static/<path:filename>"}
 WRONG = ["", "Bearer wrong-token-0000000000", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x", "Bearer "]
 #: pickle's protocol 2-5 header followed by a frame or memo opcode: how every pickle of a dict or object starts
+pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
+
 PICKLE = re.compile(rb"\x80[\x02-\x05](\x95|\x7d|\x63|\x8c|\x5d)")
 
 
@@ -101,3 +105,24 @@ def test_a_worker_refuses_data_it_cannot_read_as_json(redis_conn, stored):
     assert failed["status"] == "failed" and failed["attempt"] == 1, failed  # no retry: retrying cannot fix it
     assert "stored job data is not a JSON job" in failed["error"], failed["error"]
     assert describe_job(fetch_job(after.id, redis_conn))["status"] == "completed"
+
+
+@pytest.mark.parametrize("path", ["os.system", "subprocess.getoutput", "builtins.exec"])
+def test_a_planted_function_path_never_runs_in_a_worker_process(redis_conn, workers, tmp_path, path):
+    """A job rewritten in the real Redis to name a function path with arguments (RQ would import and call it) fails
+    at once naming the unknown task type; the command never runs and the worker goes on."""
+    marker = tmp_path / "pwned"
+    command = f"import pathlib; pathlib.Path({str(marker)!r}).touch()" if path == "builtins.exec" else f"touch {marker}"
+    planted = enqueue(redis_conn, "system.ping", {"echo": 1}, {"queue": "harvest", "attempts": 3})
+    redis_conn.hset(f"rq:job:{planted.id}", mapping={
+        "data": zlib.compress(json.dumps([path, None, [command], {}]).encode()), "description": f"{path}(...)",
+    })  # fmt: skip
+    after = enqueue(redis_conn, "system.ping", {"echo": "next"}, {"queue": "harvest"})
+    workers.start("harvest", name="h-1")
+
+    wait_status(redis_conn, after.id, "finished", timeout=60)
+    failed = describe_job(fetch_job(planted.id, redis_conn))
+    assert failed["status"] == "failed" and failed["attempt"] == 1, failed  # refused for good, never retried
+    assert f"unknown task type '{path}'" in failed["error"], failed["error"]
+    assert not marker.exists()
+    assert workers.alive("h-1")

@@ -56,7 +56,7 @@ def test_the_environment_names_the_sentinels_and_one_client_follows_two_failover
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("REDIS_URL", raising=False)
     client = redis_from_url(load_settings().redis_url)
-    job = enqueue(client, "system.ping", {"echo": 1}, {"queue": "sync"}, wait_replicas=1, wait_timeout=2)
+    job = enqueue(client, "system.ping", {"echo": 1}, {"queue": "sync"}, wait_replicas=1, wait_timeout=30)
     assert job.replicas == 1  # the replica has it before the master dies
 
     first = group.master()
@@ -66,7 +66,7 @@ def test_the_environment_names_the_sentinels_and_one_client_follows_two_failover
     assert second is not first and group.role(second)["role"] == "master"
 
     group.rejoin(first)  # the killed node is back, as the new master's replica
-    later = enqueue(client, "system.ping", {"echo": 2}, {"queue": "sync"}, wait_replicas=1, wait_timeout=2)
+    later = enqueue(client, "system.ping", {"echo": 2}, {"queue": "sync"}, wait_replicas=1, wait_timeout=30)
     assert later.replicas == 1  # written to the new master (never to the demoted node), and replicated
     group.kill_master()
     _until_it_answers(client.ping)

@@ -12,8 +12,8 @@ import pytest
 from app.runtime.enqueue import enqueue
 from app.tasks import queue_keys
 from tests.fixtures import wait_for
-from tests.handlers import runs
-from tests.waits import status, wait_status
+from tests.handlers import open_gate, runs
+from tests.waits import status
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
@@ -22,15 +22,18 @@ pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
 @pytest.mark.parametrize("queue", ["harvest", "documents"])  # inline, and in a forked work horse
 def test_sigterm_lets_the_running_job_finish_and_takes_no_other(redis_conn, workers, queue):
     workers.start(queue, name="w-1")
-    running = enqueue(redis_conn, "semantics.record", {"tag": "running", "sleep": 1.5}, {"queue": queue})
+    running = enqueue(redis_conn, "semantics.gated", {"tag": "running", "wait": 120}, {"queue": queue})
     waiting = enqueue(redis_conn, "semantics.record", {"tag": "waiting"}, {"queue": queue})
-    wait_status(redis_conn, running.id, "started")
+    wait_for(lambda: runs(redis_conn, "running"), timeout=60, message="the job to reach its gate")
 
     workers.procs["w-1"].send_signal(signal.SIGTERM)
-    assert workers.wait_exit("w-1", timeout=15) == 0
+    wait_for(lambda: "warm shutdown requested" in workers.log("w-1"), timeout=60, message="the worker to see the stop")
+    assert status(redis_conn, running.id) == "started"  # the job cannot end before its gate opens
+    open_gate(redis_conn, "running")
+    assert workers.wait_exit("w-1", timeout=60) == 0
     assert status(redis_conn, running.id) == "finished"
     assert len(runs(redis_conn, "running", event="end")) == 1
-    assert status(redis_conn, waiting.id) == "queued"
+    assert status(redis_conn, waiting.id) == "queued"  # no job starts after SIGTERM
     assert redis_conn.lrange(queue_keys(queue).queue, 0, -1) == [waiting.id.encode()]
     assert redis_conn.zcard(queue_keys(queue).started) == 0
     assert runs(redis_conn, "waiting") == []
@@ -47,14 +50,14 @@ def _running(pid: int) -> bool:
 
 def test_a_sigkilled_fork_worker_leaves_no_work_horse_running(redis_conn, workers):
     workers.start("documents", name="d-1")
-    job = enqueue(redis_conn, "semantics.record", {"tag": "horse", "sleep": 20}, {"queue": "documents"})
-    wait_status(redis_conn, job.id, "started")
-    horse = wait_for(lambda: runs(redis_conn, "horse"), message="the work horse to start")[0]["pid"]
+    # held far longer than the wait below: only the worker's death can end the work horse in time
+    enqueue(redis_conn, "semantics.gated", {"tag": "horse", "wait": 300}, {"queue": "documents"})
+    horse = wait_for(lambda: runs(redis_conn, "horse"), timeout=60, message="the work horse to start")[0]["pid"]
     assert horse != workers.procs["d-1"].pid
 
     workers.kill("d-1")
     try:
-        wait_for(lambda: not _running(horse), timeout=3, message="the work horse to end with its worker")
+        wait_for(lambda: not _running(horse), timeout=60, message="the work horse to end with its worker")
     finally:
         if _running(horse):  # our own grandchild: do not leave it behind
             os.kill(horse, signal.SIGKILL)

@@ -56,3 +56,21 @@ def test_a_fork_worker_survives_a_work_horse_that_exits(redis_conn, workers):
     assert fetch_job(after.id, redis_conn).worker_name.endswith(f".{worker.pid}")
     totals = queue_stats(redis_conn)["queues"]["documents"]["totals"]
     assert totals.get("retried") == 1 and totals.get("failed") == 1 and totals.get("completed") == 1
+
+
+def test_a_job_without_a_timeout_of_its_own_gets_its_queues_and_it_is_enforced(redis_conn, workers, monkeypatch):
+    import dataclasses
+
+    import queues
+
+    assert fetch_job(enqueue(redis_conn, "system.ping", {}, {"queue": "reports"}).id, redis_conn).timeout == (
+        queues.get_queue_spec("reports").timeout
+    )  # 5 minutes: too long to wait for here, so harvest's default is made 1 s where the job is enqueued
+    monkeypatch.setitem(queues.QUEUES, "harvest", dataclasses.replace(queues.QUEUES["harvest"], timeout=1))
+    workers.start("harvest", name="h-1")
+    job = enqueue(redis_conn, "semantics.record", {"tag": "too-slow", "sleep": 60}, {"queue": "harvest", "attempts": 1})
+    assert fetch_job(job.id, redis_conn).timeout == 1  # no timeout option: the queue's
+    wait_status(redis_conn, job.id, "failed", timeout=45)  # long before its 60 s sleep could end
+
+    assert runs(redis_conn, "too-slow", event="end") == []
+    assert "JobTimeoutError: job exceeded its timeout of 1 s" in _error(redis_conn, job.id)

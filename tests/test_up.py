@@ -10,19 +10,23 @@ import stat
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
 
 from app.config import PROJECT_ROOT
 from app.local.servers import free_port
+from app.runtime.enqueue import enqueue
 from app.store.migrate import discover
+from bench.drill_kit import preload_env
 from queues import queue_names
 from tests.fixtures import processes_with, run_cli, wait_for
+from tests.handlers import open_gate, runs
+from tests.waits import status as job_status
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +47,7 @@ class Up:
 
     def __init__(self, home: Path, port: int):
         unset = ("REDIS_URL", "DATABASE_URL", "BULLRQ_THROWAWAY_SERVERS")
-        env = {k: v for k, v in os.environ.items() if k not in unset}
+        env = preload_env({k: v for k, v in os.environ.items() if k not in unset}, "tests.handlers")  # gated jobs
         env.update(BULLRQ_HOME=str(home), PORT=str(port))
         self.env, self.port, self.lines = env, port, []
         self.process = subprocess.Popen(
@@ -98,9 +102,37 @@ def test_up_serves_ready_and_stops_cleanly_on_sigterm(open_home):
     job_id = run_cli("bullrq", "enqueue", "system.ping", "--queue", "embeddings", "--data", '{"echo": 7}', env=env)
     assert job_id.returncode == 0, job_id.stderr
 
-    started = time.monotonic()
-    assert up.stop() == 0
-    assert time.monotonic() - started < 40
+    # SIGTERM while a job runs (held at a gate) and a request is in flight (its UPDATE waits on a row lock held
+    # here): both finish before scripts/up stops the servers
+    held = enqueue(client, "semantics.gated", {"tag": "up-held", "wait": 120}, {"queue": "embeddings"})
+    wait_for(lambda: runs(client, "up-held"), timeout=60, message="the held job to start")
+    answer: dict = {}
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT * FROM job_schedules WHERE id = 'retention-cleanup' FOR UPDATE")
+
+        def run_now():
+            try:
+                answer["response"] = httpx.post(
+                    f"http://127.0.0.1:{up.port}/api/admin/jobs/schedules/retention-cleanup/run", timeout=120,
+                    headers={"Authorization": f"Bearer {token}"},
+                )  # fmt: skip
+            except httpx.HTTPError as exc:
+                answer["error"] = exc
+
+        request = threading.Thread(target=run_now)
+        request.start()
+        with psycopg.connect(database_url, autocommit=True) as watcher:
+            wait_for(lambda: watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND query ILIKE 'UPDATE job_schedules%'").fetchone()[0],
+                     timeout=60, message="the request to be in flight")  # fmt: skip
+        up.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "Handling signal: term" in up.output() and "warm shutdown requested" in up.output(),
+                 timeout=60, message="gunicorn and the workers to take the SIGTERM")  # fmt: skip
+        assert up.process.poll() is None and not answer
+        open_gate(client, "up-held")
+    request.join(timeout=120)
+    assert up.process.wait(timeout=120) == 0
+    assert "error" not in answer and answer["response"].status_code == 201, answer
     assert processes_with("", open_home) == [], "scripts/up left processes behind"
     assert not (open_home / "redis" / "url").exists() and not (open_home / "postgres" / "url").exists()
     output = up.output()
@@ -110,7 +142,10 @@ def test_up_serves_ready_and_stops_cleanly_on_sigterm(open_home):
     # a second start keeps the token and the data, and applies no migration again
     again = Up(open_home, free_port())
     again.wait_ready()
-    assert redis.Redis.from_url((open_home / "redis" / "url").read_text().strip()).get("bullrq-test:kept") == b"yes"
+    kept = redis.Redis.from_url((open_home / "redis" / "url").read_text().strip())
+    assert kept.get("bullrq-test:kept") == b"yes"
+    assert job_status(kept, held.id) == "finished" and len(runs(kept, "up-held", event="end")) == 1  # before the stop
+    assert job_status(kept, answer["response"].json()["jobId"]) is not None  # the request's job was enqueued
     with psycopg.connect((open_home / "postgres" / "url").read_text().strip()) as conn:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(discover()),)
     assert again.stop() == 0

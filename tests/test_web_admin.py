@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import psycopg
 import pytest
@@ -99,8 +100,17 @@ def test_retry_failed_and_clean(api, redis_conn):
     retried = api.post("/api/admin/workers", headers=AUTH, json={"action": "retry-failed", "queueName": "harvest"})
     assert retried.get_json()["requeued"] == {"harvest": 1}
     assert api.get(f"/api/admin/jobs/{job['jobId']}", headers=AUTH).get_json()["status"] == "waiting"
+
+    build_worker(["harvest"], redis_conn, "api-test").work(burst=True)  # fails again
+    assert redis_conn.zcard(queue_keys("harvest").failed) == 1
+    kept = api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "state": "failed", "grace": 3600})
+    assert kept.get_json()["removed"] == dict.fromkeys(queue_names(), 0)  # younger than an hour
+    assert redis_conn.zcard(queue_keys("harvest").failed) == 1
     cleaned = api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "state": "failed", "grace": 0})
-    assert cleaned.status_code == 200 and set(cleaned.get_json()["removed"]) == set(queue_names())
+    assert cleaned.status_code == 200
+    assert cleaned.get_json()["removed"] == {**dict.fromkeys(queue_names(), 0), "harvest": 1}
+    assert redis_conn.zcard(queue_keys("harvest").failed) == 0 and not redis_conn.exists(f"rq:job:{job['jobId']}")
+    _error(api.get(f"/api/admin/jobs/{job['jobId']}", headers=AUTH), 404, "job_not_found")
 
 
 def test_cancel_and_health(api):
@@ -273,8 +283,15 @@ def test_schedules_over_http(api, app, tmp_path, redis_conn, database_url):
     assert api.get(f"/api/admin/jobs/logs?offset={2**62}", headers=AUTH).get_json()["runs"] == []
     status = api.get("/api/admin/jobs/status", headers=AUTH).get_json()["schedules"]
     assert status[0]["latest_run"]["status"] == "completed" and status[0]["total_runs"] == 1
+    # nothing refreshes the entry's state here (no scheduler runs): it still holds its first job, and a run now
+    # is refused until the reset frees it
+    _error(api.post("/api/admin/jobs/schedules/nightly/run", headers=AUTH), 409, "already_running")
     reset = api.post("/api/admin/jobs/schedules/nightly/reset", headers=AUTH)
-    assert reset.status_code == 200
+    assert reset.status_code == 200, reset.get_json()
+    shown = api.get("/api/admin/jobs/schedules/nightly", headers=AUTH).get_json()
+    assert shown["current_job_id"] is None and shown["last_error"] == "reset by an operator", shown
+    freed = api.post("/api/admin/jobs/schedules/nightly/run", headers=AUTH)  # the reset freed the entry
+    assert freed.status_code == 201 and freed.get_json()["jobId"] != run.get_json()["jobId"]
 
 
 def test_state_changes_are_audited_without_the_token(api, database_url):
@@ -367,3 +384,40 @@ def test_health_check_reports_a_redis_that_may_evict_keys(api, evicting_redis):
     evicting_redis.config_set("maxmemory-policy", "noeviction")
     body = api.get("/api/admin/workers?action=health-check", headers=AUTH).get_json()
     assert not any("maxmemory-policy" in problem for problem in body["problems"])
+
+
+def test_history_stats_returns_the_figures_of_the_runs_in_the_window(api, database_url):
+    from app.store.history import run_row, write_rows
+
+    now = time.time()
+
+    def row(job_id, queue, status, ms, hours_ago=0.0):
+        start = now - hours_ago * 3600 - 60
+        return run_row(job_id=job_id, attempt=1, queue=queue, task="system.ping", status=status,
+                       started_at=start, ended_at=start + ms / 1000)  # fmt: skip
+
+    rows = [row(f"s{n}", "sync", "completed", ms) for n, ms in enumerate((100, 200, 300, 400))]
+    rows += [row("s-failed", "sync", "failed", 50), row("s-timed-out", "sync", "timed_out", 60)]
+    rows += [row(f"h{n}", "harvest", "completed", 1000) for n in range(2)]
+    rows += [row("old", "sync", "failed", 10, hours_ago=30)]  # outside a 24-hour window
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        write_rows(conn, rows)
+
+    body = api.get("/api/admin/jobs/history-stats?hours=24", headers=AUTH).get_json()
+    assert body["hours"] == 24
+    rates = {r["queue"]: (r["total"], r["failed"], r["rate"]) for r in body["failure_rate"]}
+    assert rates == {"sync": (6, 2, round(2 / 6, 4)), "harvest": (2, 0, 0.0)}
+    per_queue = {}
+    for r in body["throughput"]:
+        done = per_queue.setdefault(r["queue"], [0, 0, 0])
+        done[0], done[1], done[2] = done[0] + r["completed"], done[1] + r["failed"], done[2] + r["total"]
+    assert per_queue == {"sync": [4, 2, 6], "harvest": [2, 0, 2]}
+    durations = {r["queue"]: r for r in body["durations"]}
+    assert durations["sync"]["runs"] == 4 and durations["sync"]["mean"] == pytest.approx(250, rel=1e-3)  # completed
+    assert durations["sync"]["p50"] == pytest.approx(250, rel=0.25)  # between the 2nd and 3rd of 4
+    assert durations["sync"]["p99"] == pytest.approx(400, rel=0.09)
+    assert durations["harvest"]["p50"] == pytest.approx(1000, rel=0.09)
+
+    wider = api.get("/api/admin/jobs/history-stats?hours=48&queue=sync", headers=AUTH).get_json()
+    assert [(r["queue"], r["total"], r["failed"]) for r in wider["failure_rate"]] == [("sync", 7, 3)]
+    assert {r["queue"] for r in wider["throughput"]} == {"sync"}

@@ -40,13 +40,16 @@ def test_dashboard_sends_people_to_the_login_page(client):
 def test_dashboard_with_a_token_lists_our_queues_read_as_json(client, redis_conn):
     job = enqueue(redis_conn, "system.ping", {"echo": "<script>alert(1)</script>"}, {"queue": "sync"})
     page = client.get("/api/admin/queues/", headers=AUTH)
-    assert page.status_code == 200 and b"RQ" in page.data
+    assert page.status_code == 200 and b"<title>RQ dashboard</title>" in page.data
+    assert b'href="/api/admin/queues/static/' in page.data  # its assets, under the mount point
     queues = client.get("/api/admin/queues/0/data/queues.json", headers=AUTH).get_json()
     assert "sync" in {queue["name"] for queue in queues["queues"]}
     jobs = client.get("/api/admin/queues/0/data/jobs/sync/queued/8/asc/1.json", headers=AUTH)
     assert jobs.status_code == 200 and job.id in jobs.get_data(as_text=True)
     detail = client.get(f"/api/admin/queues/0/data/job/{job.id}.json", headers=AUTH).get_json()
     assert detail["origin"] == "sync" and detail["status"] == "queued"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail["description"]  # escaped before any page draws it
+    assert "<script>" not in jobs.get_data(as_text=True)
 
 
 def test_login_sets_a_strict_httponly_cookie_and_guards_changes_by_origin(client):

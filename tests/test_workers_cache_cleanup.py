@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
@@ -15,20 +14,27 @@ from workers.cache_cleanup import CleanupSettings
 
 pytest_plugins = ["tests.worker_processes", "tests.handler_runs", "tests.http_service"]
 
-#: seconds: the idle limit the worker tests pass (OBJECT IDLETIME counts whole seconds)
-IDLE = 2
-#: seconds planted keys are left alone so they are idle longer than IDLE
-SETTLE = IDLE + 1.3
+#: seconds: the idle limit the worker tests pass; a key touched by the test stays far below it however slow the run
+IDLE = 600
+#: seconds of idleness planted keys start with (RESTORE ... IDLETIME): far above IDLE, with no waiting
+AGED = 3600
 #: bytes per planted value: big enough for INFO used_memory to show the keys leaving
 VALUE = b"x" * 2000
 #: quick retries for the failure tests
 RETRY_FAST = {"attempts": 2, "backoff": {"type": "fixed", "delay": 1}}
 
 
-def _plant(redis_conn, keys, ttl: int | None = None) -> None:
+def _plant(redis_conn, keys, ttl: int | None = None, idle: int | None = AGED) -> None:
+    """Set `keys` to VALUE, already idle for `idle` seconds (None: fresh)."""
+    redis_conn.set("test:plant", VALUE)
+    dump = redis_conn.dump("test:plant")
+    redis_conn.delete("test:plant")
     pipe = redis_conn.pipeline(transaction=False)
     for key in keys:
-        pipe.set(key, VALUE, ex=ttl)
+        if idle is None:
+            pipe.set(key, VALUE, ex=ttl)
+        else:
+            pipe.restore(key, (ttl or 0) * 1000, dump, replace=True, idletime=idle)
     pipe.execute()
 
 
@@ -135,12 +141,11 @@ def test_cleanup_removes_only_idle_keys_without_ttl_inside_the_namespace_with_sc
     with_ttl = [f"bullrq:cache:sync:ttl-{n}" for n in range(20)]
     ai = [f"bullrq:cache:ai:idle-{n}" for n in range(10)]
     outside = ["rq:idle-1", "other:idle", "bullrq:sync:idle", "bullrq:cachex:idle", "bullrq:cache-cleanup:idle"]
-    _plant(redis_conn, idle + hot + ai + outside)
-    _plant(redis_conn, with_ttl, ttl=3600)
+    _plant(redis_conn, idle + ai + outside)
+    _plant(redis_conn, hot, idle=None)  # in use: never removed
+    _plant(redis_conn, with_ttl, ttl=3600)  # left to Redis, idle or not
+    assert redis_conn.object("idletime", idle[0]) >= AGED
     handlers.start("cache-cleanup")
-    time.sleep(SETTLE)
-    for key in hot:
-        redis_conn.get(key)  # in use: never removed, TTL or not
     keys_calls, scan_calls, unlink_calls = (_calls(redis_conn, c) for c in ("keys", "scan", "unlink"))
 
     job = handlers.run("cache.cleanup", {"maxIdleSeconds": IDLE})
@@ -176,7 +181,6 @@ def test_the_scan_cap_holds_and_the_next_run_continues_from_the_saved_cursor(han
     _plant(redis_conn, keys)
     _plant(redis_conn, [f"rq:bulk:{n}" for n in range(300)])
     handlers.start("cache-cleanup")
-    time.sleep(SETTLE)
 
     data = {"maxKeys": 500, "maxIdleSeconds": IDLE, "batchDelayMs": 20}
     first = handlers.run("cache.cleanup", data)["result"]
@@ -253,7 +257,6 @@ def test_dry_run_deletes_nothing_then_the_real_run_deletes_rows_past_retention(h
         _seed_rows(conn)
         before = _remaining(conn)
     handlers.start("cache-cleanup")
-    time.sleep(SETTLE)
 
     dry = handlers.run("cache.cleanup", {"dryRun": True, "maxIdleSeconds": IDLE, "maxKeys": 100})
     assert dry["status"] == "completed", dry["error"]

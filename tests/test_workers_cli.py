@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 from rq.job import JobStatus
@@ -12,18 +13,39 @@ from rq.worker import Worker
 
 from app.local.processes import pid_exists
 from app.local.servers import free_port
+from app.runtime.enqueue import enqueue
 from app.runtime.jobs import SERIALIZER, fetch_job, get_queue
+from bench.drill_kit import preload_env
 from queues import queue_names
-from tests.fixtures import processes_with, run_cli, wait_for
+from tests.fixtures import BIN, processes_with, run_cli, wait_for
+from tests.handlers import open_gate, runs
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def home(isolated_env, redis_url):
-    """The run directory of this test; whatever its workers left running is stopped afterwards."""
+def home(isolated_env, redis_url, monkeypatch):
+    """The run directory of this test, whose workers also run the test task types (a job held at a gate:
+    `semantics.gated`); whatever its workers left running is stopped afterwards."""
+    for name, value in preload_env(dict(os.environ), "tests.handlers").items():
+        monkeypatch.setenv(name, value)
     yield isolated_env
     run_cli("workers", "stop", "--timeout", "2")
+
+
+def _log(home, name: str) -> str:
+    path = home / "logs" / "workers" / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _gated(redis_conn, tag: str, queue: str = "sync") -> str:
+    """A job that runs until the test opens the gate of `tag` (at most 120 s): it cannot end on its own in time."""
+    return enqueue(redis_conn, "semantics.gated", {"tag": tag, "wait": 120}, {"queue": queue}).id
+
+
+def _wait_held(redis_conn, tag: str) -> None:
+    """Wait until the handler of `tag` runs (its start recorded: past the worker's bookkeeping, at the gate)."""
+    wait_for(lambda: runs(redis_conn, tag), timeout=60, message=f"the job {tag} to start")
 
 
 def _pid(home, name: str) -> int:
@@ -117,37 +139,56 @@ def test_stop_leaves_no_process_and_no_registration(home, redis_conn):
     assert Worker.all(connection=redis_conn, serializer=SERIALIZER) == []
 
 
-def test_stop_lets_the_running_job_finish(home, redis_conn):
+def test_stop_lets_the_running_job_finish_and_starts_no_other(home, redis_conn):
     assert run_cli("workers", "start", "sync").returncode == 0
-    job_id = _enqueue("--queue", "sync", "--data", '{"sleep": 1.5, "echo": "done"}')
-    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.STARTED, message="the job to start")
+    running = _gated(redis_conn, "running")
+    behind = enqueue(redis_conn, "semantics.record", {"tag": "behind"}, {"queue": "sync"}).id
+    _wait_held(redis_conn, "running")
 
-    stopped = run_cli("workers", "stop", "sync", "--timeout", "20")
-    assert "sync-1: stopped" in stopped.stdout
-    assert _status(redis_conn, job_id) == JobStatus.FINISHED
-    assert fetch_job(job_id, redis_conn).return_value() == "done"
+    stop = subprocess.Popen(
+        [str(BIN / "workers"), "stop", "sync", "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "warm shutdown requested" in _log(home, "sync-1"), timeout=60, message="the stop to arrive")
+        assert _status(redis_conn, running) == JobStatus.STARTED  # the stop came while the job ran
+        open_gate(redis_conn, "running")
+        out, err = stop.communicate(timeout=120)
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.communicate()
+    assert stop.returncode == 0, err
+    assert "sync-1: stopped" in out
+    assert _status(redis_conn, running) == JobStatus.FINISHED
+    assert fetch_job(running, redis_conn).return_value() == "opened"
+    assert _status(redis_conn, behind) == JobStatus.QUEUED  # no job starts after SIGTERM
+    assert runs(redis_conn, "behind") == []
+    assert get_queue("sync", redis_conn).job_ids == [behind]
 
 
 def test_stop_after_timeout_kills_the_worker_and_requeues_its_job(home, redis_conn):
     assert run_cli("workers", "start", "sync").returncode == 0
-    job_id = _enqueue("--queue", "sync", "--data", '{"sleep": 3, "echo": "second try"}')
-    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.STARTED, message="the job to start")
+    job_id = _gated(redis_conn, "held")
+    _wait_held(redis_conn, "held")
 
     stopped = run_cli("workers", "stop", "sync", "--timeout", "0.5")
     assert "sync-1: killed" in stopped.stdout and f"job {job_id} requeued" in stopped.stdout
     assert _status(redis_conn, job_id) == JobStatus.QUEUED
     assert get_queue("sync", redis_conn).job_ids == [job_id]
 
+    open_gate(redis_conn, "held")  # the killed run never took it: the next run goes through
     assert run_cli("workers", "start", "sync").returncode == 0
-    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, timeout=20, message="the retried job")
-    assert fetch_job(job_id, redis_conn).return_value() == "second try"
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, timeout=60, message="the retried job")
+    assert fetch_job(job_id, redis_conn).return_value() == "opened"
+    assert len(runs(redis_conn, "held")) == 2
 
 
 def test_start_replaces_a_stale_pid_file_and_requeues_the_dead_workers_job(home, redis_conn):
     assert run_cli("workers", "start", "sync").returncode == 0
     old_pid = _pid(home, "sync-1")
-    job_id = _enqueue("--queue", "sync", "--data", '{"sleep": 2, "echo": "survived"}')
-    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.STARTED, message="the job to start")
+    job_id = _gated(redis_conn, "survivor")
+    _wait_held(redis_conn, "survivor")
     os.kill(old_pid, signal.SIGKILL)
     wait_for(lambda: not pid_exists(old_pid), message="the worker to die")
 
@@ -156,8 +197,10 @@ def test_start_replaces_a_stale_pid_file_and_requeues_the_dead_workers_job(home,
     assert f"stale pid file of dead pid {old_pid}" in restarted.stdout
     assert f"job {job_id} requeued" in restarted.stdout
     assert _pid(home, "sync-1") != old_pid
-    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, timeout=20, message="the requeued job")
-    assert fetch_job(job_id, redis_conn).return_value() == "survived"
+    open_gate(redis_conn, "survivor")
+    wait_for(lambda: _status(redis_conn, job_id) == JobStatus.FINISHED, timeout=60, message="the requeued job")
+    assert fetch_job(job_id, redis_conn).return_value() == "opened"
+    assert len(runs(redis_conn, "survivor")) == 2
 
 
 def test_restart_replaces_the_processes(home):

@@ -21,7 +21,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from app.errors import ConfigError, InvalidJobError, PermanentFailure, ServiceUnavailableError
+from app.runtime.control import run_now
 from app.tasks import get_task
+from tests.fixtures import wait_for
 from workers import _notify_email, _notify_http
 from workers._notify_channels import Message
 from workers.notifications import MAX_WHATSAPP_TEXT
@@ -121,13 +123,14 @@ def verified(secret: str, request) -> bool:
 class Receiver:
     """A webhook endpoint that checks signatures with `secret` and answers 503 to its first `fail_first` calls."""
 
-    def __init__(self, secret: str, fail_first: int = 0, delay: float = 0):
-        self.secret, self.fail_first, self.delay = secret, fail_first, delay
+    def __init__(self, secret: str, fail_first: int = 0, hold: threading.Event | None = None):
+        self.secret, self.fail_first, self.hold = secret, fail_first, hold
         self.answers: list[int] = []
         self.lock = threading.Lock()
 
     def __call__(self, request):
-        time.sleep(self.delay)
+        if self.hold is not None:  # answer only once the test lets it (at most a minute)
+            self.hold.wait(60)
         with self.lock:
             if len(self.answers) < self.fail_first:
                 status = 503
@@ -246,14 +249,17 @@ def test_smtp_server_down_is_retried_and_delivers_once_it_is_up(handlers, smtp_s
     smtp_env(port)
     handlers.start("notifications")
 
-    options = {"attempts": 3, "backoff": {"type": "fixed", "delay": 2}}
+    # the retry waits far longer than any slow machine needs to see it waiting; the test lets it run once the
+    # server is up (run_now: what the admin API's execute does)
+    options = {"attempts": 3, "backoff": {"type": "fixed", "delay": 600}}
     job_id = handlers.enqueue(
         "notifications.send", {"channel": "email", "to": "carol@example.com", "text": "hi"}, options
     )
-    delayed = handlers.wait(job_id, "scheduled")
+    delayed = handlers.wait(job_id, "scheduled", timeout=60)
     assert delayed["attempts_left"] == 1
     assert outbox_row(handlers, job_id)["error"].startswith("ServiceUnavailableError: SMTP server 127.0.0.1")
     inbox, _ = smtp_servers.start(port=port)
+    assert run_now(handlers.redis, job_id) == "promoted"
 
     job = handlers.wait(job_id)
 
@@ -326,14 +332,21 @@ def test_webhook_answering_503_is_retried_and_delivered_exactly_once(handlers, h
 
 def test_the_same_key_enqueued_twice_is_sent_once_even_by_two_workers_at_once(handlers, http_service, monkeypatch):
     monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
-    receiver = Receiver(SECRET, delay=1.0)  # slow: the second job arrives while the first is sending
+    hold = threading.Event()
+    receiver = Receiver(SECRET, hold=hold)  # the first send hangs until both jobs run, one on each worker
     http_service.route("POST", "/hook", receiver)
     handlers.start("notifications", name="n1")
     handlers.start("notifications", name="n2")
     data = {"channel": "webhook", "to": http_service.url + "/hook", "text": "once", "idempotencyKey": "order-1"}
 
     ids = [handlers.enqueue("notifications.send", data) for _ in range(2)]
-    jobs = [handlers.wait(job_id) for job_id in ids]
+    try:
+        for job_id in ids:
+            handlers.wait(job_id, "started", timeout=60)
+        wait_for(lambda: http_service.received("POST", "/hook"), timeout=60, message="the first send to arrive")
+    finally:
+        hold.set()
+    jobs = [handlers.wait(job_id, timeout=60) for job_id in ids]
 
     assert [j["status"] for j in jobs] == ["completed", "completed"], [j["error"] for j in jobs]
     assert len({j["worker"] for j in jobs}) == 2  # both ran at once, one waited on the key's lock

@@ -199,13 +199,16 @@ def test_batches_of_fifty_with_at_most_five_requests_in_flight(handlers, http_se
     lock = threading.Lock()
     state = {"in_flight": 0, "max": 0}
     spans: dict[str, tuple[float, float]] = {}
+    # every answer is held until the test lets it go, a round at a time: each round the test waits for five
+    # requests in flight (fewer at once never get there) and looks a moment for a sixth before it lets them go
+    answer = threading.Semaphore(0)
 
     def provider(request):
         with lock:
             state["in_flight"] += 1
             state["max"] = max(state["max"], state["in_flight"])
         started = time.monotonic()
-        time.sleep(0.02)
+        assert answer.acquire(timeout=120)
         external_id = request.path.rsplit("/", 1)[1]
         with lock:
             state["in_flight"] -= 1
@@ -218,7 +221,13 @@ def test_batches_of_fifty_with_at_most_five_requests_in_flight(handlers, http_se
     _providers(monkeypatch, http_service.url + "/p")
     handlers.start("sync")
 
-    job = handlers.run("sync.manual", {"workspaceId": "big"})
+    job_id = handlers.enqueue("sync.manual", {"workspaceId": "big"})
+    for n in range(1, len(ids) // 5 + 1):  # 24 rounds of five
+        wait_for(lambda: state["in_flight"] == 5, timeout=60, message="five requests in flight")
+        stays(lambda: state["in_flight"] == 5, 0.2)  # no sixth
+        answer.release(5)
+        wait_for(lambda: len(spans) >= 5 * n, timeout=60, message="the answers to go")
+    job = handlers.wait(job_id, timeout=120)
     assert job["status"] == "completed", job["error"]
     assert job["result"]["new"] == 120 and job["progress"]["processed"] == 120
     assert state["max"] == 5
