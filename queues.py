@@ -20,6 +20,8 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:worker:<name>:commands  list  commands for one worker process (cancel <job id>)        TTL: 1 day
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
+    bullrq:scheduler:tick   string  epoch seconds of the active scheduler's last completed tick   TTL: 1 day
+    bullrq:processes:restarts  hash  "<host>/<process>" -> restarts by the supervisor of a run directory  no TTL
     bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
     bullrq:sync:fanout:<job id>  set  workspaces a scheduled sync already enqueued (retry-safe)       TTL: 1 day
     bullrq:cache:<area>:... handler caches (sync answers: cache:sync:<sha256>; AI results: cache:ai:...)  TTL set
@@ -57,6 +59,10 @@ RESULTS_KEY_PREFIX = "rq:results:"
 HISTORY_STREAM = f"{KEY_PREFIX}:history"
 #: the active scheduler's lease
 SCHEDULER_LEADER_KEY = f"{KEY_PREFIX}:scheduler:leader"
+#: when the active scheduler last completed a tick (epoch seconds)
+SCHEDULER_TICK_KEY = f"{KEY_PREFIX}:scheduler:tick"
+#: restarts of crashed processes, per host and process name (app.supervisor)
+PROCESS_RESTARTS_KEY = f"{KEY_PREFIX}:processes:restarts"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
 

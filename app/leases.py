@@ -29,12 +29,15 @@ def rq_time(epoch: float) -> str:
 def recover(
     connection: Redis,
     queue: str,
-    job_id: str | None = None,
+    lease: str | None = None,
     consume_attempt: bool = True,
     reason: str = "abandoned: its worker stopped renewing the lease",
     limit: int = 100,
 ) -> list[tuple[str, str]]:
-    """Take back jobs from dead workers: the expired leases of `queue`, or every lease of `job_id`.
+    """Take back jobs from dead workers: the expired leases of `queue`, or the leases starting with `lease`.
+
+    `lease` is a lease member ("<job id>:<execution id>") or the prefix one worker gives all of its members
+    ("<job id>:<execution prefix>", see `lease_prefix`): a job retaken by another worker is never touched.
 
     Each goes back to the front of its lane, or to the failed registry when no attempt is left.
 
@@ -46,6 +49,6 @@ def recover(
     reply = SCRIPTS.recover(
         connection,
         [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM, keys.canceled],
-        [now, rq_time(now), JOB_KEY_PREFIX, limit, job_id or "expired", int(consume_attempt), reason, stream_cap()],
+        [now, rq_time(now), JOB_KEY_PREFIX, limit, lease or "expired", int(consume_attempt), reason, stream_cap()],
     )
     return [(reply[i].decode(), reply[i + 1].decode()) for i in range(0, len(reply), 2)]

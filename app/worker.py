@@ -64,6 +64,8 @@ FORK_GRACE = 2
 REDIS_RETRY_MAX = 5
 #: seconds a worker's Redis connection waits for an answer (its longest blocking command waits IDLE_WAIT)
 SOCKET_TIMEOUT = 15
+#: field of a worker's RQ hash holding the prefix of its lease members' execution ids
+LEASE_PREFIX_FIELD = "lease_prefix"
 
 
 @dataclass
@@ -118,6 +120,11 @@ class BullWorker(Worker):
         self._pending_cancels: set[str] = set()  #: cancels that arrived before their job was current
         self._interruptible = False
         self._child_pid: int | None = None
+
+    def register_birth(self) -> None:
+        """Register as RQ does, plus the prefix of this process's lease members (see `requeue_job_of_dead_worker`)."""
+        super().register_birth()
+        self.connection.hset(self.key, LEASE_PREFIX_FIELD, self._exec_prefix)
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -375,7 +382,7 @@ class BullWorker(Worker):
 
     def _give_back(self, job: RunningJob, member: str) -> None:
         """Return a job taken but not started (the worker is stopping) to the front of its lane."""
-        recover(self.connection, job.origin, job.id, consume_attempt=False, reason="worker stopped before the start")
+        recover(self.connection, job.origin, member, consume_attempt=False, reason="worker stopped before the start")
 
     # -- signals ------------------------------------------------------------------------------------------------
 
@@ -496,25 +503,32 @@ def find_rq_worker(connection: Redis, pid: int, hostname: str | None = None) -> 
     return None
 
 
-def requeue_job_of_dead_worker(connection: Redis, worker: Worker) -> str | None:
-    """Put the job a dead worker was running back at the front of its queue and drop the worker's registration.
+def requeue_job_of_dead_worker(connection: Redis, worker: Worker, consume_attempt: bool = True) -> str | None:
+    """Take back the job a dead worker was running (at once, without waiting for its lease to run out) and drop
+    the worker's registration.
 
-    The lost run does not count as an attempt: the worker was stopped, the job did not fail.
+    Only that worker's own lease is taken back: a job recovered meanwhile and running on a live worker is left
+    alone. The lost run counts as an attempt (`consume_attempt`), so a job that kills its worker ends failed once
+    its attempts are spent instead of looping; a worker killed because it was asked to stop passes False.
 
     Returns:
-        The id of the requeued job, or None when the worker was idle.
+        The id of the job taken back, or None when the worker was idle or its job is elsewhere by now.
     """
     job_id = worker.get_current_job_id()
+    prefix = connection.hget(worker.key, LEASE_PREFIX_FIELD)
     with connection.pipeline() as pipe:
         unregister(worker, pipe)
         pipe.delete(worker.key)
         pipe.execute()
-    if not job_id:
+    if not job_id or not prefix:  # idle, or a worker without a lease prefix: its lease expires and is recovered
         return None
     origin = connection.hget(JOB_KEY_PREFIX + job_id, "origin")
     if origin is None:
         return None
-    taken = recover(connection, origin.decode(), job_id, consume_attempt=False, reason=f"requeued: {worker.name} died")
-    for taken_id, _ in taken:
-        logger.warning("job %s: requeued after its worker %s died", taken_id, worker.name)
+    taken = recover(
+        connection, origin.decode(), f"{job_id}:{prefix.decode()}", consume_attempt=consume_attempt,
+        reason=f"abandoned: its worker {worker.name} {'died' if consume_attempt else 'was stopped'}",
+    )  # fmt: skip
+    for taken_id, outcome in taken:
+        logger.warning("job %s: %s after its worker %s died", taken_id, outcome, worker.name)
     return job_id if taken else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -19,7 +20,9 @@ import pytest
 import redis
 
 from app.config import PROJECT_ROOT
+from app.enqueue import enqueue
 from app.migrate import discover
+from app.processes import pid_exists
 from app.servers import free_port
 from queues import queue_names
 from tests.fixtures import processes_with, run_cli, wait_for
@@ -41,16 +44,25 @@ def open_home():
 class Up:
     """scripts/up running in a subprocess, its output collected."""
 
-    def __init__(self, home: Path, port: int):
+    def __init__(self, home: Path | None, port: int, root: Path = PROJECT_ROOT, env: dict | None = None, **popen):
         unset = ("REDIS_URL", "DATABASE_URL", "BULLRQ_THROWAWAY_SERVERS")
-        env = {k: v for k, v in os.environ.items() if k not in unset}
-        env.update(BULLRQ_HOME=str(home), PORT=str(port))
+        env = env if env is not None else {k: v for k, v in os.environ.items() if k not in unset}
+        if home is not None:
+            env["BULLRQ_HOME"] = str(home)
+        env["PORT"] = str(port)
         self.env, self.port, self.lines = env, port, []
         self.process = subprocess.Popen(
-            [str(PROJECT_ROOT / "scripts" / "up")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            [str(root / "scripts" / "up")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True, **popen,
         )  # fmt: skip
         threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def wait_banner(self) -> None:
+        def banner():
+            assert self.process.poll() is None, "scripts/up exited:\n" + self.output()[-3000:]
+            return "bullrq is up" in self.output()
+
+        wait_for(banner, timeout=180, interval=0.05, message="the 'up' banner")
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -119,3 +131,107 @@ def test_up_serves_ready_and_stops_cleanly_on_sigterm(open_home):
     assert "installing" not in again.output()  # nothing reinstalled
     assert processes_with("", open_home) == []
     assert database_url  # published while it ran
+
+
+def _cli_env(up: Up) -> dict:
+    return {k: v for k, v in up.env.items() if k != "PORT"}
+
+
+def _status_rows(env: dict) -> tuple[int, dict]:
+    result = run_cli("workers", "status", "--json", env=env)
+    report = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {"workers": []}
+    return result.returncode, {row["name"]: row for row in report["workers"]}
+
+
+def _pid_of(home: Path, name: str) -> int | None:
+    try:
+        return int((home / "pids" / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _replaced(home: Path, name: str, old: int) -> bool:
+    pid = _pid_of(home, name)
+    return pid is not None and pid != old and pid_exists(pid)
+
+
+def test_up_supervises_its_processes_and_the_cli_manages_them(open_home):
+    """One model: the CLI sees and acts on scripts/up's processes; each kind of child that is SIGKILLed is back
+    within 10 s (a worker's job taken back at once), counted in `workers status` and /metrics; SIGTERM stops all."""
+    up = Up(open_home, free_port())
+    up.wait_banner()
+    # the banner comes once the web app answers, and / leads a person to the pages (through the sign-in)
+    assert up.get("/healthz")[0] == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{up.port}/", timeout=5) as response:
+        assert response.status == 200 and "/login" in response.url and "next=" in response.url
+    token = (open_home / "admin_token").read_text().strip()
+    assert f"admin token: {token}  (kept in {open_home / 'admin_token'})" in up.output()
+    up.wait_ready()
+    env = _cli_env(up)
+    client = redis.Redis.from_url((open_home / "redis" / "url").read_text().strip())
+
+    # the CLI sees exactly scripts/up's processes: web, scheduler, every queue's workers, with their logs
+    code, rows = _status_rows(env)
+    assert code == 0 and {"web", "scheduler"} <= set(rows)
+    assert sorted(q for row in rows.values() for q in row["queues"]) == sorted(queue_names())
+    assert all(row["alive"] and row["managed"] for row in rows.values())
+    for name in ("sync-1", "web", "scheduler"):
+        logs = run_cli("workers", "logs", name, env=env)
+        assert logs.returncode == 0 and logs.stdout.strip(), name
+    stopped = run_cli("workers", "stop", "embeddings", env=env)
+    assert "embeddings-1: stopped" in stopped.stdout
+    time.sleep(3)  # the supervisor has looked several times: a deliberate stop is not a crash
+    assert _pid_of(open_home, "embeddings-1") is None
+    assert run_cli("workers", "status", env=env).returncode == 0
+    assert "embeddings-1: starting" in run_cli("workers", "start", "embeddings", env=env).stdout
+
+    # SIGKILL one process of each kind, and the local Redis
+    job = enqueue(client, "system.ping", {"sleep": 60}, {"queue": "harvest", "attempts": 3})
+    wait_for(lambda: client.hget(f"rq:job:{job.id}", "status") == b"started", timeout=30, message="the job")
+    victims = {name: _pid_of(open_home, name) for name in ("harvest-1", "scheduler", "web")}
+    for pid in victims.values():
+        os.kill(pid, signal.SIGKILL)
+    for name, pid in victims.items():
+        wait_for(lambda name=name, pid=pid: _replaced(open_home, name, pid), timeout=10, message=f"{name} back")
+    # taken back at once, not after its 20 s lease: one attempt used, and running again on the new worker
+    wait_for(lambda: client.hget(f"rq:job:{job.id}", "retries_left") == b"1", timeout=10, message="the job back")
+    redis_pid_file = open_home / "redis" / "redis.pid"
+    redis_pid = int(redis_pid_file.read_text())
+    os.kill(redis_pid, signal.SIGKILL)
+
+    def redis_back():
+        pid = redis_pid_file.read_text().strip() if redis_pid_file.exists() else ""
+        return pid.isdigit() and int(pid) != redis_pid and pid_exists(int(pid))
+
+    wait_for(redis_back, timeout=10, message="Redis back")
+    wait_for(lambda: up.get("/readyz")[0] == 200, timeout=60, message="ready again")
+    wait_for(lambda: json.loads(up.get("/readyz")[1])["checks"]["scheduler"]["ok"], timeout=30, message="scheduler")
+
+    code, rows = _status_rows(env)
+    assert code == 0, rows
+    assert {name: rows[name]["restarts"] for name in victims} == dict.fromkeys(victims, 1)
+    assert "SIGKILL" in rows["harvest-1"]["last_exit"]
+    auth = {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(f"http://127.0.0.1:{up.port}/metrics", headers=auth)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        metrics = response.read().decode()
+    for name in victims:
+        assert re.search(rf'bullrq_process_restarts_total{{host="[^"]+",process="{name}"}} 1', metrics), name
+    assert "bullrq_scheduler_up 1" in metrics
+    assert "local redis: restarted" in up.output() and "harvest-1: restarted" in up.output()
+
+    # a worker started again with the CLI is stopped with the rest
+    assert run_cli("workers", "restart", "sync", env=env).returncode == 0
+    assert up.stop() == 0
+    assert processes_with("", open_home) == [], "scripts/up left processes behind"
+    assert not list((open_home / "pids").glob("*.pid"))
+
+
+def test_token_message_says_where_the_token_came_from(open_home):
+    token = "t" * 24
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BULLRQ_THROWAWAY_SERVERS")}
+    given = Up(open_home, free_port(), env={**env, "ADMIN_TOKEN": token})
+    given.wait_banner()
+    assert given.stop() == 0
+    assert f"admin token: {token}  (from $ADMIN_TOKEN)" in given.output()
+    assert not (open_home / "admin_token").exists()  # no file is claimed, none written

@@ -1,11 +1,12 @@
---[[ Take back running jobs whose worker is gone: leases that expired (no heartbeat), or the lease of one job
-  whose worker was killed. Each goes back to the front of its lane, or to the failed set when it has no attempt
+--[[ Take back running jobs whose worker is gone: leases that expired (no heartbeat), or the leases one dead
+  worker took of one job (never a lease another worker holds). Each goes back to the front of its lane, or to the failed set when it has no attempt
   left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
 
   KEYS[1] started zset     KEYS[2] failed zset      KEYS[3] marker list      KEYS[4] stats hash
   KEYS[5..14] lanes of priority 1..10      KEYS[15] history stream          KEYS[16] canceled zset
   ARGV[1] now, epoch seconds    ARGV[2] now, RQ's format    ARGV[3] job key prefix    ARGV[4] most leases
-  ARGV[5] "expired" (leases past their end) or a job id (that job's leases, expired or not)
+  ARGV[5] "expired" (leases past their end) or a lease prefix: "<job id>:<execution prefix of one worker>"
+          (that worker's leases of that job, expired or not; members are "<job id>:<execution id>")
   ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
   ARGV[8] history stream cap (0: history is off)
   A job canceled while it ran (`cancel_requested`) goes to the canceled set instead.
@@ -16,7 +17,7 @@ if ARGV[5] == 'expired' then
   members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
 else
   for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. ':' then members[#members + 1] = member end
+    if string.sub(member, 1, #ARGV[5]) == ARGV[5] then members[#members + 1] = member end
   end
 end
 -- The job ends for good: its status, the registry that keeps it for its failure TTL, its dedup key freed.

@@ -10,7 +10,6 @@ import yaml
 from flask import Blueprint, current_app, jsonify, request
 
 from app import control
-from app.connections import ping
 from app.enqueue import enqueue
 from app.errors import InvalidJobError, JobStateError
 from app.job_list import list_jobs
@@ -19,7 +18,7 @@ from app.runs import RunFilter, failure_rate, list_runs
 from app.schedule_store import sync_declared
 from app.schedules import ScheduleError, load_schedules
 from app.stats import queue_stats
-from app.web import audit
+from app.web import audit, health
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
@@ -109,18 +108,21 @@ def workers_get():
 
 def _health(stats: dict | None = None) -> tuple[dict, int]:
     checks, problems = {}, []
-    try:
-        checks["redis"] = {"ok": True, "latency_ms": round(ping(_redis()), 2)}
-        stats = stats or queue_stats(_redis())
-    except Exception as exc:  # noqa: BLE001 - any failure here means "unhealthy", reported as such
-        checks["redis"] = {"ok": False, "error": str(exc)}
+    checks["redis"] = health.check_redis()
+    if not checks["redis"]["ok"]:
         return {"status": "unhealthy", "checks": checks, "problems": ["redis unreachable"]}, 503
-    try:
-        rates = {row["queue"]: row["rate"] for row in failure_rate(get_db(), hours=1)}
-        checks["postgres"] = {"ok": True}
-    except Exception as exc:  # noqa: BLE001
-        checks["postgres"] = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    checks["postgres"] = health.check_postgres()
+    if not checks["postgres"]["ok"]:
         return {"status": "unhealthy", "checks": checks, "problems": ["postgres unreachable"]}, 503
+    try:
+        stats = stats or queue_stats(_redis())
+        rates = {row["queue"]: row["rate"] for row in failure_rate(get_db(), hours=1)}
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unhealthy", reported as such
+        checks["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {"status": "unhealthy", "checks": checks, "problems": ["redis or postgres failed"]}, 503
+    checks["scheduler"] = health.check_scheduler()
+    if not checks["scheduler"]["ok"]:
+        problems.append(f"scheduler: {checks['scheduler']['problem']}")
     for name, queue in stats["queues"].items():
         if queue["workers"] == 0:
             problems.append(f"{name}: no worker")

@@ -34,6 +34,7 @@ from app import control, schedule_store
 from app.errors import BullrqError, UnknownQueueError
 from app.jobs import describe_job, fetch_job
 from app.runs import STATUSES, RunFilter, duration_percentiles, failure_rate, list_runs, throughput_per_hour
+from app.scheduler import liveness
 from app.stats import queue_stats
 from app.web import audit
 from app.web.auth import require_login
@@ -165,7 +166,8 @@ def _refused(endpoint: str, status: int, code: str, message: str):
 def overview():
     """Per queue: waiting, running, scheduled, failed, paused, throughput and workers, with the queue controls."""
     return render_template("overview.html", stats=queue_stats(_redis()), runs=_recent_runs(),
-                           clean_states=control.CLEANABLE, clean_age=CLEAN_AGE)  # fmt: skip
+                           scheduler=liveness(_redis()), clean_states=control.CLEANABLE,
+                           clean_age=CLEAN_AGE)  # fmt: skip
 
 
 def _recent_runs() -> dict[str, dict] | None:
