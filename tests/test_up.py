@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -235,3 +236,124 @@ def test_token_message_says_where_the_token_came_from(open_home):
     assert given.stop() == 0
     assert f"admin token: {token}  (from $ADMIN_TOKEN)" in given.output()
     assert not (open_home / "admin_token").exists()  # no file is claimed, none written
+
+
+def _clone(target: Path) -> Path:
+    """A copy of this working tree (tracked and new files) at `target`, with a .venv of the system's Python 3.11
+    that reads this .venv's packages (nothing reinstalled; an interpreter every user can run)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        source = PROJECT_ROOT / name
+        if source.is_file() and not name.startswith(("tests/", "bench/")):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(target / ".venv")], check=True)
+    packages = next((PROJECT_ROOT / ".venv" / "lib").glob("python3.*/site-packages"))
+    (next((target / ".venv" / "lib").glob("python3.*/site-packages")) / "shared.pth").write_text(f"{packages}\n")
+    shutil.copy2(PROJECT_ROOT / ".venv" / ".bullrq-installed", target / ".venv" / ".bullrq-installed")
+    return target
+
+
+def _bare_env(clone: Path, home: Path) -> dict:
+    """No variable of ours set, no redis-server nor pg_ctl on PATH. PYTHONPATH only makes the shared .venv import
+    the clone's code (its editable install points at this tree)."""
+    path = "/usr/bin:/bin"
+    assert not any(Path(d, "redis-server").exists() or Path(d, "pg_ctl").exists() for d in path.split(":"))
+    env = {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", "PYTHONPATH": str(clone)}
+    return env
+
+
+def _leftovers(*paths: Path) -> list[int]:
+    """Live processes whose command line or working directory is inside one of `paths`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not pid_exists(int(entry.name)):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if any(str(p) in cmdline or cwd.startswith(str(p)) for p in paths):
+            found.append(int(entry.name))
+    return found
+
+
+def _up_then_cli_from_a_subdirectory(clone: Path, env: dict, **popen) -> None:
+    home = clone / "var"
+    up = Up(None, free_port(), root=clone, env=dict(env), **popen)
+    try:
+        up.wait_ready()
+        assert "bullrq is up" in up.output() and f"kept in {home / 'admin_token'}" in up.output()
+        # the CLI, from a directory inside the clone and with no variable, finds the run directory's servers
+        cli = subprocess.run(
+            [str(clone / ".venv" / "bin" / "python"), "-m", "app.cli.workers", "status", "--json"],
+            cwd=clone / "workers", env=env,
+            capture_output=True, text=True, timeout=60, **popen,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        rows = json.loads(cli.stdout)["workers"]
+        assert {"web", "scheduler"} <= {row["name"] for row in rows} and all(row["alive"] for row in rows)
+        assert sorted(q for row in rows for q in row["queues"]) == sorted(queue_names())
+    finally:
+        assert up.stop() == 0, up.output()[-3000:]
+    assert "Traceback" not in up.output()
+
+
+#: an interpreter of the same minor version as .venv's that every user can run (pyenv's lives under /root)
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def _system_python_runs_our_packages() -> bool:
+    """Whether SYSTEM_PYTHON imports the product's dependencies from .venv (same minor version; below 3.11.3
+    redis-py also wants async_timeout)."""
+    if not Path(SYSTEM_PYTHON).exists():
+        return False
+    packages = next((PROJECT_ROOT / ".venv" / "lib").glob("python3.*/site-packages"))
+    probe = f"import sys; sys.path.append({str(packages)!r}); import redis, psycopg, flask, rq, gunicorn"
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _system_python_runs_our_packages(), reason=f"{SYSTEM_PYTHON} cannot run .venv's packages")
+def test_the_readme_commands_as_root_in_a_private_home_and_as_a_plain_user(tmp_path):
+    """`scripts/up` as root in a clone under a mode-700 home, then as an unprivileged user in its own clone: no
+    Redis or PostgreSQL on PATH, no variable set; the CLI works from inside the clone."""
+    # as root, in a home like /root (mode 700): PostgreSQL, run as an unprivileged user, keeps its cluster outside
+    root_home = tmp_path / "root-home"
+    root_home.mkdir(mode=0o700)
+    clone = _clone(root_home / "bullrq")
+    cluster = None
+    try:
+        _up_then_cli_from_a_subdirectory(clone, _bare_env(clone, root_home))
+        cluster = Path((clone / "var" / "postgres" / "cluster").read_text().strip())
+        assert stat.S_IMODE(root_home.stat().st_mode) == 0o700
+    finally:
+        leftovers = _leftovers(clone, *([cluster] if cluster else []))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        if cluster:
+            shutil.rmtree(cluster, ignore_errors=True)
+    assert leftovers == [], "scripts/up left processes behind"
+
+    # a plain user, created for the test, in a private home of its own
+    user = f"bullrq{os.getpid()}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", user], check=True)
+    try:
+        entry = pwd.getpwnam(user)
+        user_home = Path(tempfile.mkdtemp(prefix="bullrq-user-"))
+        user_home.chmod(0o700)
+        clone = _clone(user_home / "bullrq")
+        subprocess.run(["chown", "-hR", f"{entry.pw_uid}:{entry.pw_gid}", str(user_home)], check=True)
+        as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        _up_then_cli_from_a_subdirectory(clone, _bare_env(clone, user_home), **as_user)
+        assert not (clone / "var" / "postgres" / "cluster").exists()  # its own files, in its own clone
+        leftovers = _leftovers(clone)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        assert leftovers == [], "scripts/up left processes behind"
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
+        shutil.rmtree(user_home, ignore_errors=True)
