@@ -159,6 +159,9 @@ class Supervisor:
         logger.warning("%s: restarted (pid %d), restart %d", name, new_pid, track.restarts)
 
     def _crashed(self, daemon: Daemon, pid: int, track: Track, now: float) -> None:
+        child = self.children.get(pid)
+        if child is not None and child.poll() is not None:  # it died after this tick's look at the children
+            self._exits[pid] = self.children.pop(pid).returncode
         status = self._exits.pop(pid, None)
         if status is None:
             how = "died"
