@@ -238,6 +238,12 @@ def test_unreachable_redis_is_one_line_and_exit_1(home):
         assert "s3cret-pass" not in result.stderr
     assert not (home / "pids").exists() or not list((home / "pids").glob("*.pid"))
 
+    # nothing given and nothing published in the run directory: the line says where the CLI looked
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    alone = run_cli("workers", "status", env=env)
+    if alone.returncode == 1:  # (a Redis on localhost:6379 would answer)
+        assert f"run directory {home}" in alone.stderr and "scripts/up" in alone.stderr
+
 
 def test_logs_prints_the_last_lines_of_a_worker(home):
     assert run_cli("workers", "start", "harvest").returncode == 0
