@@ -95,7 +95,9 @@ class Supervisor:
         daemon = self.fleet.daemon(name)
         env = dict(self.env)
         if name == WEB and not env.get("ADMIN_TOKEN"):
-            env["ADMIN_TOKEN"] = ensure_admin_token(load_settings(env))
+            settings = load_settings()  # with `.env`, as the web app will read it: its token wins over the file
+            if not settings.admin_token:
+                env["ADMIN_TOKEN"] = ensure_admin_token(settings)
         child = processes.spawn_child(daemon, self.fleet.command(name, self.port), env)
         self.children[child.pid] = child
         return child.pid
@@ -274,7 +276,7 @@ class Supervisor:
 
     def _connection(self):
         if self._redis is None:
-            url = self.env.get("REDIS_URL") or load_settings(self.env).redis_url
+            url = self.env.get("REDIS_URL") or load_settings().redis_url  # the environment, `.env`, the run dir
             self._redis = redis_from_url(url)
         return self._redis
 
