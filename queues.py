@@ -25,6 +25,8 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:history          stream  run-history rows on their way to PostgreSQL (app.store.history)   capped length
     bullrq:scheduler:leader string  identity of the active scheduler process                    TTL: 5 s, renewed
     bullrq:alerts:evaluator string  identity of the process evaluating alerts (app.alerts)     TTL: 30 s, renewed
+    bullrq:scheduler:tick   string  epoch seconds of the active scheduler's last completed tick   TTL: 1 day
+    bullrq:processes:restarts  hash  "<host>/<process>" -> restarts by the supervisor of a run directory  no TTL
     bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
     bullrq:sync:fanout:<job id>  set  workspaces a scheduled sync already enqueued (retry-safe)       TTL: 1 day
     bullrq:cache:<area>:... handler caches (sync answers: cache:sync:<sha256>; AI results: cache:ai:...)  TTL set
@@ -62,6 +64,10 @@ HISTORY_STREAM = f"{KEY_PREFIX}:history"
 SCHEDULER_LEADER_KEY = f"{KEY_PREFIX}:scheduler:leader"
 #: the alert evaluator's lease: one process at a time evaluates the alert conditions (app.alerts.evaluator)
 ALERTS_LEASE_KEY = f"{KEY_PREFIX}:alerts:evaluator"
+#: when the active scheduler last completed a tick (epoch seconds)
+SCHEDULER_TICK_KEY = f"{KEY_PREFIX}:scheduler:tick"
+#: restarts of crashed processes, per host and process name (app.local.supervisor)
+PROCESS_RESTARTS_KEY = f"{KEY_PREFIX}:processes:restarts"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
 #: what joins a queue's name and a priority in a lane's name: RQ's tools show lane 1 of `sync` as `sync:priority-1`

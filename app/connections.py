@@ -81,4 +81,8 @@ def eviction_problem(policy: str | None) -> str | None:
 def describe_redis_failure(settings: Settings, exc: RedisError) -> str:
     """One line for a person: which Redis, found where, and what went wrong (no password)."""
     where = {"env": "from the environment", "run-dir": "started by scripts/up", "default": "the default"}
-    return f"Redis at {redact(settings.redis_url)} ({where[settings.redis_url_source]}) is unreachable: {exc}"
+    hint = ""
+    if settings.redis_url_source == "default":  # nothing published in the run directory: say where we looked
+        hint = (f"; no local Redis runs for the run directory {settings.home.root} (start ./scripts/up, or set "
+                "REDIS_URL, or BULLRQ_HOME to the run directory scripts/up uses)")
+    return f"Redis at {redact(settings.redis_url)} ({where[settings.redis_url_source]}) is unreachable: {exc}{hint}"

@@ -17,6 +17,7 @@ import yaml
 from rq import Worker
 
 from app.config import PROJECT_ROOT
+from app.local.processes import RunProcesses
 from app.local.servers import free_port
 from queues import QUEUES, SCHEDULER_LEADER_KEY
 from tests.conftest import TOKEN
@@ -92,6 +93,56 @@ def test_compose_app_services_share_servers_and_wait_for_them():
             "postgres": "service_healthy",
         }, name
     assert services["web"]["ports"] == ["8000:8000"]
+
+
+def test_every_compose_service_has_a_healthcheck_and_a_restart_policy():
+    services = compose()["services"]
+    for name, service in services.items():
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        assert service["healthcheck"]["test"], name
+    probes = {name: services[name]["healthcheck"]["test"] for name in compose_commands()}
+    assert probes.pop("web") == ["CMD", "bullrq", "probe", "web", "--port", "8000"]  # /readyz
+    assert probes.pop("scheduler") == ["CMD", "bullrq", "probe", "scheduler"]
+    for name, test in probes.items():  # each worker service probes the queue it serves
+        assert test == ["CMD", "bullrq", "probe", "worker", *shlex.split(compose_commands()[name])[2:]], name
+
+
+def test_procfile_compose_and_the_supervisor_run_the_same_processes():
+    """scripts/up's processes (app.local.processes.RunProcesses) are the Procfile's: web, scheduler, each queue's
+    worker."""
+    planned = RunProcesses.planned()
+    kinds = {name if RunProcesses.kind(name) != "worker" else RunProcesses.queue_of(name) for name in planned}
+    served = {shlex.split(c)[2] for c in procfile().values() if shlex.split(c)[:2] == ["workers", "run"]}
+    assert kinds == {"web", "scheduler"} | served
+    programs = {"app.cli.main": "bullrq", "app.cli.workers": "workers"}
+    for name in planned:
+        argv = RunProcesses.command(name)
+        assert argv[1] == "-m" and argv[argv.index("--name") + 1] == name
+        words = [programs[argv[2]], *argv[3 : argv.index("--name")]]
+        entry = name if name in ("web", "scheduler") else RunProcesses.queue_of(name).replace("-", "_")
+        assert program(" ".join(words)) == program(procfile()[entry]), name
+
+
+@pytest.mark.slow
+def test_the_probes_of_compose_tell_healthy_from_not(redis_url, database_url, redis_conn, tmp_path):
+    """`bullrq probe ...` exits 1 with one line while the process is missing, 0 once it runs."""
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "BULLRQ_HOME": str(tmp_path)}
+    bullrq = os.path.join(os.path.dirname(sys.executable), "bullrq")
+
+    def probe(*args):
+        return subprocess.run([bullrq, "probe", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    for args in (["worker", "sync"], ["scheduler"], ["web", "--port", str(free_port())]):
+        missing = probe(*args)
+        assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1, (args, missing.stderr)
+    worker = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "workers"), "run", "sync"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: probe("worker", "sync").returncode == 0, timeout=30, message="the worker probe")
+        assert probe("worker", "reports").returncode == 1
+    finally:
+        worker.terminate()
+        worker.wait(30)
 
 
 @pytest.mark.slow

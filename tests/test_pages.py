@@ -149,6 +149,8 @@ def test_pages_send_people_to_sign_in_and_refuse_changes_without_a_session(clien
     for path in PAGES:
         response = client.get(path)
         assert response.status_code == 302 and "/login?next=" in response.headers["Location"], path
+    root = client.get("/", follow_redirects=True)  # the address scripts/up prints leads to the sign-in, then pages
+    assert root.status_code == 200 and root.request.path == "/login" and root.request.args["next"] == "/admin/"
     refused = _post(client, "/admin/queues/sync/pause")
     assert refused.status_code == 401 and refused.mimetype == "text/html" and b"sign in first" in refused.data
     assert not redis_conn.exists(queue_keys("sync").paused)
@@ -164,6 +166,8 @@ def test_every_page_renders_with_the_navigation(person):
         assert "https://" not in html and "http://" not in html  # every asset is ours, served locally
     overview = person.get("/admin/").get_data(as_text=True)
     assert re.findall(r'<tr data-queue="([^"]+)"', overview) == queue_names() and len(queue_names()) == 7
+    assert "no active scheduler" in overview  # none runs in this test: said on the overview
+    assert person.get("/", follow_redirects=True).request.path == "/admin/"
     assert person.get("/admin/static/admin.css").status_code == 200
     assert person.get("/admin/static/admin.js").status_code == 200
 

@@ -20,12 +20,12 @@ from app.runtime.jobs import fetch_job
 from app.runtime.leases import LEASE, lease_score
 from app.runtime.maintenance import RECOVER_INTERVAL, RENEW_INTERVAL
 from app.runtime.stats import queue_stats
-from app.runtime.worker import find_rq_worker, rq_worker_name
+from app.runtime.worker import find_rq_worker, requeue_job_of_dead_worker, rq_worker_name
 from app.store.migrate import apply_migrations
 from app.tasks import queue_keys
 from queues import worker_commands_key
 from tests.fixtures import wait_for
-from tests.handlers import runs
+from tests.handlers import open_gate, runs
 from tests.waits import status, wait_status
 from tests.worker_processes import WorkerProcesses
 
@@ -195,3 +195,29 @@ def test_a_worker_restarted_under_its_previous_name_serves_at_once_and_retries_i
     assert len(runs(redis_conn, "container")) == 2
     assert queue_stats(redis_conn)["queues"]["harvest"]["totals"].get("abandoned") == 1
     assert not redis_conn.hexists(f"rq:worker:{name}", "death")
+
+
+def test_taking_back_a_dead_workers_job_never_touches_the_lease_a_live_worker_took(redis_conn, workers):
+    workers.start("harvest", name="doomed")
+    job = enqueue(redis_conn, "semantics.gated", {"tag": "retaken", "wait": 60}, {"queue": "harvest", "attempts": 3})
+    wait_for(lambda: len(runs(redis_conn, "retaken")) == 1, message="the first run to start")
+    dead = find_rq_worker(redis_conn, workers.procs["doomed"].pid)
+    workers.kill("doomed")
+
+    # its lease runs out (as LEASE seconds after the kill) and a live worker recovers the job and runs it
+    started = queue_keys("harvest").started
+    (lost,) = redis_conn.zrange(started, 0, -1)
+    redis_conn.zadd(started, {lost: lease_score(time.time() - 1)})
+    workers.start("harvest", name="rescuer")
+    wait_for(lambda: len(runs(redis_conn, "retaken")) == 2, timeout=30, message="the rescuer to run the job")
+    (held,) = redis_conn.zrange(started, 0, -1)
+    assert held != lost
+
+    # the dead worker is cleaned up late (a stale pid file found by `workers start`, a slow supervisor)
+    assert requeue_job_of_dead_worker(redis_conn, dead) is None
+    assert redis_conn.zrange(started, 0, -1) == [held]  # the rescuer's lease is still there
+    assert status(redis_conn, job.id) == "started"
+    open_gate(redis_conn, "retaken")
+    wait_status(redis_conn, job.id, "finished")
+    assert len(runs(redis_conn, "retaken")) == 2  # never a third copy beside the rescuer's
+    assert fetch_job(job.id, redis_conn).retries_left == 1  # the expired lease used one attempt, and only it

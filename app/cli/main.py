@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -56,6 +57,68 @@ def enqueue_command(task_type, data, queue, priority, delay, dedup):
 
 
 @cli.group()
+def probe():
+    """Health probes for containers (docker compose healthchecks): exit 0 when healthy, else 1 with one line."""
+
+
+@probe.command("web")
+@click.option("--port", default=5000, type=click.IntRange(1, 65535), show_default=True, envvar="PORT")
+def probe_web(port):
+    """The web app on this host answers /readyz with 200 (Redis and PostgreSQL reachable)."""
+    import httpx
+
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
+    except httpx.HTTPError as exc:
+        fail(f"web app on port {port} does not answer: {exc}")
+    if response.status_code != 200:
+        fail(f"web app on port {port} is not ready: /readyz answered {response.status_code}")
+    click.echo("web: ready")
+
+
+@probe.command("scheduler")
+@redis_option
+def probe_scheduler():
+    """A scheduler holds the lease and completed a tick recently."""
+    from app.scheduling.scheduler import liveness
+
+    state = liveness(connect_redis(settings()))
+    if not state["ok"]:
+        fail(f"scheduler: {state['problem']}")
+    click.echo(f"scheduler: {state['leader']} active, last tick {state['last_tick_age']} s ago")
+
+
+@probe.command("worker")
+@click.argument("queue")
+@redis_option
+def probe_worker(queue):
+    """A worker of QUEUE on this host is registered and its heartbeat is recent."""
+    import socket
+    from datetime import UTC, datetime
+
+    from rq.worker import Worker
+
+    from app.runtime.jobs import SERIALIZER
+
+    connection = connect_redis(settings())
+    host = socket.gethostname()
+    ages = []
+    for worker in Worker.all(connection=connection, serializer=SERIALIZER):
+        if worker.hostname == host and queue in worker.queue_names() and worker.last_heartbeat:
+            beat = worker.last_heartbeat if worker.last_heartbeat.tzinfo else worker.last_heartbeat.replace(tzinfo=UTC)
+            ages.append((datetime.now(UTC) - beat).total_seconds())
+    if not ages:
+        fail(f"no worker of {queue} registered on {host}")
+    if min(ages) > PROBE_HEARTBEAT_AGE:
+        fail(f"the workers of {queue} on {host} missed their heartbeats ({min(ages):.0f} s)")
+    click.echo(f"{queue}: {len(ages)} worker(s) alive on {host}")
+
+
+#: seconds without a heartbeat after which `probe worker` calls a worker stuck (heartbeats come every 5 s)
+PROBE_HEARTBEAT_AGE = 60
+
+
+@cli.group()
 def db():
     """Manage the PostgreSQL schema."""
 
@@ -93,10 +156,22 @@ def db_status():
         click.echo(f"{'applied' if applied else 'pending':<8} {migration.path.name}")
 
 
+def _process_name(func):
+    """`--name`: the process's name in the run directory (`app.local.processes` recognises its processes by it)."""
+
+    @click.option("--name", default=None, hidden=True, help="Process name in the run directory.")
+    @functools.wraps(func)
+    def wrapper(*args, name, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, type=click.IntRange(1, 65535), show_default=True, envvar="PORT")
 @click.option("--dev", is_flag=True, help="Werkzeug's single-process server instead of gunicorn.")
+@_process_name
 def web(host, port, dev):
     """Serve the web app (admin API, dashboard, health probes) with gunicorn; SIGTERM stops it gracefully."""
     from app.alerts.settings import load_alert_settings
@@ -131,6 +206,7 @@ def web(host, port, dev):
 
 @cli.command()
 @redis_option
+@_process_name
 def scheduler():
     """Run a scheduler process: fires schedules.yaml's entries on time (one process active, others stand by)."""
     from app.scheduling.scheduler import Scheduler

@@ -23,13 +23,12 @@ from app.cli.common import (
     settings,
     user_errors,
 )
-from app.config import RunDir
 from app.errors import UnknownQueueError
 from app.local import processes
-from app.local.processes import Daemon
+from app.local.processes import Daemon, RunProcesses
 from app.logs import configure_logging
 from app.runtime.jobs import SERIALIZER
-from app.runtime.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker, worker_command, worker_processes
+from app.runtime.worker import find_rq_worker, requeue_job_of_dead_worker, run_worker, worker_processes
 from app.tasks import get_queue_spec
 from queues import queue_names
 
@@ -49,51 +48,55 @@ def _queues(names: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names)) if names else queue_names()
 
 
-def _daemon(home: RunDir, name: str) -> Daemon:
-    return Daemon(name, home.pid_file(name), home.worker_log(name))
+def _fleet(config) -> RunProcesses:
+    return RunProcesses(config.home)
 
 
-def _planned(home: RunDir, queues: list[str]) -> list[tuple[Daemon, str]]:
-    """The daemons of the worker processes `queues.py` asks for."""
-    return [(_daemon(home, name), queue) for name, queue in worker_processes(queues)]
+def _workers_on_file(fleet: RunProcesses, queues: list[str]) -> list[Daemon]:
+    """Worker processes with a pid file serving one of `queues` (also those numbered above today's count, and
+    those whose stop was interrupted), whoever started them."""
+    return [d for d in fleet.on_file(stopping=True) if fleet.queue_of(d.name) in queues]
 
 
-def _on_file(home: RunDir, queues: list[str]) -> list[Daemon]:
-    """Workers with a pid file serving one of `queues` (also those numbered above today's process count)."""
-    if not home.pids.is_dir():
-        return []
-    found = []
-    for path in sorted(home.pids.glob("*.pid")):
-        name = path.stem
-        if name.rsplit("-", 1)[0] in queues:
-            found.append(_daemon(home, name))
-    return found
+def _reap(connection, daemon: Daemon, pid: int, stopped: bool = False) -> str:
+    """Clean up after a dead worker: kill what it forked, take back the job it was running. Returns a note.
 
-
-def _reap(connection, daemon: Daemon, pid: int) -> str:
-    """Clean up after a dead worker: kill what it forked, requeue the job it was running. Returns a note."""
+    A worker that crashed used an attempt of its job; one killed because its stop timed out (`stopped`) did not.
+    """
     processes.kill_group(daemon, pid)
     rq_worker = find_rq_worker(connection, pid)
-    job_id = requeue_job_of_dead_worker(connection, rq_worker) if rq_worker else None
+    job_id = requeue_job_of_dead_worker(connection, rq_worker, consume_attempt=not stopped) if rq_worker else None
     return f", job {job_id} requeued" if job_id else ""
+
+
+def _ensure_supervisor(fleet: RunProcesses) -> None:
+    """Start a background supervisor for the run directory unless one (scripts/up's or another) runs."""
+    if fleet.supervisor_pid() is not None:
+        return
+    daemon = Daemon("supervisor", fleet.supervisor_pid_file, fleet.log_file("supervisor"))
+    pid = processes.spawn(daemon, [sys.executable, "-m", "app.local.supervisor"])
+    click.echo(f"supervisor: started (pid {pid}); it restarts crashed processes")
 
 
 def _start(queues: list[str]) -> None:
     config = settings()
     connection = connect_redis(config)
     check_eviction(connection, refuse=True, config=config)
-    home = config.home
+    fleet = _fleet(config)
     started: list[tuple[Daemon, int]] = []
-    for daemon, queue in _planned(home, queues):
-        pid = daemon.read_pid()
-        if pid is not None and daemon.is_alive(pid):
-            click.echo(f"{daemon.name}: already running (pid {pid})")
-            continue
-        note = ""
-        if pid is not None:
-            note = f" (replaced stale pid file of dead pid {pid}{_reap(connection, daemon, pid)})"
-        started.append((daemon, processes.spawn(daemon, worker_command(queue, daemon.name))))
-        click.echo(f"{daemon.name}: starting (pid {started[-1][1]}){note}")
+    with fleet.lock():  # a supervisor restarting a crashed worker at the same moment waits for us
+        for name, _queue in worker_processes(queues):
+            daemon = fleet.daemon(name)
+            pid = daemon.read_pid()
+            if pid is not None and daemon.is_alive(pid):
+                click.echo(f"{daemon.name}: already running (pid {pid})")
+                continue
+            note = ""
+            if pid is not None:
+                note = f" (replaced stale pid file of dead pid {pid}{_reap(connection, daemon, pid)})"
+            started.append((daemon, processes.spawn(daemon, fleet.command(name))))
+            click.echo(f"{daemon.name}: starting (pid {started[-1][1]}){note}")
+    _ensure_supervisor(fleet)
 
     failed = []
     deadline = time.monotonic() + REGISTER_TIMEOUT
@@ -115,10 +118,13 @@ def _start(queues: list[str]) -> None:
 
 def _stop(queues: list[str], timeout: float) -> None:
     config = settings()
-    daemons = _on_file(config.home, queues)
+    fleet = _fleet(config)
+    daemons = _workers_on_file(fleet, queues)
     if not daemons:
         click.echo("no worker running")
         return
+    with fleet.lock():  # after this, the supervisor leaves them to their stop
+        processes.mark_stopping(daemons)
     outcomes = processes.stop(daemons, timeout)
     connection = None
     for daemon in daemons:
@@ -126,7 +132,7 @@ def _stop(queues: list[str], timeout: float) -> None:
         note = ""
         if outcome != "stopped" and pid is not None:
             connection = connection or connect_redis(config)
-            note = _reap(connection, daemon, pid)
+            note = _reap(connection, daemon, pid, stopped=outcome == "killed")
         click.echo(f"{daemon.name}: {outcome}" + (f" (pid {pid}{note})" if pid else ""))
 
 
@@ -138,7 +144,7 @@ _timeout_option = click.option(
 
 @click.group()
 def cli():
-    """Manage the worker processes of this machine (pid files and logs live in the run directory)."""
+    """Manage the worker processes of the run directory (pid files and logs live there; see `app.local.processes`)."""
 
 
 @cli.command()
@@ -177,18 +183,31 @@ def _age(moment: datetime | None) -> float | None:
     return round((datetime.now(UTC) - moment).total_seconds(), 1)
 
 
-def _status_rows(connection, home: RunDir) -> list[dict]:
-    """One row per worker with a pid file, then one per other worker registered in Redis (foreground, elsewhere)."""
+def _status_rows(connection, fleet: RunProcesses, supervised: dict) -> list[dict]:
+    """One row per process of the run directory (web, scheduler, workers: those with a pid file, whoever started
+    them), then one per other worker registered in Redis (run in the foreground, or on another host)."""
     registered = Worker.all(connection=connection, serializer=SERIALIZER)
     host = socket.gethostname()
     by_pid = {w.pid: w for w in registered if w.hostname == host}
     rows, seen = [], set()
-    for daemon in _on_file(home, queue_names()):
-        pid = daemon.read_pid()
-        rq_worker = by_pid.get(pid)
+    for daemon in fleet.on_file(stopping=True):
+        stopping = not daemon.pid_file.exists()
+        pid = daemon.read_pid() if not stopping else processes._read_int(daemon.stopping_file)
+        rq_worker = by_pid.get(pid) if fleet.queue_of(daemon.name) else None
         if rq_worker is not None:
             seen.add(rq_worker.name)
-        rows.append(_row(daemon.name, pid, daemon.is_alive(pid), rq_worker, managed=True))
+        row = _row(daemon.name, pid, daemon.is_alive(pid), rq_worker, managed=not stopping)
+        if fleet.kind(daemon.name) != "worker":
+            row.update(queues=[], state="stopping" if stopping else ("running" if row["alive"] else "dead"))
+        elif stopping:
+            row["state"] = "stopping"
+        track = supervised.get(daemon.name) or {}
+        row["restarts"] = track.get("restarts", 0)
+        row["last_exit"] = track.get("last_exit")
+        row["crash_loop"] = bool(track.get("crash_loop")) and not row["alive"]
+        if not row["alive"] and track.get("next_restart_at"):
+            row["restart_in"] = round(max(0.0, track["next_restart_at"] - time.time()), 1)
+        rows.append(row)
     for rq_worker in registered:
         if rq_worker.name not in seen:
             # on this host the pid tells; elsewhere the registration (it expires without heartbeats) does
@@ -203,7 +222,7 @@ def _row(name: str, pid: int | None, alive: bool, rq_worker, managed: bool) -> d
         "queues": [name.rsplit("-", 1)[0]] if rq_worker is None else rq_worker.queue_names(),
         "pid": pid,
         "alive": alive,
-        "managed": managed,  # started by `workers start` here: expected to be up
+        "managed": managed,  # a process of this run directory: expected to be up
         "state": None,
         "current_job": None,
         "successful": None,
@@ -211,6 +230,9 @@ def _row(name: str, pid: int | None, alive: bool, rq_worker, managed: bool) -> d
         "heartbeat_age": None,
         "rss_bytes": processes.rss_bytes(pid) if pid and alive else None,
         "hostname": None,
+        "restarts": None,
+        "last_exit": None,
+        "crash_loop": False,
     }
     if rq_worker is not None:
         row.update(
@@ -237,6 +259,7 @@ _COLUMNS = (  # header, width (negative: left-aligned), cell
     ("FAILED", 6, lambda r: r["failed"]),
     ("BEAT", 6, lambda r: None if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.0f}s"),
     ("RSS", 8, lambda r: None if r["rss_bytes"] is None else f"{r['rss_bytes'] / 2**20:.1f}M"),
+    ("RESTARTS", 8, lambda r: r["restarts"]),
 )
 
 
@@ -255,21 +278,37 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @redis_option
 def status(as_json):
-    """Show each worker: queues, pid, alive, idle/busy, current job, counts, heartbeat age, memory.
+    """Show each process of the run directory (web, scheduler, workers) and each other registered worker:
+    queues, pid, alive, idle/busy, current job, counts, heartbeat age, memory, restarts.
 
-    Exits 1 when a worker started here is dead or Redis is unreachable.
+    Exits 1 when a process of the run directory is dead or Redis is unreachable.
     """
     config = settings()
     connection = connect_redis(config)
+    fleet = _fleet(config)
+    supervisor_pid = fleet.supervisor_pid()
+    state = fleet.supervisor_state() if supervisor_pid else {}
     try:
-        rows = _status_rows(connection, config.home)
+        rows = _status_rows(connection, fleet, state.get("processes") or {})
     except RedisError as exc:
         fail(f"Redis failed while reading workers: {exc}")
     dead = [row["name"] for row in rows if row["managed"] and not row["alive"]]
+    supervisor = {"pid": supervisor_pid, "mode": state.get("mode"), "servers": {
+        name: track for name, track in (state.get("processes") or {}).items() if name in ("redis", "postgres")
+    }}  # fmt: skip
     if as_json:
-        click.echo(json.dumps({"workers": rows, "dead": dead}, indent=2))
+        click.echo(json.dumps({"workers": rows, "dead": dead, "supervisor": supervisor}, indent=2))
     else:
         _print_table(rows)
+        if supervisor_pid:
+            who = "scripts/up" if state.get("mode") == "up" else "background"
+            click.echo(f"supervisor: pid {supervisor_pid} ({who}); crashed processes are restarted")
+        elif rows:
+            click.echo("supervisor: none; crashed processes stay down (`workers start` starts one)")
+    for row in rows:
+        if row["crash_loop"]:
+            click.secho(f"{row['name']}: crash loop ({row['last_exit']}), next restart in {row.get('restart_in')} s",
+                        err=True, fg="red")
     if dead:
         click.secho(f"dead: {', '.join(dead)}", err=True, fg="red")
         sys.exit(EXIT_FAILURE)
@@ -280,12 +319,14 @@ def status(as_json):
 @click.option("-f", "--follow", is_flag=True, help="Keep printing lines as they are written.")
 @click.option("-n", "--lines", default=50, type=click.IntRange(min=0), show_default=True, help="Lines to show.")
 def logs(name, follow, lines):
-    """Print the log of worker NAME (e.g. sync-1)."""
-    home = settings().home
-    path = home.worker_log(name)
+    """Print the log of process NAME of the run directory (sync-1, web, scheduler, supervisor)."""
+    fleet = _fleet(settings())
+    path = fleet.log_file(name)
     if not path.is_file():
-        known = sorted(p.stem for p in home.worker_logs.glob("*.log")) if home.worker_logs.is_dir() else []
-        fail(f"no log for worker {name!r}; logs: {', '.join(known) or 'none yet'}", EXIT_USAGE)
+        home = fleet.home
+        folders = [folder for folder in (home.logs, home.worker_logs) if folder.is_dir()]
+        known = sorted(p.stem for folder in folders for p in folder.glob("*.log"))
+        fail(f"no log for process {name!r}; logs: {', '.join(known) or 'none yet'}", EXIT_USAGE)
     with open(path, errors="replace") as handle:
         tail = handle.readlines()[-lines:] if lines else []
         click.echo("".join(tail), nl=False)

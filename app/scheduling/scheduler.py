@@ -26,7 +26,7 @@ from app.scheduling import schedule_store
 from app.scheduling.schedules import ScheduleEntry
 from app.store.db import connect
 from app.store.migrate import apply_migrations
-from queues import SCHEDULER_LEADER_KEY
+from queues import SCHEDULER_LEADER_KEY, SCHEDULER_TICK_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ MISSED_AFTER = 30.0
 #: seconds past max_runtime before a run its worker did not stop is declared stuck (the worker's own timeout, a
 #: forked child's kill grace and a lease's recovery come first)
 STUCK_GRACE = 30.0
+#: seconds without a completed tick after which the active scheduler counts as stuck (health checks)
+STALE_AFTER = 30.0
+#: seconds the last-tick time is kept in Redis
+TICK_KEY_TTL = 24 * 3600
 
 _RENEW_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -64,6 +68,7 @@ class Scheduler:
         self._conn: psycopg.Connection | None = None
         self._lease_checked = 0.0
         self._rq_scheduler = None
+        self._tick_recorded = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -75,6 +80,7 @@ class Scheduler:
             try:
                 if self._holds_lease():
                     self.tick()
+                    self._record_tick()
             except (RedisError, psycopg.Error) as exc:
                 logger.warning("scheduler %s: %s; retrying", self.identity, str(exc).strip().splitlines()[0])
                 self._drop_connection()
@@ -82,6 +88,13 @@ class Scheduler:
             self._stop.wait(TICK)
         self._release()
         logger.info("scheduler %s: stopped", self.identity)
+
+    def _record_tick(self) -> None:
+        """Publish when the last tick completed (at most once per RENEW), for health checks and /metrics."""
+        now = time.monotonic()
+        if now - self._tick_recorded >= RENEW:
+            self.redis.set(SCHEDULER_TICK_KEY, f"{time.time():.3f}", ex=TICK_KEY_TTL)
+            self._tick_recorded = now
 
     # -- leadership ------------------------------------------------------------------------------------------
 
@@ -168,3 +181,33 @@ class Scheduler:
         if self._rq_scheduler is None:
             self._rq_scheduler = RQScheduler(connection=self.redis, job_class=BullJob, name=self.identity)
         self._rq_scheduler.enqueue_jobs()
+
+
+def liveness(redis: Redis) -> dict:
+    """Whether a scheduler is active: the leader holding the lease, and how long ago it last completed a tick.
+
+    Returns:
+        {"ok", "leader" (identity or None), "last_tick_age" (seconds or None), "problem" (None when ok)}.
+
+    Raises:
+        RedisError: Redis did not answer.
+    """
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.get(SCHEDULER_LEADER_KEY)
+        pipe.get(SCHEDULER_TICK_KEY)
+        leader, tick = pipe.execute()
+    age = None
+    if tick is not None:
+        try:
+            age = round(max(0.0, time.time() - float(tick)), 1)
+        except ValueError:
+            age = None
+    problem = None
+    if leader is None:
+        problem = "no active scheduler (none holds the lease)"
+    elif age is None or age > STALE_AFTER:
+        problem = "the active scheduler has not completed a tick " + (
+            "yet" if age is None else f"for {age:.0f} s"
+        )
+    return {"ok": problem is None, "leader": leader.decode() if leader else None, "last_tick_age": age,
+            "problem": problem}

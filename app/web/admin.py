@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from flask import Blueprint, current_app, jsonify, request
 
-from app.connections import eviction_policy, eviction_problem, ping
+from app.connections import eviction_policy, eviction_problem
 from app.errors import InvalidJobError, JobStateError
 from app.runtime import control
 from app.runtime.enqueue import enqueue
@@ -20,7 +20,7 @@ from app.scheduling.schedule_store import sync_declared
 from app.scheduling.schedules import ScheduleError, load_schedules
 from app.store.runs import RunFilter, failure_rate, list_runs
 from app.tasks import get_queue_spec
-from app.web import audit
+from app.web import audit, health
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
@@ -110,21 +110,24 @@ def workers_get():
 
 def _health(stats: dict | None = None) -> tuple[dict, int]:
     checks, problems = {}, []
+    checks["redis"] = health.check_redis()
+    if not checks["redis"]["ok"]:
+        return {"status": "unhealthy", "checks": checks, "problems": ["redis unreachable"]}, 503
+    checks["postgres"] = health.check_postgres()
+    if not checks["postgres"]["ok"]:
+        return {"status": "unhealthy", "checks": checks, "problems": ["postgres unreachable"]}, 503
     try:
-        checks["redis"] = {"ok": True, "latency_ms": round(ping(_redis()), 2)}
         checks["redis"]["maxmemory_policy"] = policy = eviction_policy(_redis())
         stats = stats or queue_stats(_redis())
-    except Exception as exc:  # noqa: BLE001 - any failure here means "unhealthy", reported as such
-        checks["redis"] = {"ok": False, "error": str(exc)}
-        return {"status": "unhealthy", "checks": checks, "problems": ["redis unreachable"]}, 503
-    try:
         rates = {row["queue"]: row["rate"] for row in failure_rate(get_db(), hours=1)}
-        checks["postgres"] = {"ok": True}
-    except Exception as exc:  # noqa: BLE001
-        checks["postgres"] = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-        return {"status": "unhealthy", "checks": checks, "problems": ["postgres unreachable"]}, 503
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unhealthy", reported as such
+        checks["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {"status": "unhealthy", "checks": checks, "problems": ["redis or postgres failed"]}, 503
     if eviction_problem(policy):  # jobs and leases may vanish: not healthy, though everything answers
         problems.append(eviction_problem(policy))
+    checks["scheduler"] = health.check_scheduler()
+    if not checks["scheduler"]["ok"]:
+        problems.append(f"scheduler: {checks['scheduler']['problem']}")
     for name, queue in stats["queues"].items():
         if queue["workers"] == 0:
             problems.append(f"{name}: no worker")

@@ -82,6 +82,12 @@ def _local(target: str | None) -> str:
     return "/admin/"
 
 
+@bp.get("/")
+def index():
+    """The site's root leads a person to the pages (the overview, through the sign-in when needed)."""
+    return redirect(url_for("pages.overview"))
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Sign in with the admin token: sets the session cookie."""

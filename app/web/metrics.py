@@ -1,7 +1,8 @@
 """Prometheus metrics at `/metrics` (text format 0.0.4), behind the admin token.
 
-Queue depth by state, workers and pause state come from Redis; jobs processed and failed per queue and task from
-the history rollup (all time); the job duration histogram from the rollup's buckets over the last 24 hours.
+Queue depth by state, workers, pause state, the scheduler's liveness and process restarts come from Redis; jobs
+processed and failed per queue and task from the history rollup (all time); the job duration histogram from the
+rollup's buckets over the last 24 hours.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from flask import Blueprint, Response, current_app
 
 from app.alerts import store as alert_store
 from app.runtime.stats import queue_stats
+from app.scheduling.scheduler import liveness
 from app.store import rollup
 from app.web.auth import require_token
 from app.web.db import get_db
+from queues import PROCESS_RESTARTS_KEY
 
 bp = Blueprint("metrics", __name__)
 bp.before_request(require_token)
@@ -88,6 +91,16 @@ def metrics():
         out.sample("bullrq_job_duration_seconds_sum", round((sums.get(queue) or 0) / 1000, 6), queue=queue)
         out.sample("bullrq_job_duration_seconds_count", sum(buckets.values()), queue=queue)
 
+    scheduler = liveness(redis)
+    out.family("bullrq_scheduler_up", "gauge", "1 while a scheduler holds the lease and completes its ticks.")
+    out.sample("bullrq_scheduler_up", int(scheduler["ok"]))
+    out.family("bullrq_scheduler_last_tick_age_seconds", "gauge", "Seconds since the active scheduler's last tick.")
+    if scheduler["last_tick_age"] is not None:
+        out.sample("bullrq_scheduler_last_tick_age_seconds", scheduler["last_tick_age"])
+    out.family("bullrq_process_restarts_total", "counter", "Crashed processes restarted by a supervisor.")
+    for field, count in sorted(redis.hgetall(PROCESS_RESTARTS_KEY).items()):
+        host, _, process = field.decode().rpartition("/")
+        out.sample("bullrq_process_restarts_total", int(count), host=host, process=process)
     _alerts(out, db)
 
     memory = redis.info("memory")

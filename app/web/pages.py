@@ -36,6 +36,7 @@ from app.runtime import control
 from app.runtime.jobs import describe_job, fetch_job
 from app.runtime.stats import queue_stats
 from app.scheduling import schedule_store
+from app.scheduling.scheduler import liveness
 from app.store.runs import STATUSES, RunFilter, duration_percentiles, failure_rate, list_runs, throughput_per_hour
 from app.tasks import get_queue_spec
 from app.web import audit
@@ -168,10 +169,11 @@ def _refused(endpoint: str, status: int, code: str, message: str):
 
 @bp.get("/")
 def overview():
-    """Open and recent alerts; per queue: waiting, running, scheduled, failed, paused, throughput and workers, with
-    the queue controls."""
+    """Open and recent alerts; whether a scheduler is active; per queue: waiting, running, scheduled, failed,
+    paused, throughput and workers, with the queue controls."""
     return render_template("overview.html", stats=queue_stats(_redis()), runs=_recent_runs(), alerts=_alerts(),
-                           clean_states=control.CLEANABLE, clean_age=CLEAN_AGE)  # fmt: skip
+                           scheduler=liveness(_redis()), clean_states=control.CLEANABLE,
+                           clean_age=CLEAN_AGE)  # fmt: skip
 
 
 def _alerts() -> dict | None:

@@ -1,6 +1,6 @@
---[[ Take back running jobs whose worker is gone: leases that expired (no heartbeat), or the lease of one job
-  whose worker was killed. Each goes back to the front of its lane, or to the failed set when it has no attempt
-  left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
+--[[ Take back running jobs whose worker is gone: leases that expired (no heartbeat), or the one lease of a worker
+  known to be dead (never a lease another worker holds). Each goes back to the front of its lane, or to the failed
+  set when it has no attempt left. Only the caller that removes a lease acts on it, so two recoverers never requeue a job twice.
 
   Leases are judged by Redis' own clock. Time nobody watched does not count against them: when no look at this
   queue's leases came for ARGV[9] seconds (Redis was down or unreachable for everyone, so no owner could renew),
@@ -12,8 +12,8 @@
   KEYS[17] the queue's lease clock (hash: `seen`, Redis time of the last look at its expired leases; `grace`,
            when the grace after an unwatched gap ends)
   ARGV[1] now, epoch seconds    ARGV[2] now, RQ's format    ARGV[3] job key prefix    ARGV[4] most leases
-  ARGV[5] "expired" (leases past their end), a job id (that job's leases, expired or not), or "member:" and one
-          exact lease (that of a worker known to be dead)
+  ARGV[5] "expired" (leases past their end), or "member:" and one exact lease (that of a worker known to be dead,
+          named in its hash: never a lease another worker took since)
   ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
   ARGV[8] history stream cap (0: history is off)
   ARGV[9] seconds without a look after which expired leases get a grace   ARGV[10] that grace, seconds
@@ -32,12 +32,8 @@ if ARGV[5] == 'expired' then
   -- leases are scored in milliseconds (app.runtime.leases)
   members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.3f', now * 1000), 'LIMIT', 0,
     tonumber(ARGV[4]))
-elseif string.sub(ARGV[5], 1, 7) == 'member:' then
-  members = {string.sub(ARGV[5], 8)}
 else
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. ':' then members[#members + 1] = member end
-  end
+  members = {string.sub(ARGV[5], 8)}
 end
 -- The job ends for good: its status, the registry that keeps it for its failure TTL, its dedup key freed.
 local function end_job(job, id, status, text, registry)

@@ -1,0 +1,69 @@
+"""The supervisor of a run directory with real processes: a process that crashes at every start is restarted with
+a growing backoff, never hammered, and reported as crash looping by `workers status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from app.local.processes import pid_exists
+from app.local.servers import free_port
+from app.local.supervisor import CRASH_LOOP, backoff
+from tests.fixtures import run_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_crash_loop_backs_off_and_is_reported(isolated_env, redis_url):
+    home = isolated_env
+    (home / "pids").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (home / "pids" / "sync-1.pid").write_text(f"{gone.pid}\n")  # a worker that died; each restart dies again:
+    broken = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # its Redis is not there
+    (home / "logs").mkdir()
+    with open(home / "logs" / "supervisor.log", "ab") as log:  # where `workers start` sends its output
+        supervisor = subprocess.Popen([sys.executable, "-m", "app.local.supervisor"], env=broken, stdout=log,
+                                      stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        state_file = home / "supervisor.json"
+
+        def looping():
+            assert supervisor.poll() is None
+            try:
+                track = json.loads(state_file.read_text())["processes"]["sync-1"]
+            except (OSError, ValueError, KeyError):
+                return None
+            return track if track["restarts"] >= CRASH_LOOP and track["crash_loop"] else None
+
+        track = wait_for(looping, timeout=90, interval=0.2, message="a crash loop")
+        assert "exited with status 1" in track["last_exit"]
+
+        # restarts come after a backoff that doubles with each crash in a row (never back to back)
+        log = (home / "logs" / "supervisor.log").read_text()
+        times = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f")
+                 for t in re.findall(r"^(\S+ \S+) .*sync-1: restarted", log, re.M)]  # fmt: skip
+        assert len(times) >= CRASH_LOOP
+        for n, (before, after) in enumerate(zip(times, times[1:], strict=False), start=2):
+            assert (after - before).total_seconds() >= backoff(n) * 0.9, (n, times)
+        assert "crash loop" in log
+
+        # reported: `workers status` (against a Redis that answers) exits 1 naming the crash loop
+        report = run_cli("workers", "status", "--json")
+        assert report.returncode == 1
+        body = json.loads(report.stdout)
+        row = {r["name"]: r for r in body["workers"]}["sync-1"]
+        assert row["restarts"] >= CRASH_LOOP and row["last_exit"] and body["supervisor"]["pid"] == supervisor.pid
+        if not row["alive"]:  # between two restarts (the usual state): dead, with the wait before the next one
+            assert row["crash_loop"] and body["dead"] == ["sync-1"] and "crash loop" in report.stderr
+    finally:
+        supervisor.send_signal(signal.SIGTERM)  # stops what it supervises, then exits
+        assert supervisor.wait(60) == 0
+    assert not list((home / "pids").glob("*.pid")) and not pid_exists(supervisor.pid)
