@@ -324,6 +324,30 @@ def test_webhook_answering_503_is_retried_and_delivered_exactly_once(handlers, h
     assert http_service.received("POST", "/hook")[-1].headers["idempotency-key"] == "evt-8"  # the receiver can dedup
 
 
+def test_a_key_reused_for_another_message_fails_for_good_naming_the_key(handlers, http_service, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
+    first, second = Receiver(SECRET), Receiver(SECRET)
+    http_service.route("POST", "/first", first)
+    http_service.route("POST", "/second", second)
+    handlers.start("notifications")
+    data = {"channel": "webhook", "to": http_service.url + "/first", "text": "invoice 1", "idempotencyKey": "inv-1"}
+
+    sent = handlers.run("notifications.send", data)
+    repeated = handlers.run("notifications.send", data)
+    other_recipient = handlers.run("notifications.send", {**data, "to": http_service.url + "/second"}, QUICK_RETRY)
+    other_text = handlers.run("notifications.send", {**data, "text": "invoice 2"}, QUICK_RETRY)
+
+    assert (sent["status"], sent["result"]["status"]) == ("completed", "sent"), sent["error"]
+    assert (repeated["status"], repeated["result"]["status"]) == ("completed", "already sent")
+    for conflict in (other_recipient, other_text):
+        assert (conflict["status"], conflict["attempt"]) == ("failed", 1), conflict["result"]
+        assert conflict["result"] is None and "'inv-1'" in conflict["error"]
+        assert "KeyConflict" in conflict["error"] and "another message" in conflict["error"]
+    assert first.answers == [200] and second.answers == []
+    row = outbox_row(handlers, "inv-1")
+    assert (row["status"], row["job_id"], row["recipient"]) == ("sent", sent["id"], data["to"])
+
+
 def test_the_same_key_enqueued_twice_is_sent_once_even_by_two_workers_at_once(handlers, http_service, monkeypatch):
     monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
     receiver = Receiver(SECRET, delay=1.0)  # slow: the second job arrives while the first is sending
