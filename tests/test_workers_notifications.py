@@ -251,7 +251,9 @@ def test_smtp_server_down_is_retried_and_delivers_once_it_is_up(handlers, smtp_s
         "notifications.send", {"channel": "email", "to": "carol@example.com", "text": "hi"}, options
     )
     delayed = handlers.wait(job_id, "scheduled")
-    assert delayed["attempts_left"] == 1
+    # attempt 1 made, 2 and 3 to come; the failure is the previous attempt's, not the job's
+    assert (delayed["attempts_made"], delayed["attempts_left"], delayed["error"]) == (1, 2, None)
+    assert delayed["last_error"].startswith("Traceback") and "ServiceUnavailableError" in delayed["last_error"]
     assert outbox_row(handlers, job_id)["error"].startswith("ServiceUnavailableError: SMTP server 127.0.0.1")
     inbox, _ = smtp_servers.start(port=port)
 
@@ -259,6 +261,7 @@ def test_smtp_server_down_is_retried_and_delivers_once_it_is_up(handlers, smtp_s
 
     assert job["status"] == "completed", job["error"]
     assert job["attempt"] == 2 and job["result"]["attempts"] == 2
+    assert (job["attempts_made"], job["attempts_left"], job["error"], job["last_error"]) == (2, 0, None, None)
     assert len(inbox.envelopes) == 1
 
 

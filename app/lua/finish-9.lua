@@ -11,9 +11,13 @@
   ARGV[7] seconds the run took   ARGV[8] the run's history row, JSON ("": history is off)
   ARGV[9] history stream cap     ARGV[10] number of job hash field/value pairs that follow
   ARGV[11..] job hash field, value, ... then results stream field, value, ...
-  Returns 1, or 0 when the lease was no longer held (the job was recovered elsewhere): nothing is changed.
+  Returns 1, or 0 when the lease was no longer held (the job was recovered elsewhere): the outcome is discarded,
+  nothing of the job is changed, only the worker stops showing it as its current job.
 ]]
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then
+  if redis.call('HGET', KEYS[3], 'current_job') == ARGV[3] then
+    redis.call('HSET', KEYS[3], 'state', 'idle', 'current_job', '')
+  end
   return 0
 end
 local outcome, id, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
