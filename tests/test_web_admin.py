@@ -289,13 +289,13 @@ def test_state_changes_are_audited_without_the_token(api, database_url):
 
 
 def test_a_nul_in_a_body_is_still_audited(api, database_url):
-    escaped = '{"action": "pause", "queueName": "sync", "note": "a\\u0000b"}'
+    escaped = '{"type": "system.ping", "data": {"echo": "a\\u0000b"}, "options": {"queue": "sync"}}'
     api.post("/api/admin/workers", headers={**AUTH, "Content-Type": "application/json"}, data=escaped)
     api.post("/api/admin/workers", headers={**AUTH, "Content-Type": "text/plain"}, data=b"raw\x00nul")
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT status, request FROM audit_log ORDER BY id").fetchall()
     assert rows == [
-        (200, {"action": "pause", "queueName": "sync", "note": "a\ufffdb"}),
+        (201, {"type": "system.ping", "data": {"echo": "a\ufffdb"}, "options": {"queue": "sync"}}),
         (400, {"text": "raw\ufffdnul"}),
     ]
 
@@ -349,3 +349,44 @@ def test_text_no_store_can_hold_is_a_400_not_a_500(api):
                  "/api/admin/jobs/logs?error=%00", "/api/admin/jobs/history-stats?queue=nowhere"):  # fmt: skip
         response = api.get(path, headers=AUTH)
         assert response.status_code == 400, (path, response.get_data(as_text=True))
+
+
+def test_unknown_query_parameters_are_refused_naming_the_accepted_ones(api, app):
+    error = _error(api.get("/api/admin/jobs?state=completed&queue=sync", headers=AUTH), 400, "invalid_request")
+    assert error["details"] == {"unknown": ["queue", "state"], "accepted": ["status", "queueName", "limit", "offset"]}
+    assert "'queue', 'state'" in error["message"] and "status, queueName, limit, offset" in error["message"]
+    page = api.get("/api/admin/jobs?status=completed&queueName=sync", headers=AUTH).get_json()
+    assert (page["status"], page["queue"]) == ("completed", "sync")
+
+    # every route of the API, whatever its method: the parameters come from the OpenAPI document, nothing else
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/admin") or rule.rule.startswith("/api/admin/queues"):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", "x", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            response = api.open(path + "?bogus=1", method=method, headers=AUTH, json={})
+            error = _error(response, 400, "invalid_request")
+            assert error["details"]["unknown"] == ["bogus"], (method, path)
+
+
+def test_control_actions_refuse_unknown_fields_and_clean_takes_status(api, redis_conn):
+    error = _error(api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "stat": "failed"}), 400,
+                   "invalid_request")
+    assert "'stat'" in error["message"] and "status" in error["details"]["accepted"]
+    cleaned = api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "status": "failed"})
+    assert cleaned.status_code == 200 and cleaned.get_json()["status"] == "failed"
+    older = api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "state": "canceled"})
+    assert older.status_code == 200 and older.get_json()["status"] == "canceled"
+
+
+def test_seed_job_names_create_jobs_of_our_types_and_messages_use_the_names_users_write(api):
+    created = api.post("/api/admin/workers", headers=AUTH, json={"type": "sync-manual", "data": {"workspaceId": "w"}})
+    assert created.status_code == 201 and created.get_json()["type"] == "sync.manual"
+    job = api.get(f"/api/admin/jobs/{created.get_json()['jobId']}", headers=AUTH).get_json()
+    assert (job["type"], job["queue"], job["data"]) == ("sync.manual", "sync", {"workspace_id": "w"})
+    report = api.post("/api/admin/jobs", headers=AUTH, json={"type": "generate-report", "data": {"scheduleId": "s"}})
+    assert report.status_code == 201 and report.get_json()["type"] == "reports.generate"
+
+    error = _error(api.post("/api/admin/jobs", headers=AUTH, json={"type": "sync-manual", "data": {}}), 400,
+                   "invalid_request")
+    assert "missing 'workspaceId'" in error["message"] and "workspace_id" not in error["message"]
