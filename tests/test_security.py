@@ -15,8 +15,8 @@ from app.migrate import apply_migrations
 from app.worker import build_worker
 from tests.conftest import TOKEN
 
-#: routes anyone may call: probes, metrics for the scraper on the private network, signing in and out
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/login", "/logout", "/static/<path:filename>"}
+#: routes anyone may call: probes, metrics for the scraper on the private network, signing in and out, the icon
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/login", "/logout", "/static/<path:filename>", "/favicon.ico"}
 WRONG = ["", "Bearer wrong-token-0000000000", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x", "Bearer "]
 #: pickle's protocol 2-5 header followed by a frame or memo opcode: how every pickle of a dict or object starts
 PICKLE = re.compile(rb"\x80[\x02-\x05](\x95|\x7d|\x63|\x8c|\x5d)")
