@@ -27,6 +27,23 @@ HANDLER_PACKAGE = "workers"
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
+#: the job names of the systems bullrq replaces (seeds/), accepted wherever a task type is, so their callers keep
+#: working; a job created under an alias is stored, listed and recorded under the task type it names
+ALIASES = {
+    "sync-manual": "sync.manual",  # Bull: POST /api/admin/workers {"type": "sync-manual"}
+    "generate-report": "reports.generate",  # Bull: {"type": "generate-report", "data": {"scheduleId"}}
+    "cleanup": "system.retention_cleanup",  # jobs system: old jobs and run logs, daily 03:00
+    "update_stats": "system.update_stats",  # jobs system: weekly stats, Sunday 04:00
+    "harvest": "harvest.run",  # jobs system: content from the sources, daily 02:00
+    "generate_embeddings": "embeddings.generate",  # jobs system: embeddings, Saturday 01:00
+}
+
+
+def camel(name: str) -> str:
+    """A handler's argument name as job data writes it (workspace_id -> workspaceId)."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
 
 @dataclass(frozen=True)
 class Task:
@@ -46,6 +63,7 @@ class Task:
         if not isinstance(data, dict):
             raise InvalidJobError(f"data for {self.name} must be a JSON object, not {type(data).__name__}")
         kwargs = {_CAMEL.sub(r"_\1", name).lower(): value for name, value in data.items()}
+        self._check_fields(data, kwargs)
         try:
             _signature(self.func).bind(**kwargs)
         except TypeError as exc:
@@ -53,6 +71,24 @@ class Task:
         if self.validate is not None:
             self.validate(kwargs)
         return kwargs
+
+
+    def _check_fields(self, data: dict, kwargs: dict) -> None:
+        """Unknown and missing fields named as job data writes them (camelCase), never as Python's arguments."""
+        parameters = _signature(self.func).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        fields = [camel(name) for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        listed = f"fields: {', '.join(fields)}" if fields else "it takes no field"
+        unknown = [written for written, name in zip(data, kwargs, strict=True) if name not in parameters]
+        if unknown:
+            raise InvalidJobError(f"data for {self.name}: unknown field {unknown[0]!r}; {listed}")
+        required = [name for name, p in parameters.items()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        missing = [camel(name) for name in required if name not in kwargs]
+        if missing:
+            raise InvalidJobError(f"data for {self.name}: missing {', '.join(repr(name) for name in missing)}; "
+                                  f"{listed}")
 
 
 class TaskRegistry:
@@ -70,21 +106,21 @@ class TaskRegistry:
         self._tasks[task.name] = task
 
     def get(self, name: str) -> Task:
-        """The task registered as `name`.
+        """The task registered as `name`, or as the task type the alias `name` stands for (`ALIASES`).
 
         Raises:
             UnknownTaskError: nothing is registered under that name.
         """
         try:
-            return self._tasks[name]
-        except KeyError:
+            return self._tasks[ALIASES.get(name, name) if isinstance(name, str) else name]
+        except (KeyError, TypeError):
             raise UnknownTaskError(str(name), self.names()) from None
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tasks
+        return (ALIASES.get(name, name) if isinstance(name, str) else name) in self._tasks
 
 
 registry = TaskRegistry()

@@ -111,6 +111,20 @@ def gated(tag: str, wait: float = 20, after: float = 0) -> str:
     return "opened" if opened else "gate timeout"
 
 
+@task("semantics.flaky-gated", queue=None)
+def flaky_gated(tag: str, wait: float = 20) -> str:
+    """Fail the first run of `tag`; on the next, wait (at most `wait` seconds) for the test to open its gate."""
+    run = _record(tag)
+    if run == 1:
+        raise RuntimeError(f"flaky {tag} run {run}")
+    deadline = time.monotonic() + wait
+    opened = None
+    while opened is None and time.monotonic() < deadline:  # short waits: the client's socket timeout is shorter
+        opened = _redis().blpop([f"test:gate:{tag}"], timeout=1)
+    _record(tag, "end")
+    return "opened" if opened else "gate timeout"
+
+
 @task("semantics.slow-first", queue=None)
 def slow_first(tag: str, sleep: float = 30) -> int:
     """Sleep `sleep` seconds on the first run only (a later run, after a recovery, ends at once)."""

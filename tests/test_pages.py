@@ -519,3 +519,36 @@ def test_rq_dashboard_pages_in_chromium_show_every_job_once_escaped_and_never_fa
     assert missing.status == 404 and missing.json()["error"]["code"] == "job_not_found"
     failures = [f for f in failures if f[0] != 404]
     assert not failures, failures
+
+
+@pytest.mark.slow
+def test_the_overview_fits_a_1366_pixel_screen_without_scrolling_sideways(browser, site, redis_conn, database_url):
+    # the widest figures it shows: failures in the last 24 h, a paused queue, a concurrency cap, big counts
+    with connect(database_url, autocommit=True) as conn:
+        now = time.time()
+        write_rows(conn, [run_row(job_id=f"fit-{queue}-{n}", attempt=1, queue=queue, task="system.ping",
+                                  status="failed" if n % 3 else "completed", started_at=now - 60, ended_at=now - 59)
+                          for n in range(30) for queue in queue_names()])
+    for _ in range(3):
+        enqueue(redis_conn, "system.ping", {}, {"queue": "sync", "delay": 3600})
+    redis_conn.set(queue_keys("reports").paused, 1)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    _sign_in(page, site)
+    page.wait_for_selector("#queues tr[data-queue=reports] .paused")
+    assert "failed)" in page.locator("#queues tr[data-queue=sync] .runs-day").inner_text()
+
+    widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    page.screenshot(path=str(ARTIFACTS / "pages-overview-1366.png"))
+    assert widths[0] <= widths[1] == 1366, f"the overview is {widths[0]} px wide on a 1366 px screen"
+    box = page.locator("#queues").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 1366
+    for queue in queue_names():  # every action still there, on screen
+        row = page.locator(f"#queues tr[data-queue={queue}]")
+        assert row.locator("button.toggle").is_visible() and row.locator("form.clean button").is_visible()
+
+
+def test_favicon_answers_with_a_small_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.mimetype == "image/vnd.microsoft.icon"
+    assert response.data[:4] == b"\x00\x00\x01\x00" and len(response.data) < 4096  # an ICO header, one small image
+    assert "max-age" in response.headers["Cache-Control"]

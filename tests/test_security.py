@@ -17,8 +17,8 @@ from app.store.migrate import apply_migrations
 from tests.conftest import TOKEN
 from tests.waits import wait_status
 
-#: routes anyone may call: probes, metrics for the scraper on the private network, signing in and out
-PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/login", "/logout", "/static/<path:filename>"}  # / only redirects
+#: routes anyone may call: probes, metrics for the scraper on the private network, signing in and out, the icon
+PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/login", "/logout", "/static/<path:filename>", "/favicon.ico"}
 WRONG = ["", "Bearer wrong-token-0000000000", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x", "Bearer "]
 #: pickle's protocol 2-5 header followed by a frame or memo opcode: how every pickle of a dict or object starts
 pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture

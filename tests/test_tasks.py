@@ -87,3 +87,28 @@ def test_system_ping_is_registered_after_load_tasks():
     assert t.func is ping
     assert t.queue is None  # it runs on any queue
     assert t.func(echo="pong") == "pong"
+
+
+def test_bind_names_fields_as_job_data_writes_them():
+    task = get_task("sync.manual")
+    with pytest.raises(InvalidJobError) as missing:
+        task.bind({})
+    assert str(missing.value) == "data for sync.manual: missing 'workspaceId'; fields: workspaceId, forceUpdate"
+    with pytest.raises(InvalidJobError) as unknown:
+        task.bind({"workspaceId": "w", "force": True})
+    assert str(unknown.value) == "data for sync.manual: unknown field 'force'; fields: workspaceId, forceUpdate"
+    assert "workspace_id" not in str(missing.value) + str(unknown.value)
+    with pytest.raises(InvalidJobError, match="it takes no field"):
+        get_task("reports.weekly").bind({"x": 1})
+
+
+def test_the_seed_systems_job_names_are_aliases_of_our_task_types():
+    from app.tasks import ALIASES
+
+    registry = load_tasks()
+    for alias, name in ALIASES.items():
+        assert alias not in registry.names() and name in registry.names()
+        assert get_task(alias) is get_task(name) and alias in registry
+    assert {"sync-manual", "generate-report", "cleanup", "update_stats"} <= set(ALIASES)
+    with pytest.raises(UnknownTaskError, match="registered types: "):
+        get_task("extract-blueprints")  # a seed job with no counterpart here is not guessed at

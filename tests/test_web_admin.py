@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import subprocess
 import time
 
 import psycopg
 import pytest
 
+import tests.handlers  # noqa: F401 - registers the semantics.* task types the in-process workers run
+from app.runtime.enqueue import enqueue
 from app.runtime.worker import build_worker
 from app.store.migrate import apply_migrations
 from app.tasks import queue_keys
@@ -307,45 +311,77 @@ def test_state_changes_are_audited_without_the_token(api, database_url):
 
 
 def test_a_nul_in_a_body_is_still_audited(api, database_url):
-    escaped = '{"action": "pause", "queueName": "sync", "note": "a\\u0000b"}'
+    escaped = '{"type": "system.ping", "data": {"echo": "a\\u0000b"}, "options": {"queue": "sync"}}'
     api.post("/api/admin/workers", headers={**AUTH, "Content-Type": "application/json"}, data=escaped)
     api.post("/api/admin/workers", headers={**AUTH, "Content-Type": "text/plain"}, data=b"raw\x00nul")
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT status, request FROM audit_log ORDER BY id").fetchall()
     assert rows == [
-        (200, {"action": "pause", "queueName": "sync", "note": "a\ufffdb"}),
+        (201, {"type": "system.ping", "data": {"echo": "a\ufffdb"}, "options": {"queue": "sync"}}),
         (400, {"text": "raw\ufffdnul"}),
     ]
 
 
-def test_metrics_in_prometheus_text(api, redis_conn, database_url):
-    from app.store.history import HistoryWriter
+def _scrape(api) -> tuple[str, dict]:
+    """/metrics as text, and its families as prometheus_client's parser reads them ({name: family})."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = api.get("/metrics", headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    return text, {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def _value(family, **labels) -> float:
+    [value] = [s.value for s in family.samples if s.labels == labels]
+    return value
+
+
+def test_metrics_read_by_prometheus_client_and_promtool(api, redis_conn, database_url, tmp_path):
+    from app.store.history import run_row, write_rows
 
     for n in range(4):
         api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "data": {"echo": n},
                                                         "options": {"queue": "reports"}})  # fmt: skip
-    build_worker(["reports"], redis_conn, "metrics-test", database_url).work(burst=True)
-    writer = HistoryWriter(redis_conn, database_url, "metrics-test")
-    while writer.drain_once(block=0.05):
-        pass
+    job = enqueue(redis_conn, "semantics.fail", {"tag": "twice"}, {"queue": "harvest", "attempts": 1})
+    build_worker(["reports", "harvest"], redis_conn, "metrics-test", database_url).work(burst=True)
+    # rq-dashboard's requeue puts the failed job back; its rerun is a second run, counted as one
+    assert api.post(f"/api/admin/queues/job/{job.id}/requeue", headers=AUTH).status_code == 200
+    build_worker(["harvest"], redis_conn, "metrics-test-2", database_url).work(burst=True)
+    with psycopg.connect(database_url) as conn:  # a completed run from three days ago: still in the totals
+        three_days_ago = time.time() - 3 * 86400
+        write_rows(conn, [run_row(job_id="old", attempt=1, queue="reports", task="system.ping", status="completed",
+                                  started_at=three_days_ago, ended_at=three_days_ago + 0.002)])
+    _drain(redis_conn, database_url)
     api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "options": {"queue": "reports"}})
 
     _error(api.get("/metrics"), 401, "unauthorized")
-    response = api.get("/metrics", headers=AUTH)
-    assert response.status_code == 200 and response.mimetype == "text/plain"
-    lines = response.get_data(as_text=True).splitlines()
-    assert 'bullrq_queue_jobs{queue="reports",state="waiting"} 1' in lines
-    assert 'bullrq_queue_jobs{queue="reports",state="completed"} 4' in lines
-    assert 'bullrq_jobs_processed_total{queue="reports",task="system.ping"} 4' in lines
-    assert 'bullrq_jobs_failed_total{queue="reports",task="system.ping"} 0' in lines
-    assert 'bullrq_job_duration_seconds_bucket{queue="reports",le="+Inf"} 4' in lines
-    assert 'bullrq_job_duration_seconds_count{queue="reports"} 4' in lines
-    buckets = [int(line.rsplit(" ", 1)[1]) for line in lines
-               if line.startswith('bullrq_job_duration_seconds_bucket{queue="reports"')]  # fmt: skip
-    assert buckets == sorted(buckets)  # cumulative
-    [memory] = [line for line in lines if line.startswith("bullrq_redis_memory_bytes ")]
-    assert int(memory.split()[1]) > 0
-    assert all(line.startswith(("# HELP", "# TYPE", "bullrq_")) for line in lines)
+    text, families = _scrape(api)
+    assert set(families) == {"bullrq_queue_jobs", "bullrq_queue_paused", "bullrq_queue_workers",
+                             "bullrq_jobs_processed", "bullrq_jobs_failed", "bullrq_job_duration_seconds",
+                             "bullrq_redis_memory_bytes"}  # every family typed and with its samples: no "unknown"
+    assert all(family.type != "unknown" and family.samples for family in families.values())
+    assert _value(families["bullrq_queue_jobs"], queue="reports", state="waiting") == 1
+    assert _value(families["bullrq_queue_jobs"], queue="reports", state="completed") == 4
+    processed, failed = families["bullrq_jobs_processed"], families["bullrq_jobs_failed"]
+    assert processed.type == failed.type == "counter"
+    assert _value(processed, queue="reports", task="system.ping") == 5
+    assert _value(failed, queue="reports", task="system.ping") == 0
+    assert _value(processed, queue="harvest", task="semantics.fail") == 2  # ran twice: requeued once
+    assert _value(failed, queue="harvest", task="semantics.fail") == 2
+
+    durations = families["bullrq_job_duration_seconds"]
+    assert durations.type == "histogram"
+    buckets = [(float(s.labels["le"]), s.value) for s in durations.samples
+               if s.name.endswith("_bucket") and s.labels["queue"] == "reports"]
+    assert buckets == sorted(buckets) and buckets[-1] == (float("inf"), 5)  # cumulative, the old run included
+    assert [s.value for s in durations.samples if s.name.endswith("_count") and s.labels["queue"] == "reports"] == [5]
+    assert _value(families["bullrq_redis_memory_bytes"]) > 0
+
+    promtool = shutil.which("promtool")
+    if promtool:  # Debian's prometheus package; the parser above is the check where it is not installed
+        checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_the_openapi_document_describes_every_admin_route(app, client):
@@ -421,3 +457,44 @@ def test_history_stats_returns_the_figures_of_the_runs_in_the_window(api, databa
     wider = api.get("/api/admin/jobs/history-stats?hours=48&queue=sync", headers=AUTH).get_json()
     assert [(r["queue"], r["total"], r["failed"]) for r in wider["failure_rate"]] == [("sync", 7, 3)]
     assert {r["queue"] for r in wider["throughput"]} == {"sync"}
+
+
+def test_unknown_query_parameters_are_refused_naming_the_accepted_ones(api, app):
+    error = _error(api.get("/api/admin/jobs?state=completed&queue=sync", headers=AUTH), 400, "invalid_request")
+    assert error["details"] == {"unknown": ["queue", "state"], "accepted": ["status", "queueName", "limit", "offset"]}
+    assert "'queue', 'state'" in error["message"] and "status, queueName, limit, offset" in error["message"]
+    page = api.get("/api/admin/jobs?status=completed&queueName=sync", headers=AUTH).get_json()
+    assert (page["status"], page["queue"]) == ("completed", "sync")
+
+    # every route of the API, whatever its method: the parameters come from the OpenAPI document, nothing else
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/admin") or rule.rule.startswith("/api/admin/queues"):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", "x", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            response = api.open(path + "?bogus=1", method=method, headers=AUTH, json={})
+            error = _error(response, 400, "invalid_request")
+            assert error["details"]["unknown"] == ["bogus"], (method, path)
+
+
+def test_control_actions_refuse_unknown_fields_and_clean_takes_status(api, redis_conn):
+    error = _error(api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "stat": "failed"}), 400,
+                   "invalid_request")
+    assert "'stat'" in error["message"] and "status" in error["details"]["accepted"]
+    cleaned = api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "status": "failed"})
+    assert cleaned.status_code == 200 and cleaned.get_json()["status"] == "failed"
+    older = api.post("/api/admin/workers", headers=AUTH, json={"action": "clean", "state": "canceled"})
+    assert older.status_code == 200 and older.get_json()["status"] == "canceled"
+
+
+def test_seed_job_names_create_jobs_of_our_types_and_messages_use_the_names_users_write(api):
+    created = api.post("/api/admin/workers", headers=AUTH, json={"type": "sync-manual", "data": {"workspaceId": "w"}})
+    assert created.status_code == 201 and created.get_json()["type"] == "sync.manual"
+    job = api.get(f"/api/admin/jobs/{created.get_json()['jobId']}", headers=AUTH).get_json()
+    assert (job["type"], job["queue"], job["data"]) == ("sync.manual", "sync", {"workspace_id": "w"})
+    report = api.post("/api/admin/jobs", headers=AUTH, json={"type": "generate-report", "data": {"scheduleId": "s"}})
+    assert report.status_code == 201 and report.get_json()["type"] == "reports.generate"
+
+    error = _error(api.post("/api/admin/jobs", headers=AUTH, json={"type": "sync-manual", "data": {}}), 400,
+                   "invalid_request")
+    assert "missing 'workspaceId'" in error["message"] and "workspace_id" not in error["message"]

@@ -207,6 +207,28 @@ def test_the_scan_cap_holds_and_the_next_run_continues_from_the_saved_cursor(han
     assert redis_conn.exists(*[f"rq:bulk:{n}" for n in range(300)]) == 300
 
 
+def test_keys_are_counted_once_each_although_scan_returns_some_twice_while_unlink_shrinks_the_keyspace(
+    handlers, redis_conn
+):
+    # the shape of the run that reported 5,324 scanned for 5,322 keys: most keys go, so Redis shrinks its table
+    # (rehashing) between SCAN calls, and SCAN's guarantee is "at least once"
+    idle = [f"bullrq:cache:sync:idle-{n}" for n in range(4900)]
+    with_ttl = [f"bullrq:cache:sync:ttl-{n}" for n in range(422)]
+    _plant(redis_conn, idle)
+    _plant(redis_conn, with_ttl, ttl=3600)
+    handlers.start("cache-cleanup")
+
+    job = handlers.run("cache.cleanup", {"maxIdleSeconds": IDLE, "batchDelayMs": 100}, timeout=120)
+
+    assert job["status"] == "completed", job["error"]
+    result = job["result"]
+    assert _existing(redis_conn, idle) == set() and _existing(redis_conn, with_ttl) == set(with_ttl)
+    assert (result["keys_scanned"], result["keys_candidates"], result["keys_removed"]) == (5322, 4900, 4900)
+    assert (result["keys_kept"], result["keys_without_ttl"]) == (422, 4900)
+    assert result["bytes_removed"] == result["bytes_candidates"] >= 4900 * len(VALUE)
+    assert job["progress"]["processed"] == 4900 + sum(result["rows_deleted"].values())
+
+
 def _seed_rows(conn) -> None:
     conn.execute(
         "INSERT INTO sync_runs (job_id, workspace_id, started_at, ended_at) "
@@ -262,7 +284,9 @@ def test_dry_run_deletes_nothing_then_the_real_run_deletes_rows_past_retention(h
     assert dry["status"] == "completed", dry["error"]
     result = dry["result"]
     assert result["dry_run"] and result["keys_removed"] == 0 and result["keys_candidates"] == result["keys_scanned"]
-    assert 0 < result["keys_scanned"] <= 100 and result["bytes_removed"] >= result["keys_candidates"] * len(VALUE)
+    assert 0 < result["keys_scanned"] <= 100 and result["bytes_candidates"] >= result["keys_candidates"] * len(VALUE)
+    assert result["bytes_removed"] == 0 and result["memory"]["freed"] == 0  # nothing removed, nothing freed
+    assert all(ns["bytes_removed"] == 0 for ns in result["namespaces"])
     assert result["rows_past_retention"] == {"sync_runs": 12000, "notification_outbox": 2, "document_analyses": 1}
     assert result["rows_deleted"] == {"sync_runs": 0, "notification_outbox": 0, "document_analyses": 0}
     assert dry["progress"]["processed"] == 0

@@ -256,7 +256,9 @@ def test_smtp_server_down_is_retried_and_delivers_once_it_is_up(handlers, smtp_s
         "notifications.send", {"channel": "email", "to": "carol@example.com", "text": "hi"}, options
     )
     delayed = handlers.wait(job_id, "scheduled", timeout=60)
-    assert delayed["attempts_left"] == 1
+    # attempt 1 made, 2 and 3 to come; the failure is the previous attempt's, not the job's
+    assert (delayed["attempts_made"], delayed["attempts_left"], delayed["error"]) == (1, 2, None)
+    assert delayed["last_error"].startswith("Traceback") and "ServiceUnavailableError" in delayed["last_error"]
     assert outbox_row(handlers, job_id)["error"].startswith("ServiceUnavailableError: SMTP server 127.0.0.1")
     inbox, _ = smtp_servers.start(port=port)
     assert run_now(handlers.redis, job_id) == "promoted"
@@ -265,6 +267,7 @@ def test_smtp_server_down_is_retried_and_delivers_once_it_is_up(handlers, smtp_s
 
     assert job["status"] == "completed", job["error"]
     assert job["attempt"] == 2 and job["result"]["attempts"] == 2
+    assert (job["attempts_made"], job["attempts_left"], job["error"], job["last_error"]) == (2, 0, None, None)
     assert len(inbox.envelopes) == 1
 
 
@@ -328,6 +331,30 @@ def test_webhook_answering_503_is_retried_and_delivered_exactly_once(handlers, h
     assert resent["status"] == "completed", resent["error"]
     assert resent["result"]["previous_outcome_unknown"] is True and resent["result"]["attempts"] == 2
     assert http_service.received("POST", "/hook")[-1].headers["idempotency-key"] == "evt-8"  # the receiver can dedup
+
+
+def test_a_key_reused_for_another_message_fails_for_good_naming_the_key(handlers, http_service, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
+    first, second = Receiver(SECRET), Receiver(SECRET)
+    http_service.route("POST", "/first", first)
+    http_service.route("POST", "/second", second)
+    handlers.start("notifications")
+    data = {"channel": "webhook", "to": http_service.url + "/first", "text": "invoice 1", "idempotencyKey": "inv-1"}
+
+    sent = handlers.run("notifications.send", data)
+    repeated = handlers.run("notifications.send", data)
+    other_recipient = handlers.run("notifications.send", {**data, "to": http_service.url + "/second"}, QUICK_RETRY)
+    other_text = handlers.run("notifications.send", {**data, "text": "invoice 2"}, QUICK_RETRY)
+
+    assert (sent["status"], sent["result"]["status"]) == ("completed", "sent"), sent["error"]
+    assert (repeated["status"], repeated["result"]["status"]) == ("completed", "already sent")
+    for conflict in (other_recipient, other_text):
+        assert (conflict["status"], conflict["attempt"]) == ("failed", 1), conflict["result"]
+        assert conflict["result"] is None and "'inv-1'" in conflict["error"]
+        assert "KeyConflict" in conflict["error"] and "another message" in conflict["error"]
+    assert first.answers == [200] and second.answers == []
+    row = outbox_row(handlers, "inv-1")
+    assert (row["status"], row["job_id"], row["recipient"]) == ("sent", sent["id"], data["to"])
 
 
 def test_the_same_key_enqueued_twice_is_sent_once_even_by_two_workers_at_once(handlers, http_service, monkeypatch):

@@ -8,10 +8,12 @@ import base64
 import csv
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from jinja2 import UndefinedError
 from psycopg.types.json import Jsonb
 
 from app.config import ConfigError
@@ -67,8 +69,8 @@ def seed_history(conn, now: datetime) -> None:
 
 
 def seed_sync(conn, now: datetime) -> None:
-    """ws-a: 3 items (1 new, 2 changed in the period, 1 with an error), 2 sync runs in the period and 1 before it;
-    ws-b: 1 old unchanged item."""
+    """ws-a: 3 items (1 new, 2 changed in the period, 1 with an error) and 1 added in the period but never fetched
+    (no data: not new data), 2 sync runs in the period and 1 before it; ws-b: 1 old unchanged item."""
     recent, old = now - timedelta(days=1), now - timedelta(days=30)
     items = [("ws-a", "1", recent, recent, None), ("ws-a", "2", old, recent, None), ("ws-a", "3", old, old, "404"),
              ("ws-b", "9", old, old, None)]
@@ -77,6 +79,8 @@ def seed_sync(conn, now: datetime) -> None:
             "INSERT INTO sync_items (workspace_id, external_id, data, created_at, changed_at, synced_at, last_error)"
             " VALUES (%s, %s, '{}', %s, %s, %s, %s)", [workspace, external, created, changed, changed, error],
         )  # fmt: skip
+    conn.execute("INSERT INTO sync_items (workspace_id, external_id, created_at, last_error) "
+                 "VALUES ('ws-a', '4', %s, 'provider timeout')", [recent])
     runs = [("r1", recent, 1, 1, 1, 0), ("r2", recent, 0, 1, 2, 1), ("r-old", now - timedelta(days=10), 50, 0, 0, 0)]
     for job_id, ended, new, updated, unchanged, failed in runs:
         conn.execute(
@@ -102,6 +106,15 @@ def waiting_notifications(redis) -> int:
 
 def job_data(redis, job_id: str) -> dict:
     return describe_job(fetch_job(job_id, redis))["data"]
+
+
+#: what Python prints for objects that are not figures: a method, a dict view, an object's default repr, None
+PYTHON_OBJECTS = re.compile(r"built-in method|bound method|object at 0x|dict_items|dict_values|<function |\bNone\b")
+
+
+def assert_no_python_objects(text: str) -> None:
+    found = PYTHON_OBJECTS.search(text)
+    assert found is None, text[max(0, found.start() - 200): found.end() + 100]
 
 
 # --- through a real worker ---------------------------------------------------------------------------------------
@@ -144,23 +157,32 @@ def test_generate_builds_the_report_stores_it_and_enqueues_one_notification_per_
         e["task"]: e for e in figures["errors"]}[SCRIPT_TASK].items()
 
     sync = report["summary"]["sync"]
-    assert {k: sync[k] for k in ("workspaces_total", "items", "new", "changed", "with_errors", "runs", "new_count",
+    assert {k: sync[k] for k in ("workspaces_total", "items", "new", "changed", "with_errors", "runs",
                                  "updated_count", "unchanged_count", "failed_count")} == {
-        "workspaces_total": 2, "items": 4, "new": 1, "changed": 2, "with_errors": 1, "runs": 2, "new_count": 1,
+        "workspaces_total": 2, "items": 5, "new": 1, "changed": 2, "with_errors": 2, "runs": 2,
         "updated_count": 2, "unchanged_count": 3, "failed_count": 1}
+    assert "new_count" not in sync  # one "new" figure: a second one counted the same items another way
     assert [w["workspace_id"] for w in sync["workspaces"]] == ["ws-a", "ws-b"]
 
     # HTML: untrusted text is escaped, nothing is loaded from outside
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report["html"] and "<script>" not in report["html"]
     assert "Weekly &lt;exec&gt; report" in report["html"] and "&lt;b&gt;corrupt&lt;/b&gt; PDF" in report["html"]
     assert "http" not in report["html"].split("<body>")[0] and "src=" not in report["html"]
+    # what the recipient reads: figures, never Python objects
+    assert_no_python_objects(report["html"])
+    cards = dict((label, value) for value, label in re.findall(
+        r'<div class="value[^"]*">([^<]*)</div><div class="label">([^<]*)</div>', report["html"]))
+    assert (cards["items in 2 workspaces"], cards["new"], cards["changed"]) == ("5", "1", "2")
+    [ws_a] = re.findall(r"<tr><td>ws-a</td>(.*?)</tr>", report["html"])
+    assert re.findall(r'<td class="n[^"]*">([^<]*)</td>', ws_a)[:3] == ["4", "1", "2"]  # items, new, changed
     # CSV: one figure per row
     rows = list(csv.reader(io.StringIO(report["csv"])))
     assert rows[0] == ["section", "key", "metric", "value"]
     cells = {(r[0], r[1], r[2]): r[3] for r in rows[1:]}
     assert cells[("queue", "sync", "runs")] == "9" and cells[("queue", "sync", "failure_rate")] == "0.3333"
     assert cells[("failing_task", f"documents/{SCRIPT_TASK}", "failed")] == "1"
-    assert cells[("sync", "all", "changed")] == "2" and cells[("workspace", "ws-a", "items")] == "3"
+    assert cells[("sync", "all", "changed")] == "2" and cells[("workspace", "ws-a", "items")] == "4"
+    assert cells[("sync", "all", "new")] == "1" and ("sync", "all", "new_count") not in cells
     # PDF: a real PDF holding the figures
     pdf = bytes(report["pdf"])
     assert pdf.startswith(b"%PDF")
@@ -168,6 +190,8 @@ def test_generate_builds_the_report_stores_it_and_enqueues_one_notification_per_
 
     pdf_text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
     assert "Weekly <exec> report" in pdf_text and "sync.workspace" in pdf_text and "ws-a" in pdf_text
+    assert_no_python_objects(pdf_text)
+    assert "5 items in 2 workspaces, 1 new, 2 changed" in " ".join(pdf_text.split())
 
     # next run: Sunday 23:00 in Sao Paulo (02:00 UTC Monday), within a week of this run
     assert now <= schedule["last_run_at"] <= datetime.now(UTC)
@@ -185,13 +209,20 @@ def test_generate_builds_the_report_stores_it_and_enqueues_one_notification_per_
     assert mail["to"] == "boss@example.com" and mail["subject"].startswith("Weekly <exec> report: ")
     assert mail["idempotency_key"] == f"report:{report['id']}:email:boss@example.com"
     assert mail["html"] == report["html"] and "sync: 9 runs, 3 failed" in mail["text"]
+    assert "5 items in 2 workspaces, 1 new, 2 changed" in mail["text"]
+    assert_no_python_objects(mail["text"])
     files = {a["filename"]: a for a in mail["attachments"]}
     assert set(files) == {f"report-{report['id']}.csv", f"report-{report['id']}.pdf"}
     assert base64.b64decode(files[f"report-{report['id']}.pdf"]["contentBase64"]) == pdf
     hook = job_data(handlers.redis, sent["webhook"]["job_id"])
     assert hook["to"] == webhook["to"] and "attachments" not in hook and "html" not in hook
     assert hook["idempotency_key"].startswith(f"report:{report['id']}:webhook:")  # a digest: the URL holds ? and =
-    assert hook["payload"]["report_id"] == report["id"] and hook["payload"]["summary"]["sync"]["items"] == 4
+    assert hook["payload"]["report_id"] == report["id"] and hook["payload"]["summary"]["sync"]["items"] == 5
+    # the webhook recipient gets the report itself, not only its figures
+    content = hook["payload"]["content"]
+    assert content["html"] == report["html"] and content["text"] == mail["text"]
+    hook_files = {a["filename"]: base64.b64decode(a["contentBase64"]) for a in content["attachments"]}
+    assert hook_files == {f"report-{report['id']}.csv": report["csv"].encode(), f"report-{report['id']}.pdf": pdf}
 
     # the same job run again (a retry, a worker lost mid-run): same report row, no second notification
     enqueue(handlers.redis, "reports.generate", {"scheduleId": "exec"}, job_id=job["id"])
@@ -371,9 +402,9 @@ def test_csv_cells_never_start_a_formula_and_pdf_text_fits_latin1():
         "jobs": {"runs": 1, "completed": 0, "failed": 1, "failure_rate": 1.0, "queues": [],
                  "failing_tasks": [], "errors": []},
         "sync": {"workspaces_total": 1, "items": 1, "changed": 0, "new": 0, "with_errors": 0, "runs": 0,
-                 "new_count": 0, "updated_count": 0, "unchanged_count": 0, "failed_count": 0,
+                 "updated_count": 0, "unchanged_count": 0, "failed_count": 0,
                  "workspaces": [{"workspace_id": "=HYPERLINK(\"http://x\")", "items": 1, "changed": 0, "new": 0,
-                                 "with_errors": 0, "runs": 0, "new_count": 0, "updated_count": 0,
+                                 "with_errors": 0, "runs": 0, "updated_count": 0,
                                  "unchanged_count": 0, "failed_count": 0}]},
     }
     rows = list(csv.reader(io.StringIO(_report_render.csv_text("@title", summary))))
@@ -382,3 +413,32 @@ def test_csv_cells_never_start_a_formula_and_pdf_text_fits_latin1():
     assert _report_render.latin1("Relatório – “ok” 日本\x00", 12) == 'Relatório...'
     assert _report_render.latin1("a – “b” 日") == 'a - "b" ?'
     assert _report_render.pdf("Relatório – 日本", summary, datetime.now(UTC)).startswith(b"%PDF")
+
+
+def _summary() -> dict:
+    workspace = {"workspace_id": "ws-1", "items": 7, "changed": 2, "new": 1, "with_errors": 0, "runs": 1,
+                 "updated_count": 2, "unchanged_count": 5, "failed_count": 0}
+    return {
+        "period": {"start": "2024-03-03T23:00:00+00:00", "end": "2024-03-10T23:00:00+00:00", "days": 7},
+        "jobs": {"runs": 1, "completed": 1, "failed": 0, "failure_rate": 0.0, "queues": [], "failing_tasks": [],
+                 "errors": []},
+        "sync": {"workspaces_total": 1, **{k: v for k, v in workspace.items() if k != "workspace_id"},
+                 "workspaces": [workspace]},
+    }
+
+
+def test_the_html_template_prints_every_figure_as_a_value_and_refuses_a_python_object():
+    summary = _summary()
+    page = _report_render.html("Weekly", summary, datetime.now(UTC))
+    assert_no_python_objects(page)
+    assert '<div class="value">7</div><div class="label">items in 1 workspaces</div>' in page  # not dict.items
+    assert "<tr><td>ws-1</td><td class=\"n\">7</td>" in page
+
+    # the class of the bug: whatever the template prints must be text or a number, or the render fails
+    for section, name, value in (("sync", "items", None), ("sync", "new", {"a": 1}), ("jobs", "runs", [1]),
+                                 ("sync", "changed", dict.items), ("jobs", "failed", True)):
+        broken = {**summary, section: {**summary[section], name: value}}
+        with pytest.raises(TypeError, match="would be printed as Python's repr"):
+            _report_render.html("Weekly", broken, datetime.now(UTC))
+    with pytest.raises(UndefinedError, match="new_count"):  # a figure the summary lacks is an error, not blank
+        _report_render._environment().from_string("{{ sync.new_count }}").render(sync=summary["sync"])

@@ -265,7 +265,7 @@ def test_the_scheduled_sync_fans_out_to_each_workspace_once(handlers, http_servi
 
 def test_bad_data_is_refused_at_enqueue(handlers, client):
     for data, wanted in [
-        ({}, "workspace_id"),
+        ({}, "missing .workspaceId."),  # the name users write, not the handler argument
         ({"workspaceId": ""}, "workspaceId"),
         ({"workspaceId": "   "}, "workspaceId"),
         ({"workspaceId": "w" * 201}, "workspaceId"),

@@ -73,14 +73,17 @@ class NamespaceReport:
     cursor_from: int
     cursor_to: int = 0
     cycle_complete: bool = False  #: the SCAN reached the end of the key space: the next run starts over
-    scanned: int = 0  #: keys SCAN returned (the cap counts these)
-    candidates: int = 0  #: keys the rule selects (removed, or would be in a dry run)
-    removed: int = 0  #: keys UNLINK removed
+    scanned: int = 0  #: distinct keys SCAN returned (the cap counts these)
+    candidates: int = 0  #: distinct keys the rule selects (removed, or would be in a dry run)
+    removed: int = 0  #: keys UNLINK removed (0 in a dry run)
     kept: int = 0
     without_ttl: int = 0
     excluded: int = 0  #: keys left to another task (or refused by the safety guard)
     unchecked: int = 0
-    bytes: int = 0  #: MEMORY USAGE of the candidates before removal
+    bytes: int = 0  #: MEMORY USAGE of the candidates before removal (what a dry run would free)
+    bytes_removed: int = 0  #: MEMORY USAGE of the candidates removed (0 in a dry run)
+    #: keys seen so far: SCAN returns a key more than once while the key space shrinks (UNLINK) or grows
+    seen: set = field(default_factory=set, repr=False, compare=False)
 
 
 @dataclass
@@ -104,11 +107,12 @@ class SweepReport:
             "keys_without_ttl": self.total("without_ttl"),
             "keys_excluded": self.total("excluded"),
             "keys_unchecked": self.total("unchecked"),
-            "bytes_removed": self.total("bytes"),
+            "bytes_candidates": self.total("bytes"),
+            "bytes_removed": self.total("bytes_removed"),
             "batches": self.batches,
             "delays": self.delays,
             "scan_calls": self.scan_calls,
-            "namespaces": [asdict(ns) for ns in self.namespaces],
+            "namespaces": [{k: v for k, v in asdict(ns).items() if k != "seen"} for ns in self.namespaces],
         }
 
 
@@ -143,11 +147,14 @@ class Sweeper:
         while True:
             following, keys = self.client.scan(cursor, match=pattern, count=SCAN_COUNT)
             self.report.scan_calls += 1
-            if namespace.scanned and namespace.scanned + len(keys) > budget:
+            # SCAN guarantees every key at least once, not once: a key already seen this run is not counted again
+            fresh = list(dict.fromkeys(key for key in keys if key not in namespace.seen))
+            if namespace.scanned and namespace.scanned + len(fresh) > budget:
                 break  # over the cap: this reply is read again by the next run, so no key is skipped
-            namespace.scanned += len(keys)
+            namespace.scanned += len(fresh)
+            namespace.seen.update(fresh)
             cursor = following
-            pending.extend(key for key in keys if self._eligible(key, matcher, namespace))
+            pending.extend(key for key in fresh if self._eligible(key, matcher, namespace))
             while len(pending) >= BATCH_SIZE:
                 self._batch(pending[:BATCH_SIZE], namespace)
                 del pending[:BATCH_SIZE]
@@ -210,12 +217,14 @@ class Sweeper:
             pipe.unlink(*doomed)
         replies = pipe.execute(raise_on_error=False)
         namespace.candidates += len(doomed)
-        namespace.bytes += sum(size for size in replies[: len(doomed)] if isinstance(size, int))
+        size = sum(size for size in replies[: len(doomed)] if isinstance(size, int))
+        namespace.bytes += size
         if not self.rules.dry_run:
             removed = replies[-1]
             if isinstance(removed, Exception):
                 raise removed
             namespace.removed += removed
+            namespace.bytes_removed += size
 
     def _load_cursor(self, pattern: str) -> int:
         raw = self.client.get(cursor_key(pattern))

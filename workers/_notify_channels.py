@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +28,13 @@ class Message:
     def recipient_label(self) -> str:
         """The recipient as the outbox and the result show it (a URL's password hidden)."""
         return redact(self.to) if self.channel == "webhook" else self.to
+
+    @property
+    def content_hash(self) -> str:
+        """A digest of everything the recipient gets (not the key): equal for a retry, different for a new message."""
+        content = [self.channel, self.to, self.subject, self.text, self.html, self.attachments, self.payload]
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
     def webhook_payload(self) -> dict:

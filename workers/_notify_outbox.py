@@ -4,6 +4,10 @@ A claim holds a session-level PostgreSQL advisory lock on the key for the whole 
 never send at once: the second waits (at most LOCK_WAIT seconds) and then finds the row `sent`. The lock belongs to
 the connection, so a worker that dies mid-send frees it with its connection. Every status change is committed at
 once: `sending` must be durable before the provider is called, or a crash could hide an attempt.
+
+A key names one message: the row keeps a digest of the message's content (channel, recipient, subject, texts,
+attachments, payload), and a key reused for another content is a conflict (`KeyConflict`, a permanent failure),
+never an "already sent" for a message nobody received.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app.errors import ServiceUnavailableError
+from app.errors import PermanentFailure, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +34,25 @@ def lock_id(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big", signed=True)
 
 
+class KeyConflict(PermanentFailure):
+    """Raised when an idempotency key already names a message with another content."""
+
+
 class Claim:
     """The outbox row of one key, held by this job while it sends."""
 
-    def __init__(self, conn, key: str, row: dict | None):
+    def __init__(self, conn, key: str, row: dict | None, content_hash: str | None = None):
         self.conn = conn
         self.key = key
         self.row = row or {}
+        self.content_hash = content_hash
+        earlier = self.row.get("content_hash")
+        if earlier and content_hash and earlier != content_hash:
+            raise KeyConflict(
+                f"idempotency key {key!r} was already used for another message (job {self.row.get('job_id')}, "
+                f"{self.row.get('channel')} to {self.row.get('recipient')}, {self.row.get('status')}): a key names "
+                "one message; use a new key for new content"
+            )
         self.already_sent = bool(row) and row["status"] == "sent"
         #: an earlier attempt started sending and never recorded how it ended (the crash window)
         self.previous_outcome_unknown = bool(row) and row["status"] == "sending"
@@ -45,14 +61,16 @@ class Claim:
         """Record `sending` (committed) before anything leaves."""
         self.row = self.conn.execute(
             """
-            INSERT INTO notification_outbox (idempotency_key, channel, recipient, job_id, status, attempts)
-            VALUES (%s, %s, %s, %s, 'sending', 1)
+            INSERT INTO notification_outbox (idempotency_key, channel, recipient, job_id, status, attempts,
+                                             content_hash)
+            VALUES (%s, %s, %s, %s, 'sending', 1, %s)
             ON CONFLICT (idempotency_key) DO UPDATE
                SET channel = EXCLUDED.channel, recipient = EXCLUDED.recipient, job_id = EXCLUDED.job_id,
-                   status = 'sending', attempts = notification_outbox.attempts + 1, error = NULL
+                   status = 'sending', attempts = notification_outbox.attempts + 1, error = NULL,
+                   content_hash = coalesce(notification_outbox.content_hash, EXCLUDED.content_hash)
             RETURNING *
             """,
-            (self.key, channel, recipient, job_id),
+            (self.key, channel, recipient, job_id, self.content_hash),
         ).fetchone()
         self.conn.commit()
 
@@ -83,8 +101,12 @@ class Claim:
 
 
 @contextmanager
-def claim(key: str, channel: str, recipient: str, job_id: str) -> Iterator[Claim]:
-    """Lock `key`, read its row and, unless it was sent already, record `sending`; unlock at the end."""
+def claim(key: str, channel: str, recipient: str, job_id: str, content_hash: str | None = None) -> Iterator[Claim]:
+    """Lock `key`, read its row and, unless it was sent already, record `sending`; unlock at the end.
+
+    Raises:
+        KeyConflict: the key's row holds a message with another `content_hash`.
+    """
     import psycopg
 
     from app.runtime import resources
@@ -101,7 +123,7 @@ def claim(key: str, channel: str, recipient: str, job_id: str) -> Iterator[Claim
             raise ServiceUnavailableError(f"notification {key}: another job is still sending it") from None
         try:
             row = conn.execute("SELECT * FROM notification_outbox WHERE idempotency_key = %s", (key,)).fetchone()
-            held = Claim(conn, key, row)
+            held = Claim(conn, key, row, content_hash)
             if not held.already_sent:
                 held.start(channel, recipient, job_id)
             yield held

@@ -105,20 +105,24 @@ def _errors(conn: psycopg.Connection, window: dict) -> list[dict]:
 
 def sync_figures(conn: psycopg.Connection, start: datetime, end: datetime) -> dict:
     """Synced data: items tracked per workspace (new and changed in [start, end), with errors) and the sync runs
-    that ended in the period; workspaces with most changes first."""
+    that ended in the period; workspaces with most changes first.
+
+    `new` counts the items added in the period that hold synced data: an item tracked but never fetched is not new
+    data. It is the only "new" figure (the sync runs' own new counts would count the same items a second way).
+    """
     window = {"start": start, "end": end}
     workspaces: dict[str, dict] = {}
     for row in conn.execute(
         "SELECT workspace_id, count(*) AS items, "
         "count(*) FILTER (WHERE changed_at >= %(start)s AND changed_at < %(end)s) AS changed, "
-        "count(*) FILTER (WHERE created_at >= %(start)s AND created_at < %(end)s) AS new, "
+        "count(*) FILTER (WHERE created_at >= %(start)s AND created_at < %(end)s AND data IS NOT NULL) AS new, "
         "count(*) FILTER (WHERE last_error IS NOT NULL) AS with_errors FROM sync_items GROUP BY workspace_id",
         window,
     ):
         workspaces[row["workspace_id"]] = {**_EMPTY_WORKSPACE, **row}
     for row in conn.execute(
-        "SELECT workspace_id, count(*) AS runs, sum(new_count)::bigint AS new_count, "
-        "sum(updated_count)::bigint AS updated_count, sum(unchanged_count)::bigint AS unchanged_count, "
+        "SELECT workspace_id, count(*) AS runs, sum(updated_count)::bigint AS updated_count, "
+        "sum(unchanged_count)::bigint AS unchanged_count, "
         "sum(failed_count)::bigint AS failed_count FROM sync_runs "
         "WHERE ended_at >= %(start)s AND ended_at < %(end)s GROUP BY workspace_id",
         window,
@@ -130,8 +134,7 @@ def sync_figures(conn: psycopg.Connection, start: datetime, end: datetime) -> di
     return {"workspaces_total": len(ordered), **totals, "workspaces": ordered[:MAX_WORKSPACES]}
 
 
-_SUMMED = ("items", "changed", "new", "with_errors", "runs", "new_count", "updated_count", "unchanged_count",
-           "failed_count")
+_SUMMED = ("items", "changed", "new", "with_errors", "runs", "updated_count", "unchanged_count", "failed_count")
 _EMPTY_WORKSPACE = dict.fromkeys(_SUMMED, 0)
 
 

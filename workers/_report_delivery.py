@@ -52,9 +52,9 @@ def notification(report: Rendered, recipient: Recipient) -> tuple[dict, dict]:
     if recipient.channel == "email":
         if report.html is not None:
             data["html"] = report.html
-        attachments = _attachments(report)
-        if attachments:
-            data["attachments"] = attachments
+        files = attachments(report.report_id, {"csv": report.csv, "pdf": report.pdf})
+        if files:
+            data["attachments"] = files
     elif recipient.channel == "webhook":
         data["payload"] = report.payload
     return data, {"jobId": key}
@@ -66,14 +66,15 @@ def one_line(text: str, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _attachments(report: Rendered) -> list[dict]:
-    files = []
-    if report.csv is not None:
-        files.append(("csv", "text/csv", report.csv.encode("utf-8")))
-    if report.pdf is not None:
-        files.append(("pdf", "application/pdf", report.pdf))
+def attachments(report_id: int, files: dict) -> list[dict]:
+    """The CSV and PDF of `files` ({"csv": str, "pdf": bytes}, either may be absent or None) as attachments."""
+    bodies = []
+    if files.get("csv") is not None:
+        bodies.append(("csv", "text/csv", files["csv"].encode("utf-8")))
+    if files.get("pdf") is not None:
+        bodies.append(("pdf", "application/pdf", files["pdf"]))
     return [
-        {"filename": f"report-{report.report_id}.{extension}", "contentType": kind,
+        {"filename": f"report-{report_id}.{extension}", "contentType": kind,
          "contentBase64": base64.b64encode(body).decode("ascii")}
-        for extension, kind, body in files
+        for extension, kind, body in bodies
     ]

@@ -11,7 +11,9 @@ import csv
 import functools
 import io
 import unicodedata
+from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 #: where the report templates live
@@ -49,13 +51,34 @@ def day(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def shown(value: object) -> object:
+    """`value` if a report may print it (text or a number), else TypeError: a template never shows a Python object
+    (a method, a dict, None) by its repr."""
+    if isinstance(value, str | int | float | Decimal) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"report template: a {type(value).__name__} value would be printed as Python's repr: "
+                    f"{str(value)[:80]}")
+
+
 @functools.cache
 def _environment():
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    class ReportEnvironment(Environment):
+        """`{{ sync.items }}` is the figure named items: a mapping's keys come before its methods (Jinja's own
+        order is the other way round, so it printed `dict.items`)."""
+
+        def getattr(self, obj, attribute):
+            if isinstance(obj, Mapping):
+                try:
+                    return obj[attribute]
+                except (KeyError, TypeError):
+                    pass
+            return super().getattr(obj, attribute)
+
     # autoescape on for every template: the figures carry task names and error messages from job data
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = ReportEnvironment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                            trim_blocks=True, lstrip_blocks=True, finalize=shown)
     env.filters.update(percent=percent, duration=duration, day=day)
     return env
 
@@ -145,7 +168,8 @@ def pdf(title: str, summary: dict, generated_at: datetime) -> bytes:
     line(title, 16, "B")
     line(f"Period: {day(period['start'])} to {day(period['end'])}; generated {generated_at:%Y-%m-%d %H:%M} UTC")
     line(f"Jobs: {jobs['runs']} runs, {jobs['failed']} failed ({percent(jobs['failure_rate'])}). Synced data: "
-         f"{sync['items']} items in {sync['workspaces_total']} workspaces, {sync['changed']} changed.")
+         f"{sync['items']} items in {sync['workspaces_total']} workspaces, {sync['new']} new, {sync['changed']} "
+         "changed.")
     table("Job runs per queue", ("Queue", "Runs", "Failed", "Failure rate", "p50", "p95"),
           [(q["queue"], q["runs"], q["failed"], percent(q["failure_rate"]), duration(q["p50_ms"]),
             duration(q["p95_ms"])) for q in jobs["queues"]])

@@ -13,8 +13,9 @@ Sweep: SCAN MATCH <pattern> COUNT 100 (never KEYS), at most CACHE_SCAN_LIMIT key
 patterns), resumed by the next run from the cursor kept in `bullrq:cache-cleanup:cursor:<pattern>`; batches of 100
 keys, CACHE_BATCH_DELAY_MS apart; PTTL and OBJECT IDLETIME pipelined per batch; UNLINK, never DEL. A key with a
 TTL is left for Redis to expire; a key without TTL goes once idle longer than the idle limit (see
-`workers/_cleanup_redis.py`). Patterns must start with a fixed namespace ending in ':' and may not reach `rq:` or
-`bullrq:` keys other than `bullrq:cache:`. Each run reports INFO used_memory before and after.
+`workers/_cleanup_redis.py`). Keys are counted once each, although SCAN may return a key twice. Patterns must
+start with a fixed namespace ending in ':' and may not reach `rq:` or `bullrq:` keys other than `bullrq:cache:`.
+Each run reports INFO used_memory before and after; a dry run frees nothing and says so.
 
 Environment:
     CACHE_REDIS_URL                 Redis holding the caches (default: the product's REDIS_URL)
@@ -199,8 +200,9 @@ def _sweep(config: CleanupSettings, patterns, *, exclude, max_idle, max_keys, ba
     figures = report.as_dict()
     progress.report(percent=span, message=f"{figures['keys_removed']} keys removed", processed=figures["keys_removed"],
                     failed=figures["keys_unchecked"])
-    # other clients write meanwhile, so `freed` is what INFO shows, possibly negative; bytes_removed is per key
-    memory = {"used_before": before, "used_after": after, "freed": before - after}
+    # other clients write meanwhile, so `freed` is what INFO shows, possibly negative; bytes_removed is per key.
+    # A dry run removes nothing: it frees nothing, whatever other clients did to used_memory meanwhile.
+    memory = {"used_before": before, "used_after": after, "freed": 0 if dry_run else before - after}
     return {"dry_run": dry_run, "max_idle_seconds": max_idle, **figures, "memory": memory}
 
 

@@ -205,7 +205,8 @@ def send(
     message = Message(channel, to, subject, text, html, attachments or [], payload, key)
     deliver = prepare(message)  # reads the channel's settings first: an unconfigured channel touches nothing
     progress.report(percent=10, message=f"{channel}: waiting for key {key}", processed=0, failed=0)
-    with outbox.claim(key, channel, message.recipient_label, job.id if job is not None else key) as claim:
+    with outbox.claim(key, channel, message.recipient_label, job.id if job is not None else key,
+                      message.content_hash) as claim:
         if claim.already_sent:
             logger.info("notification %s: already sent by job %s, nothing to do", key, claim.row["job_id"])
             progress.report(percent=100, message="already sent", processed=0, failed=0)

@@ -247,20 +247,29 @@ def _build(spec: ReportSpec, now: datetime) -> dict:
     from workers import _report_render as render
 
     job_id = progress.current_job().id
-    start, end = data.period_bounds(now, spec.period_days)
-    progress.report(percent=5, message="reading the job history")
-    section_percent = {"job history": 25, "synced data": 40}
-    with resources.database() as conn:
-        summary = data.summary(conn, start, end, spec.period_days,
-                               sections=lambda name: progress.report(percent=section_percent[name],
-                                                                     message=f"{name} read"))
-    summary = {"title": spec.title, "generated_at": now.isoformat(), **summary}
-    files = _render(spec, summary, now)
-    report_id = _store(job_id, spec, start, end, summary, files)
-    progress.report(percent=75, message=f"report {report_id} stored")
+    stored = _stored(job_id, spec)
+    if stored is not None:
+        # a retry delivers the report its first attempt stored: the same content under the same notification keys
+        # (a key reused with other content is refused by the notifications queue)
+        report_id, summary, files = stored
+        start, end = (datetime.fromisoformat(summary["period"][bound]) for bound in ("start", "end"))
+        progress.report(percent=75, message=f"report {report_id} stored by an earlier attempt")
+    else:
+        start, end = data.period_bounds(now, spec.period_days)
+        progress.report(percent=5, message="reading the job history")
+        section_percent = {"job history": 25, "synced data": 40}
+        with resources.database() as conn:
+            summary = data.summary(conn, start, end, spec.period_days,
+                                   sections=lambda name: progress.report(percent=section_percent[name],
+                                                                         message=f"{name} read"))
+        summary = {"title": spec.title, "generated_at": now.isoformat(), **summary}
+        files = _render(spec, summary, now)
+        report_id = _store(job_id, spec, start, end, summary, files)
+        progress.report(percent=75, message=f"report {report_id} stored")
+    text = render.text(spec.title, summary)
     rendered = Rendered(
-        report_id=report_id, title=spec.title, subject=render.subject(spec.title, summary),
-        text=render.text(spec.title, summary), payload=_payload(report_id, spec, summary),
+        report_id=report_id, title=spec.title, subject=render.subject(spec.title, summary), text=text,
+        payload=_payload(report_id, spec, summary, text, files),
         html=files.get("html"), csv=files.get("csv"), pdf=files.get("pdf"),
     )  # fmt: skip
     notifications = _deliver(rendered, spec)
@@ -296,6 +305,18 @@ def _render(spec: ReportSpec, summary: dict, now: datetime) -> dict:
     return files
 
 
+def _stored(job_id: str, spec: ReportSpec) -> tuple[int, dict, dict] | None:
+    """(id, summary, files) of the report an earlier attempt of job `job_id` stored in every format of `spec`."""
+    from app.runtime import resources
+
+    with resources.database() as conn:
+        row = conn.execute("SELECT id, summary, html, csv, pdf FROM reports WHERE job_id = %s", [job_id]).fetchone()
+    if row is None or any(row[kind] is None for kind in spec.formats):
+        return None
+    files = {kind: bytes(row[kind]) if kind == "pdf" else row[kind] for kind in spec.formats}
+    return row["id"], row["summary"], files
+
+
 def _store(job_id: str, spec: ReportSpec, start: datetime, end: datetime, summary: dict, files: dict) -> int:
     """Upsert the report row of job `job_id` (a retry replaces it and keeps its id); returns the id."""
     from psycopg.types.json import Jsonb
@@ -314,10 +335,16 @@ def _store(job_id: str, spec: ReportSpec, start: datetime, end: datetime, summar
         ).fetchone()["id"]
 
 
-def _payload(report_id: int, spec: ReportSpec, summary: dict) -> dict:
-    """The body a webhook recipient receives."""
+def _payload(report_id: int, spec: ReportSpec, summary: dict, text: str, files: dict) -> dict:
+    """The body a webhook recipient receives: the figures and the report itself (the same text, HTML page and
+    files an e-mail recipient gets: `content.html`, `content.attachments` with base64 bodies)."""
+    from workers._report_delivery import attachments
+
+    content = {"text": text, "attachments": attachments(report_id, files)}
+    if files.get("html") is not None:
+        content["html"] = files["html"]
     return {"event": "report.generated", "report_id": report_id, "schedule_id": spec.schedule_id,
-            "title": spec.title, "formats": list(spec.formats), "summary": summary}
+            "title": spec.title, "formats": list(spec.formats), "summary": summary, "content": content}
 
 
 def _deliver(report: Rendered, spec: ReportSpec) -> list[dict]:

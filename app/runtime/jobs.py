@@ -57,7 +57,8 @@ def state_of(status: JobStatus | str | None) -> State | None:
 class BullJob(Job):
     """An RQ job whose function is looked up in the task registry, never imported by path.
 
-    Besides RQ's fields its hash holds `priority`, `attempts` (total tries allowed), `dedup_key` and `progress`.
+    Besides RQ's fields its hash holds `priority`, `attempts` (total tries allowed), `dedup_key`, `progress`,
+    `earlier_attempts` and `last_attempt`.
     """
 
     priority: int = NORMAL_PRIORITY
@@ -65,6 +66,7 @@ class BullJob(Job):
     dedup_key: str | None = None
     progress: dict | None = None
     earlier_attempts: int = 0  #: tries made before a retry-failed put the job back with its attempts reset
+    last_attempt: int = 0  #: the number of the last try that ended
     created: bool = True  #: False when `enqueue` returned an earlier job holding the same dedup key
 
     def __init__(self, *args, **kwargs):
@@ -79,11 +81,15 @@ class BullJob(Job):
         self.dedup_key = raw_data[b"dedup_key"].decode() if raw_data.get(b"dedup_key") else None
         self.progress = json.loads(raw_data[b"progress"]) if raw_data.get(b"progress") else None
         self.earlier_attempts = int(raw_data.get(b"earlier_attempts") or 0)
+        self.last_attempt = int(raw_data.get(b"last_attempt") or 0)
 
     @property
     def attempt(self) -> int:
         """The number of the current (or last) try, 1 for the first; tries before a retry-failed count too."""
-        return self.earlier_attempts + max(1, self.attempts - (self.retries_left or 0))
+        number = self.earlier_attempts + max(1, self.attempts - (self.retries_left or 0))
+        if number <= self.last_attempt and state_of(self.get_status(refresh=False)) in (State.WAITING, State.DELAYED):
+            return self.last_attempt + 1  # put back by rq's requeue: the worker numbers its next run so
+        return number
 
     @property
     def func(self):
@@ -140,7 +146,7 @@ class RunningJob:
     #: the job hash fields the worker reads, in this order
     FIELDS: ClassVar[tuple[str, ...]] = (
         "data", "timeout", "retries_left", "retry_intervals", "result_ttl", "failure_ttl", "priority", "attempts",
-        "enqueued_at", "schedule_id", "cancel_requested", "earlier_attempts",
+        "enqueued_at", "schedule_id", "cancel_requested", "earlier_attempts", "last_attempt", "schedule_slot",
     )  # fmt: skip
 
     id: str
@@ -162,12 +168,14 @@ class RunningJob:
     cancel_requested: bool = False  #: canceled while its worker was taking it: it must not run
     problem: str | None = None  #: why the stored job cannot run (it fails at once, without retry)
     earlier_attempts: int = 0  #: tries made before a retry-failed put the job back with its attempts reset
+    last_attempt: int = 0  #: the number of the last try that ended (recorded with its outcome)
+    schedule_slot: str | None = None  #: the cron slot (RQ's date format) it runs for; None for a run now
 
     @classmethod
     def from_fields(cls, job_id: str, origin: str, values: list[bytes | None]) -> RunningJob:
         """Build from the values of `FIELDS`; a job whose stored data is unreadable gets a `problem`."""
         data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts = values[:8]
-        enqueued, schedule, cancel, earlier = values[8:]
+        enqueued, schedule, cancel, earlier, last, slot = values[8:]
         func_name, kwargs, problem = "", {}, None
         try:
             raw = zlib.decompress(data) if data else b""
@@ -196,6 +204,8 @@ class RunningJob:
             schedule_id=schedule.decode() if schedule else None,
             cancel_requested=bool(cancel),
             earlier_attempts=_int(earlier) or 0,
+            last_attempt=_int(last) or 0,
+            schedule_slot=slot.decode() if slot else None,
         )
 
     @property
@@ -212,31 +222,61 @@ def _int(value: bytes | None) -> int | None:
     return int(value) if value not in (None, b"") else None
 
 
+#: states in which no attempt of the job runs any more (a retry-failed or execute starts a new round)
+ENDED = (State.COMPLETED, State.FAILED, State.CANCELED)
+
+
+def attempt_counts(state: State | None, attempt: int, retries_left: int | None) -> tuple[int, int]:
+    """(attempts made, attempts left) of a job in `state` whose current or next try is number `attempt`, with
+    `retries_left` retries after that try.
+
+    A waiting or delayed job has its next try still to make; an ended job has no try left, however many it was
+    allowed (a completed job needed no more, a failed one failed for good, until a retry-failed).
+    """
+    if state in ENDED:
+        return attempt, 0
+    if state == State.ACTIVE:
+        return attempt, retries_left or 0
+    return attempt - 1, (retries_left or 0) + 1
+
+
 def describe_job(job: BullJob) -> dict:
-    """The job as the API and CLI show it, with Bull's state names."""
+    """The job as the API and CLI show it, with Bull's state names.
+
+    `result` and `error` are those of the job's outcome: a job still waiting, delayed or running shows neither
+    (a retry that runs again does not show the error of the attempt before it); `last_error` keeps that one.
+    """
     latest = job.latest_result()
-    result = error = None
-    if latest is not None:
-        result = latest.return_value
-        error = latest.exc_string
     status = job.get_status(refresh=False)
+    state = state_of(status)
+    result = error = last_error = None
+    if latest is not None:
+        if state == State.COMPLETED:
+            result = latest.return_value
+        elif state in ENDED:
+            error = latest.exc_string
+        else:
+            last_error = latest.exc_string
     try:
         task_type, data = job.func_name, job.kwargs
     except DeserializationError:  # planted or corrupted data: show the job, not a 500
         task_type, data = None, None
+    made, left = attempt_counts(state, job.attempt, job.retries_left)
     return {
         "id": job.id,
         "type": task_type,
         "queue": job.origin,
-        "status": state_of(status).value if state_of(status) else None,
+        "status": state.value if state else None,
         "data": data,
         "priority": job.priority,
         "progress": job.progress,
         "attempts": job.attempts,
         "attempt": job.attempt,
-        "attempts_left": job.retries_left or 0,
+        "attempts_made": made,
+        "attempts_left": left,
         "result": result,
         "error": error,
+        "last_error": last_error,
         "worker": job.worker_name,
         "created_at": _iso(job.created_at),
         "enqueued_at": _iso(job.enqueued_at),

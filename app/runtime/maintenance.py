@@ -127,7 +127,8 @@ class Maintenance(threading.Thread):
             return
         row = run_row(
             job_id=job.id, attempt=job.attempt, queue=job.origin, task=job.func_name, status="started",
-            worker=self.worker.name, schedule_id=job.schedule_id, enqueued_at=job.enqueued_at, started_at=job.started,
+            worker=self.worker.name, schedule_id=job.schedule_id, schedule_slot=job.schedule_slot,
+            enqueued_at=job.enqueued_at, started_at=job.started,
         )  # fmt: skip
         self.connection.xadd(HISTORY_STREAM, {"row": row}, maxlen=stream_cap(), approximate=True)
         self._started_recorded = member

@@ -238,6 +238,12 @@ class BullWorker(Worker):
     # -- running a job ------------------------------------------------------------------------------------------
 
     def _execute(self, job: RunningJob, member: str) -> Outcome:
+        if job.attempt <= job.last_attempt:
+            # put back by a tool that does not count tries (rq-dashboard's or `rq requeue`): this run is a new
+            # attempt, numbered after the last one, or its history row would overwrite that one's and go uncounted
+            bump = job.last_attempt - job.attempt + 1
+            self._redis(self.connection.hincrby, job.key, "earlier_attempts", bump)
+            job.earlier_attempts += bump
         self.current = (job, member)
         self._cancel_requested = job.id if job.cancel_requested or job.id in self._pending_cancels else None
         self._pending_cancels.discard(job.id)
@@ -364,7 +370,7 @@ class BullWorker(Worker):
             return self._dequeue(self.connection) if dequeue_next else [0, -1]
         keys = queue_keys(job.origin)
         now = time.time()
-        job_fields: list[Any] = []
+        job_fields: list[Any] = ["last_attempt", job.attempt]
         stream = ["worker_name", self.name, "execution_id", member.rsplit(":", 1)[1]]
         if outcome.kind == "completed":
             target, keep = keys.finished, job.result_ttl if job.result_ttl is not None else 500
@@ -423,6 +429,7 @@ class BullWorker(Worker):
             status=outcome.history_status,
             worker=self.name,
             schedule_id=job.schedule_id,
+            schedule_slot=job.schedule_slot,
             enqueued_at=job.enqueued_at,
             started_at=job.started,
             ended_at=now,

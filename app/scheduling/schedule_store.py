@@ -262,9 +262,10 @@ def skip(conn: psycopg.Connection, row: dict, slot: datetime, next_run_at: datet
         if moved:
             conn.execute(
                 "INSERT INTO job_runs (job_id, attempt, queue, task, schedule_id, status, started_at, ended_at, "
-                "error_message) VALUES (%s, 1, %s, %s, %s, 'skipped', %s, now(), %s) "
-                "ON CONFLICT (job_id, attempt) DO NOTHING",
-                (f"schedule:{row['id']}:{slot.isoformat()}", row["queue"], row["task"], row["id"], slot, reason),
+                "error_message, trigger, schedule_slot) VALUES (%s, 1, %s, %s, %s, 'skipped', %s, now(), %s, "
+                "'cron', %s) ON CONFLICT (job_id, attempt) DO NOTHING",
+                (f"schedule:{row['id']}:{slot.isoformat()}", row["queue"], row["task"], row["id"], slot, reason,
+                 slot),
             )
     if moved:
         logger.info("schedule %s: slot %s skipped: %s", row["id"], slot.isoformat(), reason)

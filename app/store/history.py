@@ -50,8 +50,10 @@ MAX_RESULT = 1000
 COLUMNS = (
     "job_id", "attempt", "queue", "task", "schedule_id", "worker", "status", "enqueued_at", "started_at",
     "ended_at", "duration_ms", "items_processed", "items_failed", "error_type", "error_message",
-    "error_traceback", "result", "metadata",
+    "error_traceback", "result", "metadata", "trigger", "schedule_slot",
 )  # fmt: skip
+#: what started a run of a schedule entry (history column `trigger`); other jobs have none
+TRIGGER_CRON, TRIGGER_RUN_NOW = "cron", "run_now"
 
 
 def _time(field: str) -> str:
@@ -67,13 +69,15 @@ _TYPED = f"""
 INSERT INTO incoming ({", ".join(COLUMNS)})
 SELECT DISTINCT ON (job_id, attempt) job_id, attempt, queue, task, schedule_id, worker, status, enqueued_at,
        started_at, ended_at, EXTRACT(EPOCH FROM ended_at - started_at) * 1000, items_processed, items_failed,
-       error_type, error_message, error_traceback, result, '{{}}'::jsonb
+       error_type, error_message, error_traceback, result, '{{}}'::jsonb, trigger, schedule_slot
 FROM (
     SELECT r.*, {_time("enqueued_at")} AS enqueued_at, {_time("started_at")} AS started_at,
-           {_time("ended_at")} AS ended_at, (row->>'result')::jsonb AS result
+           {_time("ended_at")} AS ended_at, (row->>'result')::jsonb AS result,
+           {_time("schedule_slot")} AS schedule_slot
     FROM incoming_raw, jsonb_to_record(row) AS r(
         job_id text, attempt int, queue text, task text, schedule_id text, worker text, status text,
-        items_processed int, items_failed int, error_type text, error_message text, error_traceback text)
+        items_processed int, items_failed int, error_type text, error_message text, error_traceback text,
+        trigger text)
 ) AS parsed
 ORDER BY job_id, attempt, status = 'started'
 """
@@ -118,6 +122,7 @@ def run_row(
     status: str,
     worker: str | None = None,
     schedule_id: str | None = None,
+    schedule_slot: str | None = None,
     enqueued_at: str | None = None,
     started_at: float | None = None,
     ended_at: float | None = None,
@@ -136,6 +141,8 @@ def run_row(
         "status": status,
         "worker": worker,
         "schedule_id": schedule_id,
+        "trigger": trigger_of(schedule_id, schedule_slot),
+        "schedule_slot": schedule_slot,
         "enqueued_at": enqueued_at,
         "started_at": started_at,
         "ended_at": ended_at,
@@ -168,6 +175,13 @@ def run_row(
 
 #: the fields of a row cut, longest first, until it fits in MAX_ROW_BYTES
 _CUTTABLE = ("error_traceback", "error_message", "result", "task", "worker", "schedule_id", "job_id", "enqueued_at")
+
+
+def trigger_of(schedule_id: str | None, schedule_slot: object) -> str | None:
+    """What started a run: a cron slot of its schedule entry, a run now of it, or nothing (not a schedule's job)."""
+    if not schedule_id:
+        return None
+    return TRIGGER_CRON if schedule_slot else TRIGGER_RUN_NOW
 
 
 def write_rows(conn: psycopg.Connection, rows: list[bytes | str]) -> None:

@@ -20,8 +20,8 @@ MAX_LIMIT = 100
 STATUSES = ("started", "completed", "failed", "retried", "canceled", "abandoned", "timed_out", "skipped")
 
 _LIST_COLUMNS = (
-    "id, job_id, attempt, queue, task, schedule_id, worker, status, enqueued_at, started_at, ended_at, "
-    "duration_ms, items_processed, items_failed, error_type, error_message, result, metadata"
+    "id, job_id, attempt, queue, task, schedule_id, trigger, schedule_slot, worker, status, enqueued_at, "
+    "started_at, ended_at, duration_ms, items_processed, items_failed, error_type, error_message, result, metadata"
 )
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import time
-from pathlib import Path
 
-import yaml
 from flask import Blueprint, current_app, jsonify, request
 
 from app.connections import eviction_policy, eviction_problem
@@ -24,13 +21,22 @@ from app.web import audit, health
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
-from app.web.params import page
+from app.web.params import openapi_document, page, refuse_unknown_query
 from queues import queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_token)
+bp.before_request(refuse_unknown_query)
 bp.after_request(audit.record)
 
+#: the body fields of each control action (`state` is the older name of clean's `status`)
+_ACTION_FIELDS = {
+    "pause": {"action", "queueName"},
+    "resume": {"action", "queueName"},
+    "retry-failed": {"action", "queueName", "jobIds"},
+    "clean": {"action", "queueName", "status", "state", "grace", "limit"},
+    "setup-recurring": {"action", "queueName"},
+}
 #: health thresholds: a queue with more waiting jobs, or a failure rate over the last hour above this, is degraded
 BACKLOG_LIMIT = 10_000
 FAILURE_RATE_LIMIT = 0.2
@@ -85,9 +91,8 @@ def openapi():
     return jsonify(_openapi())
 
 
-@functools.cache
 def _openapi() -> dict:
-    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
+    return openapi_document()
 
 
 @bp.get("/workers")
@@ -148,6 +153,11 @@ def workers_post():
     if "type" in body:
         return _create_job(body)
     action = body.get("action")
+    if isinstance(action, str) and action in _ACTION_FIELDS:
+        unknown = sorted(set(body) - _ACTION_FIELDS[action])
+        if unknown:
+            raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r} for action {action!r}; fields: "
+                           f"{', '.join(sorted(_ACTION_FIELDS[action]))}", {"accepted": sorted(_ACTION_FIELDS[action])})
     queues = _queues(body.get("queueName"))
     redis = _redis()
     if action == "pause":
@@ -165,14 +175,16 @@ def workers_post():
         requeued = {queue: control.retry_failed(redis, queue, ids) for queue in queues}
         return jsonify(action=action, requeued={q: len(ids) for q, ids in requeued.items()})
     if action == "clean":
-        state = body.get("state", "completed")
+        if "state" in body and "status" in body and body["state"] != body["status"]:
+            raise ApiError(400, "invalid_request", "give the jobs' status once: 'status' (or its older name 'state')")
+        state = body.get("status", body.get("state", "completed"))
         grace, limit = body.get("grace", 0), body.get("limit")
         if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
             raise ApiError(400, "invalid_request", "grace must be a number of seconds >= 0")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ApiError(400, "invalid_request", "limit must be a whole number >= 1")
         removed = {queue: control.clean(redis, queue, state, grace, limit) for queue in queues}
-        return jsonify(action=action, state=state, removed=removed)
+        return jsonify(action=action, status=state, removed=removed)
     if action == "setup-recurring":
         settings = current_app.config["SETTINGS"]
         try:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, redirect, render_template_string, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template_string, request, send_file, session, url_for
 
 from app.web.errors import ApiError
 
 bp = Blueprint("auth", __name__)
+
+#: the site's icon (32 x 32), asked for by every browser before anyone signs in
+FAVICON = Path(__file__).parent / "static" / "favicon.ico"
 
 _SAFE = {"GET", "HEAD", "OPTIONS"}
 
@@ -86,6 +90,12 @@ def _local(target: str | None) -> str:
 def index():
     """The site's root leads a person to the pages (the overview, through the sign-in when needed)."""
     return redirect(url_for("pages.overview"))
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """The site's icon: public, as the login page needs it too."""
+    return send_file(FAVICON, mimetype="image/vnd.microsoft.icon", max_age=86400)
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -1,15 +1,28 @@
-"""Prometheus metrics at `/metrics` (text format 0.0.4), behind the admin token.
+"""Prometheus metrics at `/metrics`, behind the admin token, written by prometheus_client.
 
-Queue depth by state, workers, pause state, the scheduler's liveness and process restarts come from Redis; jobs
-processed and failed per queue and task from the history rollup (all time); the job duration histogram from the
-rollup's buckets over the last 24 hours.
+One collector reads Redis and the history rollup at scrape time: the web process keeps no counter of its own, so
+every gunicorn worker answers the same. Each function of `FAMILIES` yields metric families from `Sources`; a new
+family is one more function in that list.
+
+- `bullrq_queue_jobs{queue,state}`, `bullrq_queue_paused{queue}`, `bullrq_queue_workers{queue}`: gauges, Redis now.
+- `bullrq_jobs_processed_total{queue,task}`, `bullrq_jobs_failed_total{queue,task}`: counters of finished attempts
+  since history began (the rollup: every run, retries and reruns of a requeued job each count once).
+- `bullrq_job_duration_seconds{queue}`: a cumulative histogram of completed runs since history began.
+- `bullrq_redis_memory_bytes`: gauge, INFO used_memory.
+- `bullrq_scheduler_up`, `bullrq_scheduler_last_tick_age_seconds`: gauges, the scheduler's liveness.
+- `bullrq_process_restarts_total{host,process}`: counter, crashed processes restarted by a supervisor.
+- `bullrq_alerts_open{condition}`, `bullrq_alert_open{key,condition}`: gauges, open alerts (app.alerts).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, current_app
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from app.alerts import store as alert_store
 from app.runtime.stats import queue_stats
@@ -27,93 +40,117 @@ LE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800
 STATES = ("waiting", "active", "delayed", "completed", "failed", "canceled")
 
 
-def _label(value: str) -> str:
-    return str(value).replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+class Sources:
+    """What one scrape reads, each read once: Redis (`redis`, `queues`) and PostgreSQL (`db`)."""
+
+    def __init__(self, redis, db):
+        self.redis = redis
+        self.db = db
+
+    @functools.cached_property
+    def queues(self) -> dict:
+        return queue_stats(self.redis)["queues"]
 
 
-class _Text:
-    def __init__(self):
-        self.lines: list[str] = []
+def queue_families(sources: Sources) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily("bullrq_queue_jobs", "Jobs of each queue in each state.", labels=["queue", "state"])
+    paused = GaugeMetricFamily("bullrq_queue_paused", "1 while the queue is paused.", labels=["queue"])
+    workers = GaugeMetricFamily("bullrq_queue_workers", "Live worker processes serving the queue.", labels=["queue"])
+    for queue, row in sources.queues.items():
+        for state in STATES:
+            jobs.add_metric([queue, state], row[state])
+        paused.add_metric([queue], int(row["paused"]))
+        workers.add_metric([queue], row["workers"])
+    yield from (jobs, paused, workers)
 
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
 
-    def sample(self, name: str, value, **labels) -> None:
-        inner = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
-        self.lines.append(f"{name}{{{inner}}} {value}" if inner else f"{name} {value}")
+def job_families(sources: Sources) -> Iterator[Metric]:
+    processed = CounterMetricFamily("bullrq_jobs_processed_total", "Finished attempts per queue and task.",
+                                    labels=["queue", "task"])
+    failed = CounterMetricFamily("bullrq_jobs_failed_total",
+                                 "Failed, timed-out or abandoned attempts per queue and task.",
+                                 labels=["queue", "task"])
+    for row in sources.db.execute(
+        "SELECT queue, task, sum(total)::bigint AS total, sum(failed)::bigint AS failed FROM job_runs_hourly "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        processed.add_metric([row["queue"], row["task"]], row["total"])
+        failed.add_metric([row["queue"], row["task"]], row["failed"])
+    yield from (processed, failed)
+
+
+def duration_family(sources: Sources) -> Iterator[Metric]:
+    """Completed runs by duration since history began: the rollup's fine buckets summed under each `le`."""
+    histogram = HistogramMetricFamily("bullrq_job_duration_seconds", "Durations of completed runs.",
+                                      labels=["queue"])
+    buckets: dict[str, dict[int, int]] = defaultdict(dict)
+    for row in sources.db.execute(
+        "SELECT queue, bucket, sum(runs)::bigint AS runs FROM job_runs_hourly_buckets GROUP BY 1, 2"
+    ):
+        buckets[row["queue"]][row["bucket"]] = row["runs"]
+    seconds = {row["queue"]: (row["ms"] or 0) / 1000 for row in sources.db.execute(
+        "SELECT queue, sum(duration_ms) AS ms FROM job_runs_hourly GROUP BY 1"
+    )}  # fmt: skip
+    for queue, runs in sorted(buckets.items()):
+        cumulative = [(str(le), sum(n for b, n in runs.items() if rollup.upper_bound(b) <= le * 1000)) for le in LE]
+        histogram.add_metric([queue], [*cumulative, ("+Inf", sum(runs.values()))], round(seconds.get(queue, 0), 6))
+    yield histogram
+
+
+def redis_families(sources: Sources) -> Iterator[Metric]:
+    memory = GaugeMetricFamily("bullrq_redis_memory_bytes", "Memory used by Redis.")
+    memory.add_metric([], sources.redis.info("memory").get("used_memory", 0))
+    yield memory
+
+
+def scheduler_families(sources: Sources) -> Iterator[Metric]:
+    scheduler = liveness(sources.redis)
+    up = GaugeMetricFamily("bullrq_scheduler_up", "1 while a scheduler holds the lease and completes its ticks.")
+    up.add_metric([], int(scheduler["ok"]))
+    age = GaugeMetricFamily("bullrq_scheduler_last_tick_age_seconds", "Seconds since the active scheduler's last tick.")
+    if scheduler["last_tick_age"] is not None:
+        age.add_metric([], scheduler["last_tick_age"])
+    restarts = CounterMetricFamily("bullrq_process_restarts_total", "Crashed processes restarted by a supervisor.",
+                                   labels=["host", "process"])
+    for field, count in sorted(sources.redis.hgetall(PROCESS_RESTARTS_KEY).items()):
+        host, _, process = field.decode().rpartition("/")
+        restarts.add_metric([host, process], int(count))
+    yield from (up, age, restarts)
+
+
+def alert_families(sources: Sources) -> Iterator[Metric]:
+    """Open alerts per condition (every condition, 0 when none), and one series per open alert."""
+    per_condition = GaugeMetricFamily("bullrq_alerts_open", "Open alerts per condition.", labels=["condition"])
+    for condition, count in alert_store.open_counts(sources.db).items():
+        per_condition.add_metric([condition], count)
+    each = GaugeMetricFamily("bullrq_alert_open", "1 for each open alert, by its key (condition and subject).",
+                             labels=["key", "condition"])
+    for row in sources.db.execute("SELECT key, condition FROM alerts WHERE status = 'open' ORDER BY key"):
+        each.add_metric([row["key"], row["condition"]], 1)
+    yield from (per_condition, each)
+
+
+#: every family /metrics exposes, in this order
+FAMILIES: list[Callable[[Sources], Iterator[Metric]]] = [queue_families, job_families, duration_family,
+                                                          redis_families, scheduler_families, alert_families]
+
+
+class ScrapeCollector:
+    """A prometheus_client collector that reads `Sources` when the registry is scraped."""
+
+    def __init__(self, redis, db):
+        self.redis = redis
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        sources = Sources(self.redis, self.db)
+        for family in FAMILIES:
+            yield from family(sources)
 
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus text exposition of queues, jobs and Redis."""
-    redis = current_app.extensions["bullrq.redis"]
-    stats = queue_stats(redis)["queues"]
-    out = _Text()
-    out.family("bullrq_queue_jobs", "gauge", "Jobs of each queue in each state.")
-    for queue, row in stats.items():
-        for state in STATES:
-            out.sample("bullrq_queue_jobs", row[state], queue=queue, state=state)
-    out.family("bullrq_queue_paused", "gauge", "1 while the queue is paused.")
-    for queue, row in stats.items():
-        out.sample("bullrq_queue_paused", int(row["paused"]), queue=queue)
-    out.family("bullrq_queue_workers", "gauge", "Live worker processes serving the queue.")
-    for queue, row in stats.items():
-        out.sample("bullrq_queue_workers", row["workers"], queue=queue)
-
-    db = get_db()
-    out.family("bullrq_jobs_processed_total", "counter", "Finished attempts per queue and task.")
-    out.family("bullrq_jobs_failed_total", "counter", "Failed, timed-out or abandoned attempts per queue and task.")
-    totals = db.execute(
-        "SELECT queue, task, sum(total)::bigint AS total, sum(failed)::bigint AS failed FROM job_runs_hourly "
-        "GROUP BY 1, 2 ORDER BY 1, 2"
-    ).fetchall()
-    for row in totals:
-        out.sample("bullrq_jobs_processed_total", row["total"], queue=row["queue"], task=row["task"])
-    for row in totals:
-        out.sample("bullrq_jobs_failed_total", row["failed"], queue=row["queue"], task=row["task"])
-
-    out.family("bullrq_job_duration_seconds", "histogram", "Durations of completed runs over the last 24 hours.")
-    histograms: dict[str, dict[int, int]] = defaultdict(dict)
-    sums = {row["queue"]: row["ms"] for row in db.execute(
-        "SELECT queue, sum(duration_ms) AS ms FROM job_runs_hourly WHERE hour >= now() - interval '24 hours' "
-        "GROUP BY 1"
-    )}  # fmt: skip
-    for row in db.execute(
-        "SELECT queue, bucket, sum(runs)::bigint AS runs FROM job_runs_hourly_buckets "
-        "WHERE hour >= now() - interval '24 hours' GROUP BY 1, 2"
-    ):
-        histograms[row["queue"]][row["bucket"]] = row["runs"]
-    for queue, buckets in sorted(histograms.items()):
-        for le in LE:
-            count = sum(n for b, n in buckets.items() if rollup.upper_bound(b) <= le * 1000)
-            out.sample("bullrq_job_duration_seconds_bucket", count, queue=queue, le=le)
-        out.sample("bullrq_job_duration_seconds_bucket", sum(buckets.values()), queue=queue, le="+Inf")
-        out.sample("bullrq_job_duration_seconds_sum", round((sums.get(queue) or 0) / 1000, 6), queue=queue)
-        out.sample("bullrq_job_duration_seconds_count", sum(buckets.values()), queue=queue)
-
-    scheduler = liveness(redis)
-    out.family("bullrq_scheduler_up", "gauge", "1 while a scheduler holds the lease and completes its ticks.")
-    out.sample("bullrq_scheduler_up", int(scheduler["ok"]))
-    out.family("bullrq_scheduler_last_tick_age_seconds", "gauge", "Seconds since the active scheduler's last tick.")
-    if scheduler["last_tick_age"] is not None:
-        out.sample("bullrq_scheduler_last_tick_age_seconds", scheduler["last_tick_age"])
-    out.family("bullrq_process_restarts_total", "counter", "Crashed processes restarted by a supervisor.")
-    for field, count in sorted(redis.hgetall(PROCESS_RESTARTS_KEY).items()):
-        host, _, process = field.decode().rpartition("/")
-        out.sample("bullrq_process_restarts_total", int(count), host=host, process=process)
-    _alerts(out, db)
-
-    memory = redis.info("memory")
-    out.family("bullrq_redis_memory_bytes", "gauge", "Memory used by Redis.")
-    out.sample("bullrq_redis_memory_bytes", memory.get("used_memory", 0))
-    return Response("\n".join(out.lines) + "\n", mimetype="text/plain; version=0.0.4")
-
-
-def _alerts(out: _Text, db) -> None:
-    """Open alerts per condition (every condition, 0 when none), and one series per open alert (app.alerts)."""
-    out.family("bullrq_alerts_open", "gauge", "Open alerts per condition.")
-    for condition, count in alert_store.open_counts(db).items():
-        out.sample("bullrq_alerts_open", count, condition=condition)
-    out.family("bullrq_alert_open", "gauge", "1 for each open alert, by its key (condition and subject).")
-    for row in db.execute("SELECT key, condition FROM alerts WHERE status = 'open' ORDER BY key"):
-        out.sample("bullrq_alert_open", 1, key=row["key"], condition=row["condition"])
+    """Prometheus text exposition of queues, jobs, Redis, the scheduler, restarts and open alerts."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScrapeCollector(current_app.extensions["bullrq.redis"], get_db()))
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)

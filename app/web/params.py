@@ -1,7 +1,13 @@
-"""Query parameters shared by the admin API's listings."""
+"""Query parameters of the admin API: the ones each route accepts (read from its OpenAPI document, so the two
+never disagree) and those shared by the listings."""
 
 from __future__ import annotations
 
+import functools
+import re
+from pathlib import Path
+
+import yaml
 from flask import request
 
 from app.store.runs import MAX_LIMIT
@@ -21,3 +27,37 @@ def page() -> tuple[int, int]:
     if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
         raise ApiError(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and offset 0 to {MAX_OFFSET}")
     return limit, offset
+
+
+@functools.cache
+def openapi_document() -> dict:
+    """The admin API's OpenAPI document (`app/web/openapi.yaml`)."""
+    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
+
+
+@functools.cache
+def accepted_query(rule: str, method: str) -> tuple[str, ...]:
+    """The query parameters the OpenAPI document lists for the route `rule` (Flask's form) and `method`."""
+    document = openapi_document()
+    item = document["paths"].get(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), {})
+    names = []
+    for parameter in [*item.get("parameters", []), *item.get(method.lower(), {}).get("parameters", [])]:
+        if "$ref" in parameter:
+            parameter = document["components"]["parameters"][parameter["$ref"].rsplit("/", 1)[1]]
+        if parameter["in"] == "query":
+            names.append(parameter["name"])
+    return tuple(names)
+
+
+def refuse_unknown_query() -> None:
+    """A 400 naming the parameters the route accepts when the request has another (a misspelt filter must not
+    silently answer with the default listing)."""
+    if request.url_rule is None or request.method == "OPTIONS":
+        return
+    accepted = accepted_query(request.url_rule.rule, "GET" if request.method == "HEAD" else request.method)
+    unknown = sorted(set(request.args) - set(accepted))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        takes = f"it accepts {', '.join(accepted)}" if accepted else "it takes no query parameter"
+        raise ApiError(400, "invalid_request", f"unknown query parameter {names}: {takes}",
+                       {"unknown": unknown, "accepted": list(accepted)})

@@ -20,10 +20,11 @@ from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
-from app.web.params import page
+from app.web.params import page, refuse_unknown_query
 
 bp = Blueprint("admin_schedules", __name__, url_prefix="/api/admin/jobs")
 bp.before_request(require_token)
+bp.before_request(refuse_unknown_query)
 bp.after_request(audit.record)
 
 _PATCHABLE = {"cron_expression", "timezone", "is_active"}

@@ -29,11 +29,12 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('HINCRBY', KEYS[4], 'canceled', 1)
 if ARGV[5] ~= '0' then
   local f = redis.call('HMGET', KEYS[1], 'attempts', 'retries_left', 'origin', 'description', 'enqueued_at',
-    'schedule_id', 'earlier_attempts')
+    'schedule_id', 'earlier_attempts', 'schedule_slot')
   local row = {job_id = ARGV[1],
     attempt = (tonumber(f[7]) or 0) + math.max(1, (tonumber(f[1]) or 1) - (tonumber(f[2]) or 0)),
     queue = f[3] or nil, task = f[4] and string.match(f[4], '^([^(]+)') or '?', status = 'canceled',
-    enqueued_at = f[5] or nil, schedule_id = f[6] or nil, started_at = tonumber(ARGV[2]), ended_at = tonumber(ARGV[2])}
+    enqueued_at = f[5] or nil, schedule_id = f[6] or nil, started_at = tonumber(ARGV[2]), ended_at = tonumber(ARGV[2]),
+    schedule_slot = f[8] or nil, trigger = f[6] and (f[8] and 'cron' or 'run_now') or nil}
   redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[5], '*', 'row', cjson.encode(row))
 end
 local dedup = redis.call('HGET', KEYS[1], 'dedup_key')

@@ -18,8 +18,8 @@
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then
   local gone = redis.call('EXISTS', KEYS[1]) == 0
   if redis.call('HGET', KEYS[3], 'lease') == ARGV[2] then
-    redis.call('HSET', KEYS[3], 'state', 'idle', 'current_job', '')
-    redis.call('HDEL', KEYS[3], 'lease', 'lease_set')
+    redis.call('HSET', KEYS[3], 'state', 'idle') -- its outcome discarded: the worker stops showing the job
+    redis.call('HDEL', KEYS[3], 'current_job', 'lease', 'lease_set')
   end
   if not gone then return 0 end
   if ARGV[8] ~= '' then

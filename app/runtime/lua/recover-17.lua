@@ -55,13 +55,16 @@ for _, member in ipairs(members) do
       local left = tonumber(redis.call('HGET', job, 'retries_left') or '0') or 0
       local canceled = redis.call('HGET', job, 'cancel_requested') == '1'
       redis.call('HINCRBY', KEYS[4], 'abandoned', 1)
+      local f = redis.call('HMGET', job, 'attempts', 'origin', 'description', 'worker_name', 'enqueued_at',
+        'schedule_id', 'started_at', 'earlier_attempts', 'schedule_slot')
+      local attempt = (tonumber(f[8]) or 0) + math.max(1, (tonumber(f[1]) or 1) - left)
+      redis.call('HSET', job, 'last_attempt', attempt)
       if ARGV[8] ~= '0' then
-        local f = redis.call('HMGET', job, 'attempts', 'origin', 'description', 'worker_name', 'enqueued_at',
-          'schedule_id', 'started_at', 'earlier_attempts')
-        local row = {job_id = id, attempt = (tonumber(f[8]) or 0) + math.max(1, (tonumber(f[1]) or 1) - left),
+        local row = {job_id = id, attempt = attempt,
           queue = f[2] or nil,
           task = f[3] and string.match(f[3], '^([^(]+)') or '?', status = 'abandoned', worker = f[4] or nil,
           enqueued_at = f[5] or nil, schedule_id = f[6] or nil, started_at = f[7] or nil, ended_at = tonumber(ARGV[1]),
+          schedule_slot = f[9] or nil, trigger = f[6] and (f[9] and 'cron' or 'run_now') or nil,
           error_type = canceled and 'Canceled' or 'Abandoned', error_message = ARGV[7]}
         redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[8], '*', 'row', cjson.encode(row))
       end
