@@ -357,10 +357,13 @@ def test_metrics_read_by_prometheus_client_and_promtool(api, redis_conn, databas
 
     _error(api.get("/metrics"), 401, "unauthorized")
     text, families = _scrape(api)
-    assert set(families) == {"bullrq_queue_jobs", "bullrq_queue_paused", "bullrq_queue_workers",
-                             "bullrq_jobs_processed", "bullrq_jobs_failed", "bullrq_job_duration_seconds",
-                             "bullrq_redis_memory_bytes"}  # every family typed and with its samples: no "unknown"
-    assert all(family.type != "unknown" and family.samples for family in families.values())
+    always = {"bullrq_queue_jobs", "bullrq_queue_paused", "bullrq_queue_workers", "bullrq_jobs_processed",
+              "bullrq_jobs_failed", "bullrq_job_duration_seconds", "bullrq_redis_memory_bytes", "bullrq_scheduler_up",
+              "bullrq_alerts_open"}
+    when_any = {"bullrq_scheduler_last_tick_age_seconds", "bullrq_process_restarts", "bullrq_alert_open"}
+    assert set(families) == always | when_any  # every family typed: no "unknown"
+    assert all(family.type != "unknown" for family in families.values())
+    assert all(families[name].samples for name in always)  # no scheduler, restart or open alert here
     assert _value(families["bullrq_queue_jobs"], queue="reports", state="waiting") == 1
     assert _value(families["bullrq_queue_jobs"], queue="reports", state="completed") == 4
     processed, failed = families["bullrq_jobs_processed"], families["bullrq_jobs_failed"]
