@@ -26,6 +26,7 @@ from app.alerts import conditions, delivery, store
 from app.alerts.settings import AlertSettings, load_alert_settings
 from app.connections import redis_from_url
 from app.errors import BullrqError
+from app.leadership import Leadership
 from app.store.db import connect
 from app.store.migrate import apply_migrations
 from queues import ALERTS_LEASE_KEY
@@ -34,14 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: seconds the lease lasts at least (it lasts three rounds when rounds are longer)
 MIN_LEASE = 5.0
-
-_RENEW_IF_OURS = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
 
 class AlertEvaluator(threading.Thread):
     """Evaluates the alert conditions while this process holds the lease; a daemon thread of its host process."""
@@ -52,11 +45,10 @@ class AlertEvaluator(threading.Thread):
         self.database_url = database_url
         self.settings = settings
         self.identity = f"{role}@{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-        self.lease_ms = int(max(MIN_LEASE, 3 * settings.interval) * 1000)
-        self.leading = False
+        lease_ms = int(max(MIN_LEASE, 3 * settings.interval) * 1000)
+        self.lead = Leadership(redis, ALERTS_LEASE_KEY, self.identity, lease_ms)
         self.rounds = 0
         self._stop_event = threading.Event()
-        self._renew = redis.register_script(_RENEW_IF_OURS)
         self._conn: psycopg.Connection | None = None
         self._migrated = False
         self._failing = False
@@ -88,22 +80,16 @@ class AlertEvaluator(threading.Thread):
         self._release()
 
     def _holds_lease(self) -> bool:
-        if self.leading:
-            self.leading = bool(self._renew(keys=[ALERTS_LEASE_KEY], args=[self.identity, self.lease_ms]))
-            if not self.leading:
+        leading, changed = self.lead.hold()
+        if changed:
+            if leading:
+                logger.info("alerts %s: now the alert evaluator", self.identity)
+            else:
                 logger.warning("alerts %s: lost the evaluator lease", self.identity)
-        if not self.leading and self.redis.set(ALERTS_LEASE_KEY, self.identity, nx=True, px=self.lease_ms):
-            self.leading = True
-            logger.info("alerts %s: now the alert evaluator", self.identity)
-        return self.leading
+        return leading
 
     def _release(self) -> None:
-        try:
-            if self.leading and self.redis.get(ALERTS_LEASE_KEY) == self.identity.encode():
-                self.redis.delete(ALERTS_LEASE_KEY)
-        except RedisError:
-            pass
-        self.leading = False
+        self.lead.release()
         self._drop_connection()
 
     def _db(self) -> psycopg.Connection:

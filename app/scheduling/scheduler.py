@@ -21,6 +21,7 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
+from app.leadership import Leadership
 from app.runtime.jobs import BullJob
 from app.scheduling import schedule_store
 from app.scheduling.schedules import ScheduleEntry
@@ -45,14 +46,6 @@ STALE_AFTER = 30.0
 #: seconds the last-tick time is kept in Redis
 TICK_KEY_TTL = 24 * 3600
 
-_RENEW_IF_OURS = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-
 class Scheduler:
     """One scheduler process."""
 
@@ -62,9 +55,8 @@ class Scheduler:
         self.entries = entries
         self.identity = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.leading = False
+        self.lead = Leadership(redis, SCHEDULER_LEADER_KEY, self.identity, int(LEADER_TTL * 1000))
         self._stop = threading.Event()
-        self._renew = redis.register_script(_RENEW_IF_OURS)
         self._conn: psycopg.Connection | None = None
         self._lease_checked = 0.0
         self._rq_scheduler = None
@@ -101,27 +93,19 @@ class Scheduler:
     def _holds_lease(self) -> bool:
         now = time.monotonic()
         if now - self._lease_checked < RENEW:
-            return self.leading
+            return self.lead.leading
         self._lease_checked = now
-        ttl_ms = int(LEADER_TTL * 1000)
-        if self.leading:
-            self.leading = bool(self._renew(keys=[SCHEDULER_LEADER_KEY], args=[self.identity, ttl_ms]))
-            if not self.leading:
-                logger.warning("scheduler %s: lost the lead", self.identity)
-        if not self.leading and self.redis.set(SCHEDULER_LEADER_KEY, self.identity, nx=True, px=ttl_ms):
-            self.leading = True
+        leading, changed = self.lead.hold()
+        if changed and leading:
             logger.info("scheduler %s: now active", self.identity)
             self._on_lead()
-        return self.leading
+        elif changed:
+            logger.warning("scheduler %s: lost the lead", self.identity)
+        return leading
 
     def _release(self) -> None:
         """Hand the lead over at once on a clean stop, rather than after the lease runs out."""
-        if self.leading:
-            try:
-                if self.redis.get(SCHEDULER_LEADER_KEY) == self.identity.encode():
-                    self.redis.delete(SCHEDULER_LEADER_KEY)
-            except RedisError:
-                pass
+        self.lead.release()
         self._drop_connection()
 
     def _on_lead(self) -> None:
