@@ -1,8 +1,8 @@
 """bullrq: Bull-style background jobs on Redis and RQ, with durable run history in PostgreSQL.
 
-The modules directly in `app/` are the base every part shares: settings (`config`, `sentinel`), Redis
-connections, errors, logging setup, the task registry (task types and queue lookups), outgoing HTTP and
-notification recipients. They import only each other and `queues.py`.
+The modules directly in `app/` are the base every part shares: settings (`config`, `sentinel`), Redis connections,
+errors, logging setup, the task registry (task types and queue lookups), outgoing HTTP, notification recipients and
+leadership (a role one process holds at a time). They import only each other and `queues.py`.
 
 The parts, from the bottom up; each imports only the parts listed before it (and the base):
 

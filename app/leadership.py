@@ -25,8 +25,10 @@ class Leadership:
         self.leading = False
         self._renew = redis.register_script(_RENEW_IF_OURS)
 
-    def hold(self) -> tuple[bool, bool]:
-        """Renew the role if held, else try to take it. Returns (leading now, changed since the last call).
+    def hold(self) -> str | None:
+        """Renew the role if held, else try to take it. Returns "taken" when this call took it (fresh, or again
+        after it lapsed: whatever the role set up must be set up again), "lost" when it was held and now is
+        another's, None when nothing changed.
 
         Raises:
             RedisError: Redis did not answer (the role is then kept until its TTL runs out).
@@ -34,9 +36,12 @@ class Leadership:
         was = self.leading
         if self.leading:
             self.leading = bool(self._renew(keys=[self.key], args=[self.identity, self.ttl_ms]))
-        if not self.leading:
-            self.leading = bool(self.redis.set(self.key, self.identity, nx=True, px=self.ttl_ms))
-        return self.leading, self.leading != was
+            if self.leading:
+                return None
+        self.leading = bool(self.redis.set(self.key, self.identity, nx=True, px=self.ttl_ms))
+        if self.leading:
+            return "taken"
+        return "lost" if was else None
 
     def release(self) -> None:
         """Hand the role over at once on a clean stop, rather than after the TTL runs out."""

@@ -223,7 +223,7 @@ def drill_c(servers: Servers, sizes: Sizes, logs: Path) -> Report:
 
 
 #: the admin token of drill k's web process
-G_TOKEN = "drill-g-token-0123456789abcdef"
+K_TOKEN = "drill-k-token-0123456789abcdef"
 #: a job hash field RQ's Job.save writes and bullrq never does
 RQ_SAVE_MARK = "success_callback_name"
 #: RQ's own command line, installed beside this interpreter
@@ -268,7 +268,7 @@ class _Readers:
     def _dashboard(self) -> None:
         while not self._stop.is_set():
             for url in self.urls:
-                request = urllib.request.Request(url, headers={"Authorization": f"Bearer {G_TOKEN}"})
+                request = urllib.request.Request(url, headers={"Authorization": f"Bearer {K_TOKEN}"})
                 try:
                     with urllib.request.urlopen(request, timeout=10) as response:
                         json.loads(response.read())
@@ -297,12 +297,12 @@ def drill_k(servers: Servers, sizes: Sizes, logs: Path) -> Report:
     redis, database_url, conn = servers.stage("k")
     rng = random.Random(9)
     web_port = free_port()
-    with Fleet(child_env(servers.root, redis.url, database_url, ADMIN_TOKEN=G_TOKEN), logs) as fleet:
+    with Fleet(child_env(servers.root, redis.url, database_url, ADMIN_TOKEN=K_TOKEN), logs) as fleet:
         names = started_workers(fleet, conn, queue, sizes.workers, "k")
-        fleet.web("g-web", web_port)
+        fleet.web("k-web", web_port)
         deadline = time.monotonic() + REGISTER_TIMEOUT
         while not _web_ready(web_port):
-            fleet.check_alive("g-web")
+            fleet.check_alive("k-web")
             if time.monotonic() > deadline:
                 raise DrillError(f"the web app did not answer /readyz in {REGISTER_TIMEOUT} s")
             time.sleep(POLL)

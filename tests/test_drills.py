@@ -25,7 +25,7 @@ from tests.fixtures import processes_with
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PROJECT = Path(__file__).resolve().parent.parent
-#: drills run by each of the two processes started side by side
+#: drills run by each of the processes started side by side
 GROUPS = (["a", "b", "f"], ["c", "e", "d", "k"], ["g", "h", "i"])
 
 

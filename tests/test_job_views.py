@@ -16,6 +16,7 @@ from app.scheduling.schedule_store import fire, get_schedule, sync_declared
 from app.scheduling.schedules import load_schedules
 from app.store.db import connect
 from app.store.migrate import apply_migrations
+from app.tasks import queue_keys
 from tests.conftest import TOKEN
 from tests.fixtures import run_cli, wait_for
 from tests.handlers import open_gate, runs
@@ -90,7 +91,8 @@ def test_a_worker_whose_outcome_was_discarded_is_not_left_busy_on_that_job(redis
     job = enqueue(redis_conn, "semantics.gated", {"tag": "taken-back"}, {"queue": "harvest", "attempts": 1})
     wait_for(lambda: runs(redis_conn, "taken-back"), message="the handler to start")
     # another worker took the job back meanwhile (as after a missed lease): the run's outcome will be discarded
-    assert recover(redis_conn, "harvest", job.id) == [(job.id, "failed")]
+    (member,) = redis_conn.zrange(queue_keys("harvest").started, 0, -1)
+    assert recover(redis_conn, "harvest", member=member.decode()) == [(job.id, "failed")]
 
     open_gate(redis_conn, "taken-back")
     wait_for(lambda: runs(redis_conn, "taken-back", event="end"), message="the run to end")

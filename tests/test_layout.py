@@ -144,6 +144,16 @@ def test_every_part_says_what_it_owns_and_may_import():
     assert len(base) <= MAX_BASE_MODULES, sorted(path.name for path in base)
 
 
+def test_every_package_is_installed():
+    """A wheel holds the packages pyproject.toml lists: each of ours must be there (the editable install hides a
+    missing one)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in ROOT.glob("app/**/__init__.py")}
+    assert found | {"workers"} == listed
+
+
 def test_the_checks_find_a_cycle_and_a_wrong_way_import(tmp_path):
     """The two rules above can fail: a planted cycle and a runtime module importing the web are both caught."""
     for package in ("app", "app/runtime", "app/web", "workers"):

@@ -80,13 +80,12 @@ class AlertEvaluator(threading.Thread):
         self._release()
 
     def _holds_lease(self) -> bool:
-        leading, changed = self.lead.hold()
-        if changed:
-            if leading:
-                logger.info("alerts %s: now the alert evaluator", self.identity)
-            else:
-                logger.warning("alerts %s: lost the evaluator lease", self.identity)
-        return leading
+        change = self.lead.hold()
+        if change == "taken":
+            logger.info("alerts %s: now the alert evaluator", self.identity)
+        elif change == "lost":
+            logger.warning("alerts %s: lost the evaluator lease", self.identity)
+        return self.lead.leading
 
     def _release(self) -> None:
         self.lead.release()

@@ -363,8 +363,8 @@ class BullWorker(Worker):
         if outcome.kind == "lost":  # not this run's to record: the job is another worker's now
             logger.warning("job %s: its lease was taken back while it ran; run stopped, nothing recorded", job.id)
             with self.connection.pipeline(transaction=False) as pipe:
-                pipe.hset(self.key, mapping={"state": WorkerStatus.IDLE.value, "current_job": ""})
-                pipe.hdel(self.key, "lease", "lease_set")
+                pipe.hset(self.key, "state", WorkerStatus.IDLE.value)
+                pipe.hdel(self.key, "current_job", "lease", "lease_set")  # deleted, as RQ does: "" reads as an id
                 pipe.execute()
             self._release(member)
             return self._dequeue(self.connection) if dequeue_next else [0, -1]
@@ -516,8 +516,10 @@ class BullWorker(Worker):
         declare_queues(self.connection)
         lease = self.lease
         self.connection.hset(self.key, "state", (WorkerStatus.BUSY if lease else WorkerStatus.IDLE).value)
-        if lease:
-            self.connection.hset(self.key, "current_job", lease[0].id)
+        if lease:  # the fields the dequeue script writes, so finishing the run resets them as usual
+            job, member = lease
+            self.connection.hset(self.key, mapping={"current_job": job.id, "lease": member,
+                                                    "lease_set": queue_keys(job.origin).started})
 
     def request_cancel(self, job_id: str) -> bool:
         """From the maintenance thread: stop `job_id` if it is the running job. Returns whether it is; a cancel

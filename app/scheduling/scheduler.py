@@ -95,13 +95,13 @@ class Scheduler:
         if now - self._lease_checked < RENEW:
             return self.lead.leading
         self._lease_checked = now
-        leading, changed = self.lead.hold()
-        if changed and leading:
+        change = self.lead.hold()
+        if change == "taken":
             logger.info("scheduler %s: now active", self.identity)
             self._on_lead()
-        elif changed:
+        elif change == "lost":
             logger.warning("scheduler %s: lost the lead", self.identity)
-        return leading
+        return self.lead.leading
 
     def _release(self) -> None:
         """Hand the lead over at once on a clean stop, rather than after the lease runs out."""
