@@ -15,7 +15,7 @@ from uuid import uuid4
 import psycopg
 from redis import Redis
 
-from app.cron import Cron
+from app.cron import Cron, CronError
 from app.enqueue import enqueue
 from app.errors import BullrqError
 from app.jobs import fetch_job, state_of
@@ -113,6 +113,8 @@ def set_overrides(
         UnknownScheduleError: no such entry.
         CronError: the cron or time zone is not valid.
     """
+    if cron == "" or timezone == "":  # an empty override would read as "none" and pin the declared value
+        raise CronError(f"an empty {'cron' if cron == '' else 'time zone'} is not valid; clear overrides instead")
     with conn.transaction():
         row = get_schedule(conn, schedule_id)
         changed = {**row}

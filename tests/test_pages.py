@@ -435,3 +435,16 @@ def test_job_data_with_markup_renders_inert_in_rq_dashboard(browser, site, redis
     assert job.id in page.content()
     assert page.evaluate("window.pwned") is None
     assert page.locator("img[src=x]").count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["/%09/evil.example", "/%0a/evil.example", "/%5c/evil.example"])
+def test_signing_in_from_a_crafted_link_stays_on_this_site(browser, site, target):
+    """A browser drops tab and newline from a URL and reads a backslash as a slash: `/\t/evil.example` would take it
+    to another site after signing in."""
+    page = browser.new_page()
+    page.goto(f"{site}/login?next={target}")
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#queues")
+    assert page.url == f"{site}/admin/"

@@ -289,14 +289,14 @@ def test_state_changes_are_audited_without_the_token(api, database_url):
 
 
 def test_a_nul_in_a_body_is_still_audited(api, database_url):
-    escaped = '{"action": "pause", "queueName": "sync", "note": "a\\u0000b"}'
+    escaped = '{"action": "retry-failed", "queueName": "sync", "jobIds": ["a\\u0000b"]}'
     api.post("/api/admin/workers", headers={**AUTH, "Content-Type": "application/json"}, data=escaped)
     api.post("/api/admin/workers", headers={**AUTH, "Content-Type": "text/plain"}, data=b"raw\x00nul")
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT status, request FROM audit_log ORDER BY id").fetchall()
     assert rows == [
-        (200, {"action": "pause", "queueName": "sync", "note": "a\ufffdb"}),
-        (400, {"text": "raw\ufffdnul"}),
+        (200, {"action": "retry-failed", "queueName": "sync", "jobIds": ["a\ufffdb"]}),
+        (415, {"text": "raw\ufffdnul"}),
     ]
 
 

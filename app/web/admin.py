@@ -23,7 +23,7 @@ from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
-from app.web.params import page
+from app.web.params import json_body, optional, page
 from queues import get_queue_spec, queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -39,25 +39,23 @@ def _redis():
     return current_app.extensions["bullrq.redis"]
 
 
-def _body() -> dict:
-    """The request's JSON object; a body that is not one is a 400 saying so."""
-    if not request.get_data():
-        return {}
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return body
-
-
 def _queues(name) -> list[str]:
-    """The queue named (validated), or every queue when none is."""
-    if name in (None, ""):
+    """The queue named (validated), or every queue when none is; an empty name is a 400, never "all"."""
+    if name is None:
         return queue_names()
-    if not isinstance(name, str):
-        raise ApiError(400, "invalid_request", "queueName must be a string")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "invalid_request", "queueName must be a queue's name; leave it out for every queue")
     return [get_queue_spec(name).name]
+
+
+#: the fields each control action takes
+ACTION_FIELDS = {
+    "pause": {"queueName"},
+    "resume": {"queueName"},
+    "retry-failed": {"queueName", "jobIds"},
+    "clean": {"queueName", "state", "grace", "limit"},
+    "setup-recurring": set(),
+}
 
 
 def _create_job(body: dict):
@@ -137,10 +135,16 @@ def _health(stats: dict | None = None) -> tuple[dict, int]:
 @bp.post("/workers")
 def workers_post():
     """A control action on one queue or all (`{"action", "queueName"?}`), or a new job (`{"type", "data"}`)."""
-    body = _body()
+    body = json_body()
     if "type" in body:
         return _create_job(body)
     action = body.get("action")
+    if not isinstance(action, str) or action not in ACTION_FIELDS:
+        raise ApiError(400, "unknown_action", f"unknown action {action!r}", {"valid": list(ACTION_FIELDS)})
+    unknown = sorted(set(body) - ACTION_FIELDS[action] - {"action"})
+    if unknown:
+        raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r} for {action}",
+                       {"fields": sorted(ACTION_FIELDS[action] | {"action"})})  # fmt: skip
     queues = _queues(body.get("queueName"))
     redis = _redis()
     if action == "pause":
@@ -196,7 +200,7 @@ def jobs_stats():
 @bp.post("/jobs")
 def jobs_create():
     """Create a job of a registered task type."""
-    return _create_job(_body())
+    return _create_job(json_body())
 
 
 @bp.get("/jobs")
@@ -207,7 +211,7 @@ def jobs_list():
         state = State(raw)
     except ValueError:
         raise ApiError(400, "invalid_request", f"unknown status {raw!r}", {"valid": [s.value for s in State]}) from None
-    queue = request.args.get("queueName") or None
+    queue = optional("queueName")
     if queue is not None:
         queue = get_queue_spec(queue).name
     limit, offset = page()

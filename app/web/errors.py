@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from app.cron import CronError
-from app.errors import BullrqError, InvalidJobError, UnknownQueueError, UnknownTaskError
+from app.errors import BullrqError, InvalidJobError, JobDataTooLargeError, UnknownQueueError, UnknownTaskError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(UnknownTaskError)
     def unknown_task(exc: UnknownTaskError):
         return error_response(400, "unknown_task", str(exc), {"type": exc.name, "valid": exc.valid})
+
+    @app.errorhandler(JobDataTooLargeError)
+    def job_too_large(exc: JobDataTooLargeError):
+        return error_response(413, "job_data_too_large", str(exc), {"size": exc.size, "limit": exc.limit})
 
     @app.errorhandler(InvalidJobError)
     @app.errorhandler(CronError)
