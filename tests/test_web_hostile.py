@@ -125,7 +125,8 @@ def test_enqueue_refuses_nan_from_python_too(redis_conn):
 
 def test_an_empty_queue_name_is_a_400_and_touches_no_queue(api, redis_conn):
     for action in ("pause", "resume", "retry-failed", "clean"):
-        _error(api.post("/api/admin/workers", headers=AUTH, json={"action": action, "queueName": ""}), 400)
+        for name in ("", None):
+            _error(api.post("/api/admin/workers", headers=AUTH, json={"action": action, "queueName": name}), 400)
     assert not any(redis_conn.exists(queue_keys(name).paused) for name in queue_names())
     api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "options": {"queue": "sync"}})
     _error(api.delete("/api/admin/workers?queueName=&force=true", headers=AUTH), 400)
@@ -187,3 +188,21 @@ def test_a_nul_in_a_path_is_a_400_audited_without_an_error_log(api, database_url
         _error(api.post("/api/admin/jobs/a%00b/cancel", headers=AUTH), 400, "invalid_request")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert _audit(database_url)[-1]["path"] == "/api/admin/jobs/a\ufffdb/cancel"
+
+
+# ------------------------------------------------------------------------------------------- the document (8)
+
+
+def test_the_document_lists_what_every_operation_can_answer(api):
+    document = api.get("/api/admin/openapi.json", headers=AUTH).get_json()
+    assert document["components"]["schemas"]["QueueName"]["enum"] == queue_names()
+    assert "system.ping" in document["components"]["schemas"]["TaskType"]["enum"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            assert {"400", "401", "414", "503"} <= statuses, (method, path)
+            if "requestBody" in operation:
+                assert {"413", "415"} <= statuses, (method, path)
+    # and the server answers them in the documented shape
+    _error(api.get("/api/admin/jobs/stats"), 401, "unauthorized")
+    _error(api.get("/api/admin/jobs?status=" + "x" * 9000, headers=AUTH), 414, "uri_too_long")

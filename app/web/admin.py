@@ -19,6 +19,7 @@ from app.runs import RunFilter, failure_rate, list_runs
 from app.schedule_store import sync_declared
 from app.schedules import ScheduleError, load_schedules
 from app.stats import queue_stats
+from app.tasks import load_tasks
 from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
@@ -39,9 +40,12 @@ def _redis():
     return current_app.extensions["bullrq.redis"]
 
 
-def _queues(name) -> list[str]:
+_ABSENT = object()
+
+
+def _queues(name=_ABSENT) -> list[str]:
     """The queue named (validated), or every queue when none is; an empty name is a 400, never "all"."""
-    if name is None:
+    if name is _ABSENT:
         return queue_names()
     if not isinstance(name, str) or not name:
         raise ApiError(400, "invalid_request", "queueName must be a queue's name; leave it out for every queue")
@@ -66,7 +70,7 @@ def _create_job(body: dict):
     unknown = sorted(set(body) - {"type", "data", "options"})
     if unknown:
         raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r}; fields: type, data, options")
-    job = enqueue(_redis(), task_type, body.get("data") or {}, body.get("options"))
+    job = enqueue(_redis(), task_type, body.get("data"), body.get("options"))
     return jsonify(jobId=job.id, queue=job.origin, type=job.func_name, created=job.created), (
         201 if job.created else 200
     )
@@ -82,9 +86,26 @@ def openapi():
     return jsonify(_openapi())
 
 
+#: answers any operation can give, added to each: the token, the request target's size, the servers behind
+SHARED_RESPONSES = {"400": "Error", "401": "Unauthorized", "414": "UriTooLong", "503": "Unavailable"}
+#: ... and those of an operation that takes a body
+BODY_RESPONSES = {"413": "TooLarge", "415": "NotJson"}
+
+
 @functools.cache
 def _openapi() -> dict:
-    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
+    """openapi.yaml with what the server knows filled in: the queue names and task types as enums, and the
+    responses every operation shares (SHARED_RESPONSES, BODY_RESPONSES) listed on each."""
+    document = yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
+    schemas = document["components"]["schemas"]
+    schemas["QueueName"]["enum"] = queue_names()
+    schemas["TaskType"]["enum"] = load_tasks().names()
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            shared = SHARED_RESPONSES | (BODY_RESPONSES if "requestBody" in operation else {})
+            for status, name in shared.items():
+                operation["responses"].setdefault(status, {"$ref": f"#/components/responses/{name}"})
+    return document
 
 
 @bp.get("/workers")
@@ -145,7 +166,7 @@ def workers_post():
     if unknown:
         raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r} for {action}",
                        {"fields": sorted(ACTION_FIELDS[action] | {"action"})})  # fmt: skip
-    queues = _queues(body.get("queueName"))
+    queues = _queues(body.get("queueName", _ABSENT))
     redis = _redis()
     if action == "pause":
         for queue in queues:
@@ -187,7 +208,7 @@ def workers_delete():
     """Empty one queue or all (waiting and delayed jobs); outside dev mode `?force=true` is required."""
     if not current_app.config["SETTINGS"].debug and request.args.get("force") != "true":
         raise ApiError(400, "force_required", "emptying queues deletes waiting jobs: add ?force=true")
-    queues = _queues(request.args.get("queueName"))
+    queues = _queues(request.args.get("queueName", _ABSENT))
     return jsonify(removed={queue: control.empty(_redis(), queue) for queue in queues})
 
 
