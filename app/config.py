@@ -13,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -138,6 +139,26 @@ def env_number(env: dict, name: str, default: float, low: float, high: float, un
     if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r} is not a number {f'of {unit} ' if unit else ''}from {low:g} to {high:g}")
     return value
+
+
+#: bytes: the defaults of MAX_REQUEST_BYTES (a request body) and MAX_JOB_DATA_BYTES (a job's data, as JSON)
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+DEFAULT_MAX_JOB_DATA_BYTES = 256 * 1024
+
+
+class SizeLimits(NamedTuple):
+    """Bytes a request body (413 beyond, before the app reads it) and a job's data may hold."""
+
+    max_request_bytes: int
+    max_job_data_bytes: int
+
+
+def size_limits(environ: dict | None = None) -> SizeLimits:
+    """MAX_REQUEST_BYTES and MAX_JOB_DATA_BYTES, validated (a job's data never needs more than a body holds)."""
+    env = environment() if environ is None else environ
+    body = int(env_number(env, "MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, 1024, 2**30, "bytes"))
+    data = int(env_number(env, "MAX_JOB_DATA_BYTES", min(DEFAULT_MAX_JOB_DATA_BYTES, body), 2, 2**30, "bytes"))
+    return SizeLimits(body, data)
 
 
 def env_url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:

@@ -37,6 +37,14 @@ class InvalidJobError(BullrqError):
     """Raised when job data or options are not acceptable (not JSON, wrong type, out of range)."""
 
 
+class JobDataTooLargeError(InvalidJobError):
+    """Raised when a job's data, as JSON, is over MAX_JOB_DATA_BYTES."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"the job's data is {size} bytes as JSON; at most {limit} are accepted (MAX_JOB_DATA_BYTES)")
+        self.size, self.limit = size, limit
+
+
 class JobStateError(BullrqError):
     """Raised when a job is not in a state the action applies to (e.g. running a completed job now)."""
 

@@ -552,3 +552,16 @@ def test_favicon_answers_with_a_small_icon(client):
     assert response.status_code == 200 and response.mimetype == "image/vnd.microsoft.icon"
     assert response.data[:4] == b"\x00\x00\x01\x00" and len(response.data) < 4096  # an ICO header, one small image
     assert "max-age" in response.headers["Cache-Control"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["/%09/evil.example", "/%0a/evil.example", "/%5c/evil.example"])
+def test_signing_in_from_a_crafted_link_stays_on_this_site(browser, site, target):
+    """A browser drops tab and newline from a URL and reads a backslash as a slash: `/\t/evil.example` would take it
+    to another site after signing in."""
+    page = browser.new_page()
+    page.goto(f"{site}/login?next={target}")
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#queues")
+    assert page.url == f"{site}/admin/"

@@ -318,7 +318,7 @@ def test_a_nul_in_a_body_is_still_audited(api, database_url):
         rows = conn.execute("SELECT status, request FROM audit_log ORDER BY id").fetchall()
     assert rows == [
         (201, {"type": "system.ping", "data": {"echo": "a\ufffdb"}, "options": {"queue": "sync"}}),
-        (400, {"text": "raw\ufffdnul"}),
+        (415, {"text": "raw\ufffdnul"}),
     ]
 
 

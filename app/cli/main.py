@@ -170,10 +170,11 @@ def _process_name(func):
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, type=click.IntRange(1, 65535), show_default=True, envvar="PORT")
-@click.option("--dev", is_flag=True, help="Werkzeug's single-process server instead of gunicorn.")
+@click.option("--dev", is_flag=True, help="Werkzeug's single-process server instead of the production server.")
 @_process_name
 def web(host, port, dev):
-    """Serve the web app (admin API, dashboard, health probes) with gunicorn; SIGTERM stops it gracefully."""
+    """Serve the web app (admin API, dashboard, health probes): gunicorn processes that buffer whole requests
+    before a thread takes them (waitress); SIGTERM stops it gracefully."""
     from app.alerts.settings import load_alert_settings
     from app.web import create_app
 

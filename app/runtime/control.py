@@ -6,6 +6,7 @@ Every control works on Redis alone, across all workers on all machines, and is s
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -150,8 +151,10 @@ def clean(connection: Redis, queue: str, state: str, grace: float = 0, limit: in
 
     Works in batches of `BATCH` ids, so Redis is never blocked for long. Returns how many jobs were deleted.
     """
-    if state not in CLEANABLE:
+    if not isinstance(state, str) or state not in CLEANABLE:
         raise InvalidJobError(f"state {state!r} cannot be cleaned; use one of {', '.join(CLEANABLE)}")
+    if not grace >= 0 or grace == math.inf:  # NaN compares false
+        raise InvalidJobError(f"grace must be a number of seconds >= 0, not {grace!r}")
     keys = queue_keys(queue)
     registry = {"completed": keys.finished, "failed": keys.failed, "canceled": keys.canceled}[state]
     cutoff = time.time() - grace

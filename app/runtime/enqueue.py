@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -17,7 +18,8 @@ from redis import Redis
 from rq.job import JobStatus
 from rq.utils import get_call_string
 
-from app.errors import InvalidJobError
+from app.config import size_limits
+from app.errors import InvalidJobError, JobDataTooLargeError
 from app.runtime.jobs import SERIALIZER, BullJob, fetch_job
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
@@ -147,6 +149,12 @@ class Enqueued(NamedTuple):
     created: bool  #: False: a pending job held the dedup key; `id` is that job's
 
 
+@functools.cache
+def max_job_data_bytes() -> int:
+    """MAX_JOB_DATA_BYTES, read once per process."""
+    return size_limits().max_job_data_bytes
+
+
 def enqueue(
     connection: Redis,
     task_type: str,
@@ -244,10 +252,12 @@ def _prepare(
     task = get_task(task_type)
     opts = options if isinstance(options, JobOptions) else JobOptions.parse(options)
     kwargs = task.bind({} if data is None else data)
-    try:
-        payload = SERIALIZER.dumps((task.name, None, [], kwargs))  # RQ's job data: (func, instance, args, kwargs)
-    except (TypeError, ValueError) as exc:
+    try:  # RQ's job data: (func, instance, args, kwargs); NaN and Infinity are not JSON, whatever Python writes
+        payload = SERIALIZER.dumps((task.name, None, [], kwargs), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJobError(f"data for {task.name} is not JSON-serializable: {exc}") from None
+    if len(payload) > max_job_data_bytes():
+        raise JobDataTooLargeError(len(payload), max_job_data_bytes())
 
     if task.queue is not None and opts.queue not in (None, task.queue):
         raise InvalidJobError(f"{task.name} runs only on queue {task.queue!r}, not {opts.queue!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from app.errors import BullrqError
 
@@ -30,7 +30,7 @@ def parse_zone(name: str) -> ZoneInfo:
     """
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: a name too long for a file name
         raise CronError(f"unknown time zone {name!r} (use an IANA name such as UTC or Europe/Lisbon)") from None
 
 
@@ -49,6 +49,10 @@ class Cron:
         self.expression = " ".join(fields)
         self.timezone = timezone
         self.zone = parse_zone(timezone)
+        try:  # valid field by field, yet a date that never comes (`0 0 31 2 *`: February 31st)
+            croniter(self.expression, datetime(2000, 1, 1), second_at_beginning=self.with_seconds).get_next(datetime)
+        except CroniterError:
+            raise CronError(f"cron {expression!r} never fires (no such date)") from None
 
     def next_after(self, moment: datetime) -> datetime:
         """The first fire time strictly after `moment` (aware), in UTC.

@@ -19,7 +19,7 @@ from app.errors import BullrqError, InvalidJobError
 from app.runtime import control
 from app.runtime.enqueue import enqueue
 from app.runtime.jobs import fetch_job, state_of
-from app.scheduling.cron import Cron
+from app.scheduling.cron import Cron, CronError
 from app.scheduling.schedules import ScheduleEntry
 from app.tasks import get_queue_spec
 
@@ -119,6 +119,8 @@ def set_overrides(
         UnknownScheduleError: no such entry.
         CronError: the cron or time zone is not valid.
     """
+    if cron == "" or timezone == "":  # an empty override would read as "none" and pin the declared value
+        raise CronError(f"an empty {'cron' if cron == '' else 'time zone'} is not valid; clear overrides instead")
     with conn.transaction():
         row = get_schedule(conn, schedule_id)
         changed = {**row}

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app.config import ensure_admin_token, load_settings
+from app.config import ensure_admin_token, load_settings, size_limits
 from app.connections import redis_from_url
 from app.errors import ConfigError
 from app.web import admin, alerts_api, auth, dashboard, db, errors, health, metrics, pages, schedules_api
 from app.web.json import ApiJSONProvider
+from app.web.limits import request_limits
 
 
 class _App(Flask):
@@ -32,6 +33,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         REDIS_URL=settings.redis_url,
         DATABASE_URL=settings.database_url,
         ADMIN_TOKEN=settings.admin_token or (ensure_admin_token(settings) if settings.debug else None),
+        MAX_CONTENT_LENGTH=size_limits().max_request_bytes,  # 413 before a route reads the body
     )
     if test_config:
         app.config.update(test_config)
@@ -54,4 +56,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     dashboard.init_app(app)
+    app.wsgi_app = request_limits(app.wsgi_app)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
 
 from flask import Blueprint, current_app, jsonify, request
@@ -16,12 +18,12 @@ from app.runtime.stats import queue_stats
 from app.scheduling.schedule_store import sync_declared
 from app.scheduling.schedules import ScheduleError, load_schedules
 from app.store.runs import RunFilter, failure_rate, list_runs
-from app.tasks import get_queue_spec
+from app.tasks import get_queue_spec, load_tasks
 from app.web import audit, health
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
-from app.web.params import openapi_document, page, refuse_unknown_query
+from app.web.params import json_body, openapi_document, optional, page, refuse_unknown_query
 from queues import queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -30,13 +32,6 @@ bp.before_request(refuse_unknown_query)
 bp.after_request(audit.record)
 
 #: the body fields of each control action (`state` is the older name of clean's `status`)
-_ACTION_FIELDS = {
-    "pause": {"action", "queueName"},
-    "resume": {"action", "queueName"},
-    "retry-failed": {"action", "queueName", "jobIds"},
-    "clean": {"action", "queueName", "status", "state", "grace", "limit"},
-    "setup-recurring": {"action", "queueName"},
-}
 #: health thresholds: a queue with more waiting jobs, or a failure rate over the last hour above this, is degraded
 BACKLOG_LIMIT = 10_000
 FAILURE_RATE_LIMIT = 0.2
@@ -46,25 +41,26 @@ def _redis():
     return current_app.extensions["bullrq.redis"]
 
 
-def _body() -> dict:
-    """The request's JSON object; a body that is not one is a 400 saying so."""
-    if not request.get_data():
-        return {}
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return body
+_ABSENT = object()
 
 
-def _queues(name) -> list[str]:
-    """The queue named (validated), or every queue when none is."""
-    if name in (None, ""):
+def _queues(name=_ABSENT) -> list[str]:
+    """The queue named (validated), or every queue when none is; an empty name is a 400, never "all"."""
+    if name is _ABSENT:
         return queue_names()
-    if not isinstance(name, str):
-        raise ApiError(400, "invalid_request", "queueName must be a string")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "invalid_request", "queueName must be a queue's name; leave it out for every queue")
     return [get_queue_spec(name).name]
+
+
+#: the fields each control action takes
+ACTION_FIELDS = {
+    "pause": {"queueName"},
+    "resume": {"queueName"},
+    "retry-failed": {"queueName", "jobIds"},
+    "clean": {"queueName", "status", "state", "grace", "limit"},
+    "setup-recurring": set(),
+}
 
 
 def _create_job(body: dict):
@@ -75,7 +71,7 @@ def _create_job(body: dict):
     unknown = sorted(set(body) - {"type", "data", "options"})
     if unknown:
         raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r}; fields: type, data, options")
-    job = enqueue(_redis(), task_type, body.get("data") or {}, body.get("options"))
+    job = enqueue(_redis(), task_type, body.get("data"), body.get("options"))
     return jsonify(jobId=job.id, queue=job.origin, type=job.func_name, created=job.created), (
         201 if job.created else 200
     )
@@ -91,8 +87,26 @@ def openapi():
     return jsonify(_openapi())
 
 
+#: answers any operation can give, added to each: the token, the request target's size, the servers behind
+SHARED_RESPONSES = {"400": "Error", "401": "Unauthorized", "414": "UriTooLong", "503": "Unavailable"}
+#: ... and those of an operation that takes a body
+BODY_RESPONSES = {"413": "TooLarge", "415": "NotJson"}
+
+
+@functools.cache
 def _openapi() -> dict:
-    return openapi_document()
+    """openapi.yaml with what the server knows filled in: the queue names and task types as enums, and the
+    responses every operation shares (SHARED_RESPONSES, BODY_RESPONSES) listed on each."""
+    document = copy.deepcopy(openapi_document())
+    schemas = document["components"]["schemas"]
+    schemas["QueueName"]["enum"] = queue_names()
+    schemas["TaskType"]["enum"] = load_tasks().names()
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            shared = SHARED_RESPONSES | (BODY_RESPONSES if "requestBody" in operation else {})
+            for status, name in shared.items():
+                operation["responses"].setdefault(status, {"$ref": f"#/components/responses/{name}"})
+    return document
 
 
 @bp.get("/workers")
@@ -149,16 +163,18 @@ def _health(stats: dict | None = None) -> tuple[dict, int]:
 @bp.post("/workers")
 def workers_post():
     """A control action on one queue or all (`{"action", "queueName"?}`), or a new job (`{"type", "data"}`)."""
-    body = _body()
+    body = json_body()
     if "type" in body:
         return _create_job(body)
     action = body.get("action")
-    if isinstance(action, str) and action in _ACTION_FIELDS:
-        unknown = sorted(set(body) - _ACTION_FIELDS[action])
-        if unknown:
-            raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r} for action {action!r}; fields: "
-                           f"{', '.join(sorted(_ACTION_FIELDS[action]))}", {"accepted": sorted(_ACTION_FIELDS[action])})
-    queues = _queues(body.get("queueName"))
+    if not isinstance(action, str) or action not in ACTION_FIELDS:
+        raise ApiError(400, "unknown_action", f"unknown action {action!r}", {"valid": list(ACTION_FIELDS)})
+    accepted = sorted(ACTION_FIELDS[action] | {"action"})
+    unknown = sorted(set(body) - set(accepted))
+    if unknown:
+        raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r} for action {action!r}; fields: "
+                       f"{', '.join(accepted)}", {"accepted": accepted})  # fmt: skip
+    queues = _queues(body.get("queueName", _ABSENT))
     redis = _redis()
     if action == "pause":
         for queue in queues:
@@ -202,7 +218,7 @@ def workers_delete():
     """Empty one queue or all (waiting and delayed jobs); outside dev mode `?force=true` is required."""
     if not current_app.config["SETTINGS"].debug and request.args.get("force") != "true":
         raise ApiError(400, "force_required", "emptying queues deletes waiting jobs: add ?force=true")
-    queues = _queues(request.args.get("queueName"))
+    queues = _queues(request.args.get("queueName", _ABSENT))
     return jsonify(removed={queue: control.empty(_redis(), queue) for queue in queues})
 
 
@@ -215,7 +231,7 @@ def jobs_stats():
 @bp.post("/jobs")
 def jobs_create():
     """Create a job of a registered task type."""
-    return _create_job(_body())
+    return _create_job(json_body())
 
 
 @bp.get("/jobs")
@@ -226,7 +242,7 @@ def jobs_list():
         state = State(raw)
     except ValueError:
         raise ApiError(400, "invalid_request", f"unknown status {raw!r}", {"valid": [s.value for s in State]}) from None
-    queue = request.args.get("queueName") or None
+    queue = optional("queueName")
     if queue is not None:
         queue = get_queue_spec(queue).name
     limit, offset = page()

@@ -9,9 +9,11 @@ import logging
 import psycopg
 from flask import Response, current_app, request, session
 from psycopg_pool import PoolTimeout
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.store.db import storable_json
 from app.web.db import get_db
+from app.web.json import strict_loads
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,15 @@ def _json_or_text(raw: bytes) -> str | None:
         return None
     text = raw[:MAX_BODY].decode(errors="replace")
     try:
-        json.loads(text)
+        strict_loads(text)  # what jsonb takes: no NaN, no nesting past Python's recursion limit
     except ValueError:
         text = json.dumps({"text": text})  # escapes any raw NUL, which storable_json then replaces
     return storable_json(text)
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can store: a NUL (in a path, say) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 def record(response: Response) -> Response:
@@ -46,9 +53,13 @@ def record(response: Response) -> Response:
     if request.method not in _CHANGES or current_app.config.get("AUDIT") is False:
         return response
     try:
+        body = request.get_data()
+    except RequestEntityTooLarge:  # refused unread: the row says what was asked, not what was sent
+        body = b""
+    try:
         get_db().execute(
             "INSERT INTO audit_log (actor, method, path, request, status, result) VALUES (%s, %s, %s, %s, %s, %s)",
-            (actor(), request.method, request.full_path.rstrip("?"), _json_or_text(request.get_data()),
+            (actor(), request.method, _storable(request.full_path.rstrip("?")), _json_or_text(body),
              response.status_code, _json_or_text(response.get_data())),
         )
     except (psycopg.Error, PoolTimeout) as exc:  # the action happened: losing its audit row must not undo it

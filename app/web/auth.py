@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -79,9 +80,15 @@ def require_login():
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
+#: characters a browser drops from a URL (tab, newline) or reads as "/" (backslash), spaces and other controls:
+#: `/\t/evil.example` would reach the browser as `//evil.example`, another site
+_UNSAFE_IN_TARGET = re.compile(r"[\x00-\x20\x7f\\]")
+
+
 def _local(target: str | None) -> str:
-    """Only redirect within this site after signing in."""
-    if target and target.startswith("/") and not target.startswith("//"):
+    """Only redirect within this site after signing in: a path of this site, or the overview."""
+    if (target and target.startswith("/") and not target.startswith("//") and not _UNSAFE_IN_TARGET.search(target)
+            and not urlsplit(target).netloc):  # fmt: skip
         return target
     return "/admin/"
 

@@ -10,7 +10,7 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from app.errors import BullrqError, InvalidJobError, UnknownQueueError, UnknownTaskError
+from app.errors import BullrqError, InvalidJobError, JobDataTooLargeError, UnknownQueueError, UnknownTaskError
 from app.scheduling.cron import CronError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ def init_app(app: Flask) -> None:
     def unknown_task(exc: UnknownTaskError):
         return error_response(400, "unknown_task", str(exc), {"type": exc.name, "valid": exc.valid})
 
+    @app.errorhandler(JobDataTooLargeError)
+    def job_too_large(exc: JobDataTooLargeError):
+        return error_response(413, "job_data_too_large", str(exc), {"size": exc.size, "limit": exc.limit})
+
     @app.errorhandler(InvalidJobError)
     @app.errorhandler(CronError)
     def invalid(exc: BullrqError):
@@ -60,7 +64,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response, status = error_response(exc.code or 500, code, exc.description or exc.name)
+        for name, value in exc.get_headers():  # a 405's Allow, say
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -1,5 +1,5 @@
-"""Query parameters of the admin API: the ones each route accepts (read from its OpenAPI document, so the two
-never disagree) and those shared by the listings."""
+"""Request inputs shared by the admin API: the query parameters each route accepts (read from its OpenAPI
+document, so the two never disagree), a listing's page, optional query values, the JSON body."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from flask import request
 
 from app.store.runs import MAX_LIMIT
 from app.web.errors import ApiError
+from app.web.json import strict_loads
 
 #: far past any listing, and offset + limit stays inside the 64-bit integers PostgreSQL and Redis count with
 MAX_OFFSET = 2**62
@@ -61,3 +62,33 @@ def refuse_unknown_query() -> None:
         takes = f"it accepts {', '.join(accepted)}" if accepted else "it takes no query parameter"
         raise ApiError(400, "invalid_request", f"unknown query parameter {names}: {takes}",
                        {"unknown": unknown, "accepted": list(accepted)})
+
+
+def optional(name: str) -> str | None:
+    """A query value that may be left out (None), but never given empty: `?queueName=` does not mean "all"."""
+    value = request.args.get(name)
+    if value == "":
+        raise ApiError(400, "invalid_request", f"{name} is empty: leave it out, or give a value")
+    return value
+
+
+def json_body(required: bool = False) -> dict:
+    """The request's JSON object ({} when there is no body and none is required).
+
+    A body that is not `application/json` is a 415; one that is not a JSON object (NaN, Infinity and nesting past
+    app.web.json.MAX_DEPTH included) a 400 saying so.
+    """
+    if not request.get_data():
+        if required:
+            raise ApiError(400, "invalid_json", "send a JSON object")
+        return {}
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json",
+                       {"contentType": request.mimetype or None})  # fmt: skip
+    try:
+        body = strict_loads(request.get_data())
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    return body

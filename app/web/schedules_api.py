@@ -20,7 +20,7 @@ from app.web import audit
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
-from app.web.params import page, refuse_unknown_query
+from app.web.params import json_body, optional, page, refuse_unknown_query
 
 bp = Blueprint("admin_schedules", __name__, url_prefix="/api/admin/jobs")
 bp.before_request(require_token)
@@ -52,8 +52,8 @@ def schedule(schedule_id: str):
 @bp.patch("/schedules/<schedule_id>")
 def schedule_patch(schedule_id: str):
     """Change an entry at run time: `cron_expression`, `timezone`, `is_active` (kept until cleared)."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not body:
+    body = json_body(required=True)
+    if not body:
         raise ApiError(400, "invalid_json", "send a JSON object with cron_expression, timezone or is_active")
     unknown = sorted(set(body) - _PATCHABLE)
     if unknown:
@@ -102,11 +102,10 @@ def logs():
     """Runs, newest first: `jobName` (a task type or a schedule id), `status`, `error` (text in the error message);
     `limit` (max 100) and `offset` page."""
     limit, offset = page()
-    status = request.args.get("status") or None
+    status = optional("status")
     if status is not None and status not in STATUSES:
         raise ApiError(400, "invalid_request", f"unknown status {status!r}", {"valid": list(STATUSES)})
-    where = RunFilter(name=request.args.get("jobName") or None, status=status,
-                      error_text=request.args.get("error") or None)  # fmt: skip
+    where = RunFilter(name=optional("jobName"), status=status, error_text=optional("error"))
     return jsonify(list_runs(get_db(), where, limit, offset))
 
 
@@ -128,7 +127,7 @@ def history_stats():
         raise ApiError(400, "invalid_request", "hours must be a number") from None
     if not 1 <= hours <= 24 * 90:
         raise ApiError(400, "invalid_request", "hours must be from 1 to 2160")
-    queue = request.args.get("queue") or None
+    queue = optional("queue")
     if queue is not None:
         get_queue_spec(queue)  # an unknown queue is a 400 naming the valid ones
     db = get_db()
