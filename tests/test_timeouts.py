@@ -8,7 +8,7 @@ import pytest
 from app.runtime.enqueue import enqueue
 from app.runtime.jobs import fetch_job
 from app.runtime.stats import queue_stats
-from app.tasks import queue_keys
+from app.tasks import get_queue_spec, queue_keys
 from tests.handlers import runs
 from tests.waits import wait_status
 
@@ -64,7 +64,7 @@ def test_a_job_without_a_timeout_of_its_own_gets_its_queues_and_it_is_enforced(r
     import queues
 
     assert fetch_job(enqueue(redis_conn, "system.ping", {}, {"queue": "reports"}).id, redis_conn).timeout == (
-        queues.get_queue_spec("reports").timeout
+        get_queue_spec("reports").timeout
     )  # 5 minutes: too long to wait for here, so harvest's default is made 1 s where the job is enqueued
     monkeypatch.setitem(queues.QUEUES, "harvest", dataclasses.replace(queues.QUEUES["harvest"], timeout=1))
     workers.start("harvest", name="h-1")

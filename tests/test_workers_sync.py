@@ -12,6 +12,7 @@ import pytest
 
 from app.errors import ConfigError, InvalidJobError
 from app.runtime.enqueue import enqueue
+from queues import job_key
 from tests.conftest import TOKEN
 from tests.fixtures import wait_for
 from tests.waits import stays
@@ -246,6 +247,7 @@ def test_the_scheduled_sync_fans_out_to_each_workspace_once(handlers, http_servi
     handlers.start("sync")
 
     def fan_out(job_id: str) -> dict:
+        handlers.redis.delete(job_key(job_id))  # run again under the same id (enqueue never writes over a job)
         enqueue(handlers.redis, "sync.scheduled", {}, None, job_id=job_id)
         job = handlers.wait(job_id)
         assert job["status"] == "completed", job["error"]

@@ -204,7 +204,7 @@ def _status_rows(connection, fleet: RunProcesses, supervised: dict) -> list[dict
         track = supervised.get(daemon.name) or {}
         row["restarts"] = track.get("restarts", 0)
         row["last_exit"] = track.get("last_exit")
-        row["crash_loop"] = bool(track.get("crash_loop")) and not row["alive"]
+        row["crash_loop"] = bool(track.get("crash_loop"))  # alive or not: it is only between two crashes
         if not row["alive"] and track.get("next_restart_at"):
             row["restart_in"] = round(max(0.0, track["next_restart_at"] - time.time()), 1)
         rows.append(row)
@@ -281,7 +281,7 @@ def status(as_json):
     """Show each process of the run directory (web, scheduler, workers) and each other registered worker:
     queues, pid, alive, idle/busy, current job, counts, heartbeat age, memory, restarts.
 
-    Exits 1 when a process of the run directory is dead or Redis is unreachable.
+    Exits 1 when a process of the run directory is dead or crash looping, or Redis is unreachable.
     """
     config = settings()
     connection = connect_redis(config)
@@ -305,12 +305,13 @@ def status(as_json):
             click.echo(f"supervisor: pid {supervisor_pid} ({who}); crashed processes are restarted")
         elif rows:
             click.echo("supervisor: none; crashed processes stay down (`workers start` starts one)")
-    for row in rows:
-        if row["crash_loop"]:
-            click.secho(f"{row['name']}: crash loop ({row['last_exit']}), next restart in {row.get('restart_in')} s",
-                        err=True, fg="red")
+    looping = [row for row in rows if row["crash_loop"]]
+    for row in looping:
+        when = f", next restart in {row['restart_in']} s" if "restart_in" in row else ", running again for now"
+        click.secho(f"{row['name']}: crash loop ({row['last_exit']}){when}", err=True, fg="red")
     if dead:
         click.secho(f"dead: {', '.join(dead)}", err=True, fg="red")
+    if dead or looping:
         sys.exit(EXIT_FAILURE)
 
 

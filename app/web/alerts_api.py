@@ -8,9 +8,11 @@ from app.alerts import store
 from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
+from app.web.params import refuse_unknown_query
 
 bp = Blueprint("admin_alerts", __name__, url_prefix="/api/admin")
 bp.before_request(require_token)
+bp.before_request(refuse_unknown_query)
 
 #: recent alerts listed at most
 MAX_RECENT = 500
