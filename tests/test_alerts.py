@@ -547,9 +547,9 @@ def test_api_page_metrics_and_cli_show_the_open_alert_and_test_reaches_every_cha
         page = client.get("/admin/", headers=auth).get_data(as_text=True)
         assert 'id="open-alerts"' in page and "queue embeddings is backed up" in page
         metrics = client.get("/metrics", headers=auth).get_data(as_text=True)
-        assert 'bullrq_alerts_open{condition="backlog"} 1' in metrics
-        assert 'bullrq_alerts_open{condition="no_worker"} 0' in metrics
-        assert 'bullrq_alert_open{key="backlog:embeddings",condition="backlog"} 1' in metrics
+        assert 'bullrq_alerts_open{condition="backlog"} 1.0' in metrics
+        assert 'bullrq_alerts_open{condition="no_worker"} 0.0' in metrics
+        assert 'bullrq_alert_open{condition="backlog",key="backlog:embeddings"} 1.0' in metrics
     finally:
         app.extensions["bullrq.db"].close()
 

@@ -140,7 +140,9 @@ def test_up_serves_ready_and_stops_cleanly_on_sigterm(open_home):
                                              "AND query ILIKE 'UPDATE job_schedules%'").fetchone()[0],
                      timeout=60, message="the request to be in flight")  # fmt: skip
         up.process.send_signal(signal.SIGTERM)
-        wait_for(lambda: "Handling signal: term" in up.output() and "warm shutdown requested" in up.output(),
+        logs = open_home / "logs"  # scripts/up's children write there, not to its terminal
+        wait_for(lambda: "Handling signal: term" in (logs / "web.log").read_text(errors="replace")
+                 and "warm shutdown requested" in (logs / "workers" / "embeddings-1.log").read_text(errors="replace"),
                  timeout=60, message="gunicorn and the workers to take the SIGTERM")  # fmt: skip
         assert up.process.poll() is None and not answer
         open_gate(client, "up-held")
@@ -245,7 +247,7 @@ def test_up_supervises_its_processes_and_the_cli_manages_them(open_home):
     wait_for(lambda: json.loads(up.get("/readyz")[1])["checks"]["scheduler"]["ok"], timeout=30, message="scheduler")
 
     code, rows = _status_rows(env)
-    assert code == 0, rows
+    assert code == 0, (rows, run_cli("workers", "logs", "harvest-1", "-n", "40", env=env).stdout)
     assert {name: rows[name]["restarts"] for name in victims} == dict.fromkeys(victims, 1)
     assert "SIGKILL" in rows["harvest-1"]["last_exit"]
     auth = {"Authorization": f"Bearer {token}"}

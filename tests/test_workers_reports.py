@@ -24,6 +24,7 @@ from app.runtime.enqueue import JobOptions, enqueue
 from app.runtime.jobs import describe_job, fetch_job
 from app.store import rollup
 from app.tasks import get_task, queue_keys
+from queues import job_key
 from workers import _report_data, _report_render
 from workers._report_delivery import Rendered, notification
 from workers.reports import ReportSettings, check_formats, slot_key
@@ -225,6 +226,7 @@ def test_generate_builds_the_report_stores_it_and_enqueues_one_notification_per_
     assert hook_files == {f"report-{report['id']}.csv": report["csv"].encode(), f"report-{report['id']}.pdf": pdf}
 
     # the same job run again (a retry, a worker lost mid-run): same report row, no second notification
+    handlers.redis.delete(job_key(job["id"]))  # run again under the same id (enqueue never writes over a job)
     enqueue(handlers.redis, "reports.generate", {"scheduleId": "exec"}, job_id=job["id"])
     again = handlers.wait(job["id"])
     assert again["status"] == "completed", again["error"]
