@@ -27,7 +27,7 @@ from app.alerts.settings import AlertSettings, load_alert_settings
 from app.connections import redis_from_url
 from app.errors import BullrqError
 from app.leadership import Leadership
-from app.store.db import connect
+from app.store.db import KeptConnection
 from app.store.migrate import apply_migrations
 from queues import ALERTS_LEASE_KEY
 
@@ -49,7 +49,7 @@ class AlertEvaluator(threading.Thread):
         self.lead = Leadership(redis, ALERTS_LEASE_KEY, self.identity, lease_ms)
         self.rounds = 0
         self._stop_event = threading.Event()
-        self._conn: psycopg.Connection | None = None
+        self._kept = KeptConnection(database_url)
         self._migrated = False
         self._failing = False
 
@@ -72,10 +72,10 @@ class AlertEvaluator(threading.Thread):
                 if not self._failing:
                     logger.warning("alerts %s: cannot evaluate: %s", self.identity, _first_line(exc))
                 self._failing = True
-                self._drop_connection()
+                self._kept.drop()
             except Exception:  # a bug must not end the thread: alerts are what tells people things broke
                 logger.exception("alerts %s: evaluation failed", self.identity)
-                self._drop_connection()
+                self._kept.drop()
             self._stop_event.wait(max(0.0, self.settings.interval - (time.monotonic() - started)))
         self._release()
 
@@ -89,20 +89,13 @@ class AlertEvaluator(threading.Thread):
 
     def _release(self) -> None:
         self.lead.release()
-        self._drop_connection()
+        self._kept.drop()
 
     def _db(self) -> psycopg.Connection:
         if not self._migrated:
             apply_migrations(self.database_url)
             self._migrated = True
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.database_url, autocommit=True)
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return self._kept.get()
 
     def evaluate_once(self, now: datetime | None = None) -> list[tuple[dict, store.Event]]:
         """One round: find, record, and enqueue the messages due, in one transaction; returns the events sent."""

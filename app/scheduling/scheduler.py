@@ -25,7 +25,7 @@ from app.leadership import Leadership
 from app.runtime.jobs import BullJob
 from app.scheduling import schedule_store
 from app.scheduling.schedules import ScheduleEntry
-from app.store.db import connect
+from app.store.db import KeptConnection
 from app.store.migrate import apply_migrations
 from queues import SCHEDULER_LEADER_KEY, SCHEDULER_TICK_KEY
 
@@ -57,7 +57,7 @@ class Scheduler:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.lead = Leadership(redis, SCHEDULER_LEADER_KEY, self.identity, int(LEADER_TTL * 1000))
         self._stop = threading.Event()
-        self._conn: psycopg.Connection | None = None
+        self._kept = KeptConnection(database_url)
         self._lease_checked = 0.0
         self._rq_scheduler = None
         self._tick_recorded = 0.0
@@ -75,7 +75,7 @@ class Scheduler:
                     self._record_tick()
             except (RedisError, psycopg.Error) as exc:
                 logger.warning("scheduler %s: %s; retrying", self.identity, str(exc).strip().splitlines()[0])
-                self._drop_connection()
+                self._kept.drop()
                 self._stop.wait(1)
             self._stop.wait(TICK)
         self._release()
@@ -106,7 +106,7 @@ class Scheduler:
     def _release(self) -> None:
         """Hand the lead over at once on a clean stop, rather than after the lease runs out."""
         self.lead.release()
-        self._drop_connection()
+        self._kept.drop()
 
     def _on_lead(self) -> None:
         """Taking over: the schema is in place and the table matches schedules.yaml."""
@@ -116,14 +116,7 @@ class Scheduler:
     # -- work ------------------------------------------------------------------------------------------------
 
     def _db(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.database_url, autocommit=True)
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return self._kept.get()
 
     def tick(self) -> None:
         """Fire every entry that is due; bring running entries' state up to date."""

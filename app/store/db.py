@@ -21,6 +21,25 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, row_factory=dict_row, **kwargs)
 
 
+class KeptConnection:
+    """One connection a long-running loop keeps (autocommit, rows as dicts): opened on first use and again after
+    `drop()`, which the loop calls when PostgreSQL failed it."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.url, autocommit=True)
+        return self._conn
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def open_pool(
     url: str, min_size: int = 1, max_size: int = 10, name: str = "bullrq", timeout: float = CONNECT_TIMEOUT
 ) -> ConnectionPool:
