@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 from app.connections import redis_from_url
 from app.local.servers import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -278,6 +279,26 @@ def wait_ended(conn: Redis, job_ids: list[str], timeout: float = SETTLE_TIMEOUT,
     return time.monotonic() - start
 
 
+def where_is(conn: Redis, job_id: str, queue: str) -> dict:
+    """Where a job that never ended sits in Redis: its hash's telling fields, and each structure holding its id
+    (lanes, leases, scheduled set), with Redis' clock, so a lost job can be explained from the report alone."""
+    keys = queue_keys(queue)
+    fields = ("status", "worker_name", "retries_left", "last_attempt", "earlier_attempts", "started_at",
+              "ended_at", "enqueued_at", "last_heartbeat")
+    found = dict(zip(fields, (v.decode() if v else None for v in conn.hmget(JOB_KEY_PREFIX + job_id, fields))))
+    found["lanes"] = [lane for lane in keys.lanes if conn.lpos(lane, job_id) is not None]
+    found["leases"] = [(m.decode(), s) for m, s in conn.zrange(keys.started, 0, -1, withscores=True)
+                       if m.decode().rsplit(":", 1)[0] == job_id]
+    found["scheduled"] = conn.zscore(keys.scheduled, job_id)
+    found["redis time"] = conn.time()
+    found["workers"] = {
+        k.decode(): {f.decode(): v.decode() for f, v in conn.hgetall(k).items()
+                     if f in (b"state", b"current_job", b"lease", b"death", b"last_heartbeat")}
+        for k in conn.smembers(REDIS_WORKER_KEYS)
+    }
+    return found
+
+
 def wait_history(conn: Redis, timeout: float = HISTORY_TIMEOUT) -> float:
     """Wait until the history stream is empty (every row committed to PostgreSQL); returns the seconds waited."""
     start = time.monotonic()
@@ -329,6 +350,8 @@ def job_counts(
     if lost:
         stuck = Counter(now[j] for j in acked if now[j] not in ENDED)
         report.notes.append(f"jobs that never ended, by status: {dict(stuck)}")
+        for job_id in [j for j in acked if now[j] not in ENDED][:5]:
+            report.notes.append(f"never ended: {where_is(conn, job_id, queue)}; history {runs.get(job_id, [])}")
     report.promise(lost == 0, f"{lost} acknowledged job(s) lost")
     if exactly_once:
         report.promise(once == len(acked), f"{len(acked) - once} of {len(acked)} job(s) did not complete exactly once")

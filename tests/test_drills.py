@@ -96,6 +96,7 @@ def _wait_until(condition, seconds: float) -> None:
 
 def _assert_every_job_completed_once(report: dict) -> dict:
     figures = report["figures"]
+    report = json.dumps(report, indent=1, default=str)  # whole, where pytest would shorten a dict
     assert not [b for b in report["broken"] if "could not run" in b], report
     acked = figures["acknowledged"]
     assert acked > 0
