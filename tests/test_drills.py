@@ -96,8 +96,9 @@ def _wait_until(condition, seconds: float) -> None:
 
 def _assert_every_job_completed_once(report: dict) -> dict:
     figures = report["figures"]
+    broken = report["broken"]
     report = json.dumps(report, indent=1, default=str)  # whole, where pytest would shorten a dict
-    assert not [b for b in report["broken"] if "could not run" in b], report
+    assert not [b for b in broken if "could not run" in b], report
     acked = figures["acknowledged"]
     assert acked > 0
     assert figures["lost (acknowledged, never ended)"] == 0, report
