@@ -19,9 +19,17 @@ from rq import Worker
 from app.config import PROJECT_ROOT
 from app.local.processes import RunProcesses
 from app.local.servers import free_port
-from queues import QUEUES, SCHEDULER_LEADER_KEY
+from app.runtime.enqueue import enqueue
+from app.runtime.leases import LEASE
+from app.tasks import queue_keys
+from app.web.server import GRACEFUL_TIMEOUT
+from bench.drill_kit import preload_env
+from queues import JOB_KEY_PREFIX, QUEUES, SCHEDULER_LEADER_KEY
 from tests.conftest import TOKEN
 from tests.fixtures import wait_for
+from tests.handlers import open_gate, runs
+
+pytest_plugins = ["tests.worker_processes"]  # the `workers` fixture
 
 INFRASTRUCTURE = {"redis", "postgres"}
 
@@ -62,6 +70,22 @@ def test_commands_match():
         assert program(proc[name]) == program(comp[name]), name
         if name != "web":
             assert proc[name] == comp[name], name
+
+
+def test_compose_lets_every_process_stop_gracefully():
+    """`docker compose stop` kills after `stop_grace_period` (10 s by default): a worker gets its queue's job
+    timeout to finish the running job, the web app gunicorn's grace for requests in flight."""
+
+    def seconds(service: str) -> int:
+        value = compose()["services"][service].get("stop_grace_period", "10s")
+        assert re.fullmatch(r"\d+s", value), f"{service}: write stop_grace_period in seconds, not {value!r}"
+        return int(value[:-1])
+
+    for name, command in compose_commands().items():
+        words = shlex.split(command)
+        if words[:2] == ["workers", "run"]:
+            assert seconds(name) > QUEUES[words[2]].timeout, name
+    assert seconds("web") > GRACEFUL_TIMEOUT
 
 
 @pytest.mark.parametrize("processes", [procfile(), compose_commands()], ids=["Procfile", "compose"])
@@ -146,19 +170,25 @@ def test_the_probes_of_compose_tell_healthy_from_not(redis_url, database_url, re
 
 
 @pytest.mark.slow
-def test_honcho_start_brings_the_whole_procfile_up_and_sigterm_stops_it(redis_url, database_url, redis_conn, tmp_path):
+def test_honcho_start_brings_the_whole_procfile_up_and_sigterm_stops_it(
+    redis_url, database_url, redis_conn, tmp_path, workers
+):
     """`honcho start` with given servers: the web app (gunicorn) answers /readyz, every queue gets a worker, the
-    scheduler leads; SIGTERM stops every process gracefully, leaving none behind."""
+    scheduler leads. SIGTERM with two jobs running: the one that ends within honcho's 5 s (its KILL_WAIT) completes
+    once and no job starts after the signal; the one that does not is SIGKILLed with its worker by honcho, and a
+    worker started afterwards takes it back from its lease and completes it: nothing lost, no process left."""
     port = free_port()
     home = tmp_path / "honcho-home"
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN,
            "BULLRQ_HOME": str(home), "LOG_FORMAT": "json", "WEB_CONCURRENCY": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}  # fmt: skip
+    env = preload_env(env, "tests.handlers")  # the Procfile's workers run the gated test jobs too
     log = tmp_path / "honcho.log"
     with open(log, "wb") as out:
         honcho = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "honcho"), "start", "-p", str(port)],
                                   cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # fmt: skip
+    running = False  #: both gated jobs are running
     try:
         def ready():
             assert honcho.poll() is None, log.read_text()
@@ -174,27 +204,50 @@ def test_honcho_start_brings_the_whole_procfile_up_and_sigterm_stops_it(redis_ur
         stats = httpx.get(f"http://127.0.0.1:{port}/api/admin/workers?action=stats",
                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).json()  # fmt: skip
         assert set(stats["queues"]) == set(QUEUES) and stats["workers"] >= len(QUEUES)
+        short = enqueue(redis_conn, "semantics.gated", {"tag": "short", "wait": 120}, {"queue": "harvest"}).id
+        behind = enqueue(redis_conn, "semantics.record", {"tag": "behind"}, {"queue": "harvest"}).id
+        long = enqueue(redis_conn, "semantics.gated", {"tag": "long", "wait": 120}, {"queue": "embeddings"}).id
+        wait_for(lambda: runs(redis_conn, "short") and runs(redis_conn, "long"), timeout=30,
+                 message="both gated jobs to start")  # fmt: skip
+        running = True
     finally:
         honcho.send_signal(signal.SIGTERM)
         try:
+            # the worker has seen the signal before the gate opens: the job behind it must stay queued
+            if running:
+                seen = re.compile(r"harvest\.1\s+\|.*warm shutdown requested")
+                wait_for(lambda: seen.search(log.read_text(errors="replace")), timeout=10,
+                         message="the harvest worker to see SIGTERM")  # fmt: skip
+                open_gate(redis_conn, "short")
             code = honcho.wait(timeout=60)
         finally:
             if honcho.poll() is None:
                 os.killpg(honcho.pid, signal.SIGKILL)
     output = log.read_text(errors="replace")
-    assert code == 128 + signal.SIGTERM, output[-3000:]  # honcho's status after a SIGTERM it passed on
+    assert code in (128 + signal.SIGTERM, -signal.SIGKILL), output[-3000:]  # the status of the first process out
     lines: dict[str, list[str]] = {}
     for line in output.splitlines():  # "21:24:21 web.1 | text"
         match = re.match(r"^\S+ (\w+)\.1\s+\| (.*)$", line)
         if match:
             lines.setdefault(match.group(1), []).append(match.group(2))
-    for process in procfile():  # each stopped on its own terms: a worker finishes its job, gunicorn its requests
+    for process in set(procfile()) - {"embeddings"}:  # each stopped on its own terms: gunicorn ends its requests
         stopped = {"web": "Shutting down: Master", "scheduler": "scheduler "}.get(process, "worker ")
         assert any(stopped in line and (process == "web" or ": stopped" in line) for line in lines.get(process, [])), (
             f"{process} did not log a graceful stop"
         )
+    assert "sending SIGKILL" in output, output[-3000:]  # honcho's, to the worker whose job outlived KILL_WAIT
     time.sleep(0.5)
     leftover = subprocess.run(["pgrep", "-s", str(honcho.pid)], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"processes left behind: {leftover}"
     assert TOKEN not in output  # the token never reaches a log
     assert all(line.startswith("{") for line in lines["web"]), lines["web"][:5]  # LOG_FORMAT=json: JSON lines only
+
+    def status(job_id: str) -> str:
+        return redis_conn.hget(JOB_KEY_PREFIX + job_id, "status").decode()
+
+    assert (status(short), status(behind)) == ("finished", "queued")  # nothing started after SIGTERM
+    assert status(long) == "started" and redis_conn.zcard(queue_keys("embeddings").started) == 1  # its lease
+    workers.start("embeddings", name="after-honcho")
+    open_gate(redis_conn, "long")
+    wait_for(lambda: status(long) == "finished", timeout=LEASE + 40, message="the killed job to be taken back")
+    assert [len(runs(redis_conn, tag)) for tag in ("short", "long")] == [1, 2]
