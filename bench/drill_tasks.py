@@ -12,6 +12,7 @@ import time
 import redis
 
 from app.tasks import task
+from bench.gates import pass_gate
 
 GATED = "drill.gated"
 #: seconds a gated job waits for its gate at most
@@ -36,7 +37,6 @@ def open_gate(connection: redis.Redis, tag: str, runs: int = 1) -> None:
 def _redis() -> redis.Redis:
     pid = os.getpid()  # a forked work horse gets its own client
     if pid not in _clients:
-        # no socket timeout (redis-py's default is 5 s): the gate's BLPOP waits up to GATE_WAIT
         _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=None)
     return _clients[pid]
 
@@ -46,5 +46,4 @@ def gated(tag: str, wait: float = GATE_WAIT) -> str:
     """Record the start, then wait (at most `wait` seconds) for the drill to open the gate of `tag`."""
     client = _redis()
     client.rpush(started_key(tag), time.time())
-    opened = client.blpop([gate_key(tag)], timeout=wait)
-    return "opened" if opened else "gate timeout"
+    return "opened" if pass_gate(client, gate_key(tag), wait) else "gate timeout"

@@ -16,6 +16,7 @@ import redis
 from app.errors import PermanentFailure, RetryLater
 from app.runtime import progress
 from app.tasks import task
+from bench.gates import pass_gate
 
 #: Redis list of run events, oldest first
 RUNS = "test:runs"
@@ -26,7 +27,6 @@ def _redis() -> redis.Redis:
     """A client of the suite's Redis for this process (a forked work horse gets its own)."""
     pid = os.getpid()
     if pid not in _clients:
-        # no socket timeout (redis-py's default is 5 s): a gate's BLPOP may wait longer
         _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=None)
     return _clients[pid]
 
@@ -105,7 +105,7 @@ def gated(tag: str, wait: float = 20, after: float = 0) -> str:
     """Record the run, then wait (at most `wait` seconds) for the test to open the gate of `tag`; record that, and
     return after `after` more seconds away from Redis (a test can then take Redis down under a finished handler)."""
     _record(tag)
-    opened = _redis().blpop([f"test:gate:{tag}"], timeout=wait)
+    opened = pass_gate(_redis(), f"test:gate:{tag}", wait)
     _record(tag, "end")
     time.sleep(after)
     return "opened" if opened else "gate timeout"
@@ -117,10 +117,7 @@ def flaky_gated(tag: str, wait: float = 20) -> str:
     run = _record(tag)
     if run == 1:
         raise RuntimeError(f"flaky {tag} run {run}")
-    deadline = time.monotonic() + wait
-    opened = None
-    while opened is None and time.monotonic() < deadline:  # short waits: the client's socket timeout is shorter
-        opened = _redis().blpop([f"test:gate:{tag}"], timeout=1)
+    opened = pass_gate(_redis(), f"test:gate:{tag}", wait)
     _record(tag, "end")
     return "opened" if opened else "gate timeout"
 
@@ -142,7 +139,7 @@ def report_progress(tag: str) -> str:
     progress.report(10, "starting")
     progress.report(50, "half way", processed=5, failed=1)
     progress.report(message="waiting at the gate")  # keeps percent, processed and failed
-    _redis().blpop([f"test:gate:{tag}"], timeout=20)
+    pass_gate(_redis(), f"test:gate:{tag}", 20)
     progress.report(100, "done", processed=10, failed=2)
     _record(tag, "end")
     return "reported"
