@@ -62,16 +62,23 @@ class Task:
         """
         if not isinstance(data, dict):
             raise InvalidJobError(f"data for {self.name} must be a JSON object, not {type(data).__name__}")
-        kwargs = {_CAMEL.sub(r"_\1", name).lower(): value for name, value in data.items()}
-        self._check_fields(data, kwargs)
-        try:
-            _signature(self.func).bind(**kwargs)
-        except TypeError as exc:
-            raise InvalidJobError(f"data for {self.name}: {exc}") from None
+        kwargs = {_snake(name): value for name, value in data.items()}
+        if len(kwargs) < len(data):  # two keys for one argument (workspaceId and workspace_id)
+            first: dict[str, str] = {}
+            for name in data:
+                other = first.setdefault(_snake(name), name)
+                if other != name:
+                    raise InvalidJobError(f"data for {self.name}: fields {other!r} and {name!r} name the same "
+                                          f"argument; give one")
+        if not _shape(self.func).fits(kwargs):  # the slow path, only to name what is wrong
+            self._check_fields(data, kwargs)
+            try:
+                _signature(self.func).bind(**kwargs)
+            except TypeError as exc:
+                raise InvalidJobError(f"data for {self.name}: {exc}") from None
         if self.validate is not None:
             self.validate(kwargs)
         return kwargs
-
 
     def _check_fields(self, data: dict, kwargs: dict) -> None:
         """Unknown and missing fields named as job data writes them (camelCase), never as Python's arguments."""
@@ -180,6 +187,39 @@ def queue_keys(name: str) -> QueueKeys:
 @functools.cache
 def _signature(func: Callable) -> inspect.Signature:
     return inspect.signature(func)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What keyword arguments a handler accepts, read once from its signature (binding a signature per job costs
+    more than the rest of an enqueue's validation)."""
+
+    names: frozenset[str]  #: arguments that can be passed by keyword
+    required: frozenset[str]  #: those without a default
+    any_name: bool  #: it takes **kwargs
+    positional_only: bool  #: a required argument can only be passed by position: no job data fits
+
+    def fits(self, kwargs: dict) -> bool:
+        keys = kwargs.keys()
+        return not self.positional_only and (self.any_name or keys <= self.names) and self.required <= keys
+
+
+@functools.cache
+def _shape(func: Callable) -> _Shape:
+    parameters = _signature(func).parameters.values()
+    keyword = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return _Shape(
+        names=frozenset(p.name for p in keyword),
+        required=frozenset(p.name for p in keyword if p.default is p.empty),
+        any_name=any(p.kind is p.VAR_KEYWORD for p in parameters),
+        positional_only=any(p.kind is p.POSITIONAL_ONLY and p.default is p.empty for p in parameters),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _snake(name: str) -> str:
+    """A job data key as the handler's argument name (workspaceId -> workspace_id); keys repeat, so cached."""
+    return _CAMEL.sub(r"_\1", name).lower()
 
 
 def _path(func: Callable) -> str:

@@ -198,3 +198,27 @@ def test_a_planted_function_path_fails_instead_of_running(fake_redis, tmp_path):
     assert job.get_status() == JobStatus.FAILED
     assert "UnknownTaskError" in job.latest_result().exc_string
     assert not marker.exists()
+
+
+def test_enqueue_answers_without_reading_the_job_back(fake_redis):
+    """What `enqueue` knows it returns at once; any other job attribute is read from Redis when first asked."""
+    job = enqueue(fake_redis, "system.ping", {"echo": 1}, {"queue": "harvest"})
+    assert (job.origin, job.func_name, job.created, job.replicas) == ("harvest", "system.ping", True, None)
+    assert job.get_status() == JobStatus.QUEUED and job.key == f"rq:job:{job.id}"
+    again = enqueue(fake_redis, "system.ping", {}, {"queue": "harvest", "jobId": "once"})
+    held = enqueue(fake_redis, "system.ping", {}, {"queue": "harvest", "jobId": "once"})
+    assert (held.created, held.id, held.origin) == (False, again.id, "harvest")
+
+
+def test_rq_time_writes_rqs_date_format():
+    from datetime import UTC, datetime
+
+    from rq.utils import utcformat
+
+    from app.runtime.leases import rq_time
+
+    rng = random.Random(4)
+    moments = [rng.uniform(0, 4e9) for _ in range(20000)]
+    moments += [int(m) + edge for m in moments[:50] for edge in (0.0, 0.5e-6, 0.9999995, 0.9999999)]
+    for moment in moments:
+        assert rq_time(moment) == utcformat(datetime.fromtimestamp(moment, UTC)), moment

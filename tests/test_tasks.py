@@ -112,3 +112,29 @@ def test_the_seed_systems_job_names_are_aliases_of_our_task_types():
     assert {"sync-manual", "generate-report", "cleanup", "update_stats"} <= set(ALIASES)
     with pytest.raises(UnknownTaskError, match="registered types: "):
         get_task("extract-blueprints")  # a seed job with no counterpart here is not guessed at
+
+
+def test_bind_refuses_two_keys_for_one_argument():
+    """workspaceId and workspace_id both name `workspace_id`: a clear error, never a crash (it was a ValueError,
+    an HTTP 500 on POST /api/admin/jobs)."""
+    with pytest.raises(InvalidJobError) as twice:
+        get_task("sync.manual").bind({"workspaceId": "a", "workspace_id": "b"})
+    assert str(twice.value) == ("data for sync.manual: fields 'workspaceId' and 'workspace_id' name the same "
+                                "argument; give one")
+
+
+def positional(a, /, b=1):
+    return a, b
+
+
+def keywords(a, *, b, **rest):
+    return a, b, rest
+
+
+def test_bind_agrees_with_the_handlers_signature():
+    """The argument check read once from a handler's signature accepts and refuses what binding it would."""
+    assert Task("t.kw", keywords, None).bind({"a": 1, "b": 2, "anyName": 3}) == {"a": 1, "b": 2, "any_name": 3}
+    with pytest.raises(InvalidJobError, match="'b'"):
+        Task("t.kw", keywords, None).bind({"a": 1})  # **rest takes any name, but b has no default
+    with pytest.raises(InvalidJobError):
+        Task("t.pos", positional, None).bind({"a": 1})  # `a` can only be given by position

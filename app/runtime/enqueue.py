@@ -166,7 +166,7 @@ def enqueue(
     job_id: str | None = None,
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
-):
+) -> EnqueuedJob:
     """Create a job of a registered task type under its queue's policy.
 
     Args:
@@ -181,9 +181,10 @@ def enqueue(
             seconds pass. Replication is asynchronous: a job only the master had is lost if the master dies.
 
     Returns:
-        The job (an RQ job: `job.id`; `job.origin` is its queue). `job.created` is False when a dedup key
-        matched a pending job: that earlier job is returned and nothing was created. With `wait_replicas`,
-        `job.replicas` is how many replicas confirmed having it (fewer than asked when the wait timed out).
+        An `EnqueuedJob`: `id`, `origin` (its queue), `func_name` (its task type), `created` (False when a dedup
+        key matched a pending job: that earlier job's id is given and nothing was created) and, with
+        `wait_replicas`, `replicas` (how many replicas confirmed having it; fewer than asked when the wait timed
+        out). Any other attribute of an RQ job loads the job from Redis on first use.
 
     Raises:
         UnknownTaskError: the type is not registered.
@@ -192,15 +193,36 @@ def enqueue(
     """
     request = _prepare(task_type, data, options, schedule_id=schedule_id, schedule_slot=schedule_slot, job_id=job_id)
     outcomes, replicas = _submit(connection, [request], wait_replicas, wait_timeout)
-    outcome = outcomes[0]
-    if not outcome.created:
-        job = fetch_job(outcome.id, connection)
-    else:
-        job = BullJob(request.id, connection=connection)
-        job.restore({k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in request.fields.items()})
-    job.created = outcome.created
-    job.replicas = replicas
-    return job
+    return EnqueuedJob(outcomes[0], replicas, connection)
+
+
+class EnqueuedJob:
+    """What `enqueue` returns: what it knows without asking Redis again (most callers read the id only); any other
+    attribute of an RQ job (`get_status()`, `key`, `enqueued_at`...) loads the job from Redis once, as it is now."""
+
+    __slots__ = ("id", "origin", "func_name", "created", "replicas", "_connection", "_job")
+
+    def __init__(self, outcome: Enqueued, replicas: int | None, connection: Redis):
+        self.id, self.origin, self.func_name, self.created = outcome.id, outcome.queue, outcome.type, outcome.created
+        self.replicas = replicas
+        self._connection = connection
+        self._job: BullJob | None = None
+        if not self.created:  # the earlier job's own queue and type (a dedup key may be held by another type)
+            self._job = fetch_job(self.id, connection)
+            if self._job is not None:
+                self.origin, self.func_name = self._job.origin, self._job.func_name
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy and pickle probe dunders: no Redis round trip for those
+            raise AttributeError(name)
+        if self._job is None:
+            self._job = fetch_job(self.id, self._connection)
+            if self._job is None:
+                raise AttributeError(f"{name}: job {self.id} is no longer in Redis")
+        return getattr(self._job, name)
+
+    def __repr__(self) -> str:
+        return f"<EnqueuedJob {self.id} {self.func_name} on {self.origin}{'' if self.created else ' (existing)'}>"
 
 
 def enqueue_many(connection: Redis, requests: list[tuple[str, dict | None, JobOptions | dict | None]]) -> list:
@@ -225,6 +247,10 @@ def _submit(
     connection: Redis, requests: list[_Request], wait_replicas: int = 0, wait_timeout: float = 1.0
 ) -> tuple[list[Enqueued], int | None]:
     """Send the requests in one round trip; returns their outcomes and, with `wait_replicas`, WAIT's answer."""
+    if len(requests) == 1 and not wait_replicas:  # the common case, without a pipeline's own cost
+        request = requests[0]
+        created, job_id = SCRIPTS.enqueue(connection, request.keys, request.args)
+        return [Enqueued(job_id.decode(), request.queue, request.type, bool(created))], None
 
     def fill(pipe):
         for request in requests:

@@ -18,10 +18,8 @@ reading with RQ's tools changes nothing and only bullrq's recover script takes a
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from redis import Redis
-from rq.utils import utcformat
 
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.history import stream_cap
@@ -43,8 +41,23 @@ def lease_score(epoch: float) -> float:
 
 
 def rq_time(epoch: float) -> str:
-    """`epoch` in the date format RQ stores in job hashes."""
-    return utcformat(datetime.fromtimestamp(epoch, UTC))
+    """`epoch` in the date format RQ stores in job hashes (`rq.utils.utcformat`: 2026-12-02T06:43:24.123456Z).
+
+    Every enqueue, dequeue and finish writes one or two, so the part up to the second is formatted once per second.
+    """
+    global _second
+    whole = int(epoch)
+    micro = round((epoch - whole) * 1_000_000)  # rounded half to even, as datetime.fromtimestamp does
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    second, text = _second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)  # one rebinding: threads see the old pair or the new one
+    return f"{text}.{micro:06d}Z"
+
+
+_second: tuple[int, str] = (-1, "")
 
 
 def recover(
