@@ -67,3 +67,29 @@ def test_a_crash_loop_backs_off_and_is_reported(isolated_env, redis_url):
         supervisor.send_signal(signal.SIGTERM)  # stops what it supervises, then exits
         assert supervisor.wait(60) == 0
     assert not list((home / "pids").glob("*.pid")) and not pid_exists(supervisor.pid)
+
+
+def test_a_killed_child_is_reported_by_its_signal(isolated_env):
+    """A child SIGKILLed is reported as killed by SIGKILL, every time: the supervisor can see it gone (its command
+    line already empty while the kernel tears it down) a moment before it can be reaped."""
+    from app.config import load_settings
+    from app.local import processes
+    from app.local.processes import spawn_child
+    from app.local.supervisor import Supervisor
+
+    supervisor = Supervisor(load_settings().home, dict(os.environ))
+    daemon = supervisor.fleet.daemon("scheduler")  # not a worker: no job to take back
+    for attempt in range(10):
+        child = spawn_child(daemon, [sys.executable, "-c", "import time; b = bytearray(300 << 20); time.sleep(60)", "--name", "scheduler"])
+        supervisor.children[child.pid] = child
+        wait_for(lambda: (processes.rss_bytes(child.pid) or 0) > 300 << 20, timeout=10, message="the child")
+        os.kill(child.pid, signal.SIGKILL)
+        track = wait_for(lambda: _crash_seen(supervisor, daemon), timeout=10, interval=0, message="the crash")
+        assert track.last_exit == "was killed by SIGKILL", attempt
+        supervisor.tracks.clear()
+
+
+def _crash_seen(supervisor, daemon):
+    supervisor._check(daemon)
+    track = supervisor.tracks.get(daemon.name)
+    return track if track and track.last_exit else None

@@ -300,10 +300,22 @@ def _clone(target: Path) -> Path:
 def _bare_env(clone: Path, home: Path) -> dict:
     """No variable of ours set, no redis-server nor pg_ctl on PATH. PYTHONPATH only makes the shared .venv import
     the clone's code (its editable install points at this tree)."""
-    path = "/usr/bin:/bin"
-    assert not any(Path(d, "redis-server").exists() or Path(d, "pg_ctl").exists() for d in path.split(":"))
-    env = {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", "PYTHONPATH": str(clone)}
+    env = {"PATH": str(_bin_without_servers(home / "bin")), "HOME": str(home), "LANG": "C.UTF-8",
+           "PYTHONPATH": str(clone)}  # fmt: skip
     return env
+
+
+def _bin_without_servers(target: Path) -> Path:
+    """A directory of links to the machine's /usr/bin and /bin except Redis' and PostgreSQL's commands: the PATH of a
+    machine without them, whatever this one has installed."""
+    target.mkdir(exist_ok=True)
+    for directory in ("/usr/bin", "/bin"):
+        for program in Path(directory).iterdir():
+            server = program.name.startswith(("redis-", "pg_")) or program.name in ("postgres", "initdb", "psql")
+            if not server and not (target / program.name).exists():
+                (target / program.name).symlink_to(program)
+    assert shutil.which("redis-server", path=str(target)) is None and shutil.which("pg_ctl", path=str(target)) is None
+    return target
 
 
 def _leftovers(*paths: Path) -> list[int]:

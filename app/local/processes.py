@@ -78,10 +78,19 @@ def pid_exists(pid: int | None) -> bool:
     return bool(stat) and stat[0] not in ("Z", "X")
 
 
+#: the kernel's flag of its own threads, in /proc/<pid>/stat (they have no command line either)
+_PF_KTHREAD = 0x00200000
+
+
 def _is_ours(pid: int, name: str) -> bool:
-    if not pid_exists(pid):
+    stat = _stat(pid)
+    if not stat or stat[0] in ("Z", "X"):
         return False
     args = _cmdline(pid)
+    if args == [""] and not int(stat[6]) & _PF_KTHREAD:
+        # Being torn down after SIGKILL: its memory, and so its command line, is gone a moment before it can be
+        # reaped. Still ours until then: taken for gone, its exit status and its sockets would not be there yet.
+        return True
     return any(a == "--name" and b == name for a, b in zip(args, args[1:], strict=False))
 
 

@@ -396,7 +396,7 @@ class EmbeddedPostgres(_LocalServer):
         """Whether the user PostgreSQL runs as can get to `path` (every directory above it searchable)."""
         if not path.exists():
             path.mkdir(parents=True)
-        return subprocess.run(["test", "-x", str(path)], **self._run_as()).returncode == 0
+        return self._test_as_server_user("-x", path)
 
     @property
     def data(self) -> Path:
@@ -410,6 +410,12 @@ class EmbeddedPostgres(_LocalServer):
     def url(self) -> str:
         password = self.password_file.read_text().strip()
         return f"postgresql://{PG_USER}:{password}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def _test_as_server_user(self, flag: str, path: Path) -> bool:
+        """`test <flag> <path>` as the user PostgreSQL runs as. `test` is looked up in the system's directories: ours
+        in PATH (root's ~/bin, a .venv under /root) may be out of that user's reach."""
+        command = shutil.which("test", path=os.defpath) or "test"
+        return subprocess.run([command, flag, str(path)], **self._run_as()).returncode == 0
 
     def _run_as(self) -> dict:
         """subprocess arguments that drop root to an unprivileged user (PostgreSQL refuses to run as root)."""
@@ -463,7 +469,7 @@ class EmbeddedPostgres(_LocalServer):
         _write_private(pwfile, self.password_file.read_text().strip())
         self._hand_over(pwfile)
         self._hand_over(self.work)
-        if subprocess.run(["test", "-w", str(self.work)], **self._run_as()).returncode != 0:
+        if not self._test_as_server_user("-w", self.work):
             raise ServerError(f"PostgreSQL runs as an unprivileged user that cannot write to {self.work}")
         try:
             self._pg(
