@@ -79,8 +79,9 @@ def test_a_killed_child_is_reported_by_its_signal(isolated_env):
 
     supervisor = Supervisor(load_settings().home, dict(os.environ))
     daemon = supervisor.fleet.daemon("scheduler")  # not a worker: no job to take back
+    big = "import time; b = bytearray(300 << 20); time.sleep(60)"  # a large memory makes the teardown longer
     for attempt in range(10):
-        child = spawn_child(daemon, [sys.executable, "-c", "import time; b = bytearray(300 << 20); time.sleep(60)", "--name", "scheduler"])
+        child = spawn_child(daemon, [sys.executable, "-c", big, "--name", "scheduler"])
         supervisor.children[child.pid] = child
         wait_for(lambda: (processes.rss_bytes(child.pid) or 0) > 300 << 20, timeout=10, message="the child")
         os.kill(child.pid, signal.SIGKILL)
