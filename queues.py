@@ -199,6 +199,12 @@ def queue_names() -> list[str]:
     return list(QUEUES)
 
 
+def queue_keys(name: str) -> QueueKeys:
+    """The keys of declared queue `name` (KeyError when none is declared by that name: `app.tasks.queue_keys`
+    answers input from people with a clear error instead)."""
+    return QueueKeys(QUEUES[name].name)
+
+
 def key(queue: str, kind: str, *parts: str) -> str:
     """The Redis key of family `kind` for `queue` (see the module docstring for the families)."""
     return ":".join((KEY_PREFIX, queue, kind, *parts))

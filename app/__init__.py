@@ -16,5 +16,6 @@ The parts, from the bottom up; each imports only the parts listed before it (and
 
 Handlers in `workers/` may import the base, store, runtime and scheduling (report schedules read cron); never
 local, web or the CLI.
-`tests/test_layout.py` holds the direction and finds import cycles.
+`app.enqueue` is the earlier import path of `app.runtime.enqueue`, kept for code written against it (it re-exports,
+nothing more). `tests/test_layout.py` holds the direction and finds import cycles.
 """

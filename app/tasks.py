@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import queues
 from app.errors import DuplicateTaskError, InvalidJobError, UnknownQueueError, UnknownTaskError
 from queues import QUEUES, QueueKeys, QueueSpec, queue_names
 
@@ -181,7 +182,7 @@ def queue_keys(name: str) -> QueueKeys:
     Raises:
         UnknownQueueError: `name` is not declared here.
     """
-    return QueueKeys(get_queue_spec(name).name)
+    return queues.queue_keys(get_queue_spec(name).name)
 
 
 @functools.cache
