@@ -35,6 +35,7 @@ from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.migrate import apply_migrations
 from app.tasks import get_queue_spec, queue_keys
+from bench import rq_baseline
 from queues import HISTORY_STREAM, QueueKeys, job_key
 
 TASK = "system.ping"
@@ -292,7 +293,7 @@ def sync_drain(bench: Bench, n: int, budget: float) -> Row:
     return row
 
 
-def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency]:
+def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency, rq_baseline.Baseline]:
     n = sizes.jobs
     rows = [
         bench.single_enqueue(n),
@@ -303,13 +304,15 @@ def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency]:
         sync_drain(bench, n, sizes.policy_budget),
         bench.drain("drain, fork per job", "documents", 1, sizes.fork_jobs, "isolation=fork"),
     ]
-    return rows, bench.latency(sizes.samples)
+    latency = bench.latency(sizes.samples)
+    baseline = rq_baseline.measure(bench.conn, bench.url, n, sizes.samples, LATENCY_PAUSE, bench.logs)
+    return rows, latency, baseline
 
 
 # -- output --------------------------------------------------------------------------------------------------------
 
 
-def print_table(url: str, rows: list[Row], latency: Latency) -> None:
+def print_table(url: str, rows: list[Row], latency: Latency, baseline: rq_baseline.Baseline) -> None:
     print(
         f"bullrq benchmark: {TASK} no-op jobs; Redis {redact(url)}; {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}"
@@ -341,6 +344,20 @@ def print_table(url: str, rows: list[Row], latency: Latency) -> None:
         f"  p50 {latency.p50:.2f} ms   p95 {latency.p95:.2f} ms   p99 {latency.p99:.2f} ms   "
         f"max {latency.max:.2f} ms   (target p99 < {LATENCY_P99_TARGET:g} ms: {met})"
     )
+    print()
+    print("against plain RQ in this run (SimpleWorker, JSON serializer, same Redis, same sizes; > 1 is bullrq ahead):")
+    by_section = {r.section: r for r in rows}
+    pairs = [
+        ("single enqueue", by_section["single enqueue (enqueue)"].rate, baseline.single_enqueue, "/s"),
+        ("bulk enqueue", by_section[f"bulk enqueue (enqueue_many x{CHUNK})"].rate, baseline.bulk_enqueue, "/s"),
+        ("drain, 1 process", next(r.rate for r in rows if r.queue == "harvest" and r.workers == 1), baseline.drain,
+         "jobs/s"),
+    ]  # fmt: skip
+    for name, ours, theirs, unit in pairs:
+        print(f"  {name:<26} bullrq {ours:>10,.0f} {unit:<7} RQ {theirs:>10,.0f} {unit:<7} {ours / theirs:6.2f}x")
+    for name, ours, theirs in (("latency p50", latency.p50, baseline.latency_p50),
+                               ("latency p99", latency.p99, baseline.latency_p99)):  # fmt: skip
+        print(f"  {name:<26} bullrq {ours:>10.2f} ms      RQ {theirs:>10.2f} ms      {theirs / ours:6.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
             SCRIPTS.load(conn)
             if os.environ.get("DATABASE_URL"):
                 apply_migrations(os.environ["DATABASE_URL"])  # history on: the workers write job_runs
-            rows, latency = run_all(Bench(conn, url, Path(logs)), sizes)
+            rows, latency, baseline = run_all(Bench(conn, url, Path(logs)), sizes)
         except RedisError as exc:
             print(f"error: Redis at {redact(url)} failed: {exc}", file=sys.stderr)
             return 1
-        except BenchError as exc:
+        except (BenchError, rq_baseline.BaselineError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
@@ -392,12 +409,13 @@ def main(argv: list[str] | None = None) -> int:
                     "latency": asdict(latency),
                     "sizes": asdict(sizes),
                     "references": REFERENCES,
+                    "rq_baseline": asdict(baseline),
                 },
                 indent=2,
             )
         )
     else:
-        print_table(url, rows, latency)
+        print_table(url, rows, latency, baseline)
     return 0
 
 

@@ -39,6 +39,9 @@ def test_quick_bench_runs_every_job_it_asks_for(redis_url):
     assert latency["samples"] == QUICK.samples
     assert all(latency[p] > 0 for p in ("p50", "p95", "p99", "max")), latency
 
+    # plain RQ measured in the same run, every figure taken (a worker that ran nothing would have timed out)
+    assert all(value > 0 for value in report["rq_baseline"].values()), report["rq_baseline"]
+
 
 def test_refuses_a_redis_that_is_not_throwaway(redis_url):
     env = {k: v for k, v in os.environ.items() if k != THROWAWAY_FLAG}

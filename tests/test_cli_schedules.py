@@ -12,8 +12,9 @@ from app.cli.main import cli
 from app.scheduling.schedule_store import get_schedule, sync_declared
 from app.scheduling.schedules import load_schedules
 from app.store.db import connect
-from app.store.history import run_row, write_rows
+from app.store.history import write_rows
 from app.store.migrate import apply_migrations
+from app.store.rows import run_row
 from app.tasks import queue_keys
 
 SCHEDULES = """

@@ -24,17 +24,9 @@ from app.runtime.jobs import fetch_job
 from app.runtime.leases import lease_score, recover
 from app.runtime.worker import build_worker
 from app.store.db import connect
-from app.store.history import (
-    GROUP,
-    MAX_ROW_BYTES,
-    STREAM_MAXLEN,
-    HistoryWriter,
-    ensure_group,
-    run_row,
-    stream_cap,
-    write_rows,
-)
+from app.store.history import GROUP, HistoryWriter, ensure_group, write_rows
 from app.store.migrate import apply_migrations
+from app.store.rows import MAX_ROW_BYTES, STREAM_MAXLEN, run_row, stream_cap
 from app.store.runs import (
     RunFilter,
     delete_older_than,

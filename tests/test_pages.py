@@ -23,8 +23,9 @@ from app.runtime.worker import build_worker
 from app.scheduling.schedule_store import sync_declared
 from app.scheduling.schedules import load_schedules
 from app.store.db import connect
-from app.store.history import HistoryWriter, run_row, write_rows
+from app.store.history import HistoryWriter, write_rows
 from app.store.migrate import apply_migrations
+from app.store.rows import run_row
 from app.tasks import Task, queue_keys, registry
 from queues import queue_names
 from tests.conftest import IN_CI, TOKEN

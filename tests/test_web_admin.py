@@ -338,7 +338,8 @@ def _value(family, **labels) -> float:
 
 
 def test_metrics_read_by_prometheus_client_and_promtool(api, redis_conn, database_url, tmp_path):
-    from app.store.history import run_row, write_rows
+    from app.store.history import write_rows
+    from app.store.rows import run_row
 
     for n in range(4):
         api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "data": {"echo": n},
@@ -426,7 +427,8 @@ def test_health_check_reports_a_redis_that_may_evict_keys(api, evicting_redis):
 
 
 def test_history_stats_returns_the_figures_of_the_runs_in_the_window(api, database_url):
-    from app.store.history import run_row, write_rows
+    from app.store.history import write_rows
+    from app.store.rows import run_row
 
     now = time.time()
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.errors import InvalidJobError
-from app.store.history import run_row, write_rows
+from app.store.history import write_rows
+from app.store.rows import run_row
 from app.store.runs import week_start
 
 pytest_plugins = ["tests.worker_processes", "tests.handler_runs"]

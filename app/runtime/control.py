@@ -18,7 +18,7 @@ from app.runtime.enqueue import DEDUP_TTL
 from app.runtime.jobs import State, state_of
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
-from app.store.history import stream_cap
+from app.store.rows import stream_cap
 from app.tasks import get_queue_spec, queue_keys
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, job_key, worker_commands_key
 

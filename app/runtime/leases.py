@@ -22,7 +22,7 @@ import time
 from redis import Redis
 
 from app.runtime.redis_scripts import SCRIPTS
-from app.store.history import stream_cap
+from app.store.rows import stream_cap
 from app.tasks import queue_keys
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX
 

@@ -22,7 +22,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS
 from app.runtime.jobs import RunningJob
 from app.runtime.leases import LEASE, recover, rq_time
 from app.runtime.redis_scripts import SCRIPTS
-from app.store.history import run_row, stream_cap
+from app.store.rows import run_row, stream_cap
 from app.tasks import queue_keys
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QueueKeys, worker_commands_key
 

@@ -16,33 +16,36 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from app.connections import call_direct
+
 LUA_DIR = Path(__file__).parent / "lua"
 
 
 class LuaScript:
     """One script of `app/runtime/lua/`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, scripts: Scripts):
         self.name = path.stem.rsplit("-", 1)[0]
         self.source = path.read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self._scripts = scripts
 
     def __call__(self, client: Redis | Pipeline, keys: list, args: list):
         """Run the script; on a pipeline the call is queued (run it with `execute`)."""
         if isinstance(client, Pipeline):
             return client.evalsha(self.sha, len(keys), *keys, *args)
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return call_direct(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            self._scripts.load(client)
+            return call_direct(client, "EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class Scripts:
     """Every script, as an attribute named by its verb."""
 
     def __init__(self, directory: Path = LUA_DIR):
-        self.all = [LuaScript(path) for path in sorted(directory.glob("*.lua"))]
+        self.all = [LuaScript(path, self) for path in sorted(directory.glob("*.lua"))]
         for script in self.all:
             setattr(self, script.name, script)
 
@@ -58,26 +61,38 @@ class Scripts:
     compact: LuaScript
 
     def load(self, connection: Redis) -> None:
-        """Load every script into Redis's script cache."""
-        for script in self.all:
-            connection.script_load(script.source)
+        """Load every script into Redis's script cache: after any NOSCRIPT, all of them, so a pipeline never finds
+        one script of its calls missing while the others run."""
+        with connection.pipeline(transaction=False) as pipe:
+            for script in self.all:
+                pipe.script_load(script.source)
+            pipe.execute()
 
     def execute(self, connection: Redis, fill: Callable[[Pipeline], None]) -> list:
         """Run the script calls that `fill` queues on a pipeline, in one round trip; returns their replies.
 
-        After NOSCRIPT (Redis restarted and lost its script cache) the scripts are loaded and the pipeline runs
-        again: a command answered NOSCRIPT did not run, so nothing runs twice.
+        A call answered NOSCRIPT (Redis restarted, or flushed its script cache) did not run, while the calls around
+        it did: the scripts are loaded and those calls alone are run again (running the whole pipeline again would
+        run the others twice: a finish and a dequeue would take a second job and leave the first taken, unrun).
+        A Redis error in any reply is raised once every call has been answered.
         """
-        for attempt in (1, 2):
-            with connection.pipeline(transaction=False) as pipe:
-                fill(pipe)
-                try:
-                    return pipe.execute()
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
+        with connection.pipeline(transaction=False) as pipe:
+            fill(pipe)
+            calls = [args for args, _options in pipe.command_stack]
+            replies = pipe.execute(raise_on_error=False)
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # and a WAIT after them again, to count the replicas that have their writes too
+            missing += [n for n, call in enumerate(calls) if n > missing[0] and call[0] == "WAIT"]
             self.load(connection)
-        raise AssertionError("unreachable")
+            with connection.pipeline(transaction=False) as pipe:
+                for n in missing:
+                    pipe.execute_command(*calls[n])
+                for n, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                    replies[n] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
 
 SCRIPTS = Scripts()

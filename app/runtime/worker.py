@@ -50,7 +50,7 @@ from app.runtime.jobs import SERIALIZER, BullJob, RunningJob, declare_queues, ge
 from app.runtime.leases import LEASE, recover, rq_time
 from app.runtime.maintenance import Maintenance
 from app.runtime.redis_scripts import SCRIPTS
-from app.store.history import HistoryWriter, run_row, stream_cap
+from app.store.rows import run_row, stream_cap
 from app.tasks import get_queue_spec, get_task, load_tasks, queue_keys
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QUEUES, Isolation, results_key
 
@@ -139,6 +139,8 @@ class BullWorker(Worker):
         maintenance.start()
         history = None
         if self.database_url and stream_cap():
+            from app.store.history import HistoryWriter  # PostgreSQL's driver (10 MB) only where rows are written
+
             history = HistoryWriter(self.connection, self.database_url, self.name)
             history.start()
         ran = False

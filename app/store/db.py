@@ -10,11 +10,6 @@ from psycopg_pool import ConnectionPool
 CONNECT_TIMEOUT = 5
 
 
-def storable_json(text: str) -> str:
-    """JSON text PostgreSQL can store: its text and jsonb types cannot hold NUL, so an escaped one becomes U+FFFD."""
-    return text.replace("\\u0000", "\\ufffd")
-
-
 def connect(url: str, **kwargs) -> psycopg.Connection:
     """A single connection (rows as dicts), for scripts, migrations and the CLI."""
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)

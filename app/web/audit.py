@@ -11,7 +11,7 @@ from flask import Response, current_app, request, session
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.store.db import storable_json
+from app.store.rows import storable_json
 from app.web.db import get_db
 from app.web.json import strict_loads
 

@@ -73,9 +73,12 @@ if keep ~= 0 and #stream_fields > 0 then
 end
 
 local counter = outcome == 'completed' and 'successful_job_count' or 'failed_job_count'
-redis.call('HSET', KEYS[3], 'state', 'idle')
--- as RQ does: "" would be taken for a job id by RQ's tools
-redis.call('HDEL', KEYS[3], 'current_job', 'lease', 'lease_set')
+local shown = redis.call('HGET', KEYS[3], 'lease')
+if not shown or shown == ARGV[2] then -- not when the worker already shows its next job (a finish sent again)
+  redis.call('HSET', KEYS[3], 'state', 'idle')
+  -- as RQ does: "" would be taken for a job id by RQ's tools
+  redis.call('HDEL', KEYS[3], 'current_job', 'lease', 'lease_set')
+end
 redis.call('HINCRBY', KEYS[3], counter, 1)
 redis.call('HINCRBYFLOAT', KEYS[3], 'total_working_time', ARGV[7])
 redis.call('HINCRBY', KEYS[5], outcome, 1)

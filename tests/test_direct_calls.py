@@ -1,0 +1,95 @@
+"""The short way for the job path's commands (`app.connections.call_direct`), on the real redis-server: one kept
+connection per thread, given back when the thread ends, closed with the client, never out of step with its replies,
+and a dropped connection or a restarted Redis cost nothing but a reconnect."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from redis.exceptions import ResponseError
+
+from app.connections import call_direct, redis_from_url
+
+pytestmark = pytest.mark.integration
+
+
+def _ours(admin, name: str) -> list[dict]:
+    return [c for c in admin.client_list() if c["name"] == name]
+
+
+@pytest.fixture
+def client(redis_url):
+    client = redis_from_url(redis_url, client_name="direct-test")
+    yield client
+    client.close()
+
+
+def test_a_thread_keeps_one_connection_and_gives_it_back_when_it_ends(client, redis_conn):
+    for n in range(50):
+        assert call_direct(client, "ECHO", n) == str(n).encode()
+    assert len(_ours(redis_conn, "direct-test")) == 1 and len(client.connection_pool._in_use_connections) == 1
+
+    together = threading.Barrier(4)  # all four hold a connection at once
+
+    def in_a_thread():
+        call_direct(client, "ECHO", "first")
+        together.wait(timeout=30)
+        for n in range(10):
+            assert call_direct(client, "ECHO", n) == str(n).encode()
+
+    threads = [threading.Thread(target=in_a_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # the four threads' connections are back in the pool for the next borrower; this thread still has its own
+    assert len(client.connection_pool._in_use_connections) == 1
+    assert len(client.connection_pool._available_connections) == 4
+
+
+def test_close_disconnects_the_kept_connections(client, redis_conn):
+    call_direct(client, "PING")
+    client.close()
+    assert _ours(redis_conn, "direct-test") == []
+
+
+def test_a_killed_connection_or_a_redis_error_costs_nothing(client, redis_conn):
+    call_direct(client, "SET", "k", "1")
+    redis_conn.client_kill_filter(_type="normal", skipme=True)  # the server drops every other client
+    assert call_direct(client, "INCR", "k") == 2  # reconnected, and run once
+    with pytest.raises(ResponseError):
+        call_direct(client, "INCR", "no-such-command-args", "x")
+    assert call_direct(client, "GET", "k") == b"2"  # still in step after an error reply
+
+
+def test_an_exception_half_way_never_leaves_a_reply_for_the_next_command(client, monkeypatch):
+    """A signal handler's exception (a job timeout, a stop) can land between the send and the read: the reply on
+    its way must not answer the next command."""
+    call_direct(client, "SET", "first", "A")
+    connection = client.connection_pool._in_use_connections.copy().pop()
+    real_read = connection.read_response
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connection, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        call_direct(client, "GET", "first")  # sent; its reply "A" is left unread
+    monkeypatch.setattr(connection, "read_response", real_read)
+    assert call_direct(client, "ECHO", "second") == b"second"
+
+
+def test_a_forked_child_uses_a_connection_of_its_own(client, redis_conn):
+    call_direct(client, "SET", "n", "0")
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection; the parent's socket is left alone
+        try:
+            in_step = all(call_direct(client, "ECHO", f"child {n}") == f"child {n}".encode() for n in range(300))
+            call_direct(client, "INCR", "n")
+        finally:
+            os._exit(0 if in_step else 1)
+    in_step = all(call_direct(client, "ECHO", f"parent {n}") == f"parent {n}".encode() for n in range(300))
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and in_step
+    assert call_direct(client, "GET", "n") == b"1" and len(_ours(redis_conn, "direct-test")) == 1
