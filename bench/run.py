@@ -35,7 +35,7 @@ from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.migrate import apply_migrations
 from app.tasks import get_queue_spec, queue_keys
-from bench import rq_baseline
+from bench import rq_baseline, web_load
 from queues import HISTORY_STREAM, QueueKeys, job_key
 
 TASK = "system.ping"
@@ -64,11 +64,12 @@ class Sizes:
     jobs: int = 20_000  #: jobs per enqueue and no-limit drain section
     fork_jobs: int = 300  #: jobs of the fork-per-job drain
     samples: int = 500  #: jobs of the latency run
+    web_requests: int = 5_000  #: job creations of the web section
     policy_budget: float = 10  #: seconds a rate-limited drain may take at the policy's rate; its N is cut to fit
 
 
 #: --quick: a smoke run of a few seconds per section
-QUICK = Sizes(jobs=300, fork_jobs=30, samples=50, policy_budget=2)
+QUICK = Sizes(jobs=300, fork_jobs=30, samples=50, policy_budget=2, web_requests=160)
 
 
 class BenchError(Exception):
@@ -293,7 +294,9 @@ def sync_drain(bench: Bench, n: int, budget: float) -> Row:
     return row
 
 
-def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency, rq_baseline.Baseline]:
+def run_all(
+    bench: Bench, sizes: Sizes
+) -> tuple[list[Row], Latency, rq_baseline.Baseline, web_load.WebLoad | None]:
     n = sizes.jobs
     rows = [
         bench.single_enqueue(n),
@@ -306,13 +309,19 @@ def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], Latency, rq_baseline
     ]
     latency = bench.latency(sizes.samples)
     baseline = rq_baseline.measure(bench.conn, bench.url, n, sizes.samples, LATENCY_PAUSE, bench.logs)
-    return rows, latency, baseline
+    web = None
+    if os.environ.get("DATABASE_URL"):  # the web app migrates its database as it starts
+        bench.fresh()
+        web = web_load.measure(sizes.web_requests, bench.logs)
+    return rows, latency, baseline, web
 
 
 # -- output --------------------------------------------------------------------------------------------------------
 
 
-def print_table(url: str, rows: list[Row], latency: Latency, baseline: rq_baseline.Baseline) -> None:
+def print_table(
+    url: str, rows: list[Row], latency: Latency, baseline: rq_baseline.Baseline, web: web_load.WebLoad | None
+) -> None:
     print(
         f"bullrq benchmark: {TASK} no-op jobs; Redis {redact(url)}; {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}"
@@ -358,6 +367,16 @@ def print_table(url: str, rows: list[Row], latency: Latency, baseline: rq_baseli
     for name, ours, theirs in (("latency p50", latency.p50, baseline.latency_p50),
                                ("latency p99", latency.p99, baseline.latency_p99)):  # fmt: skip
         print(f"  {name:<26} bullrq {ours:>10.2f} ms      RQ {theirs:>10.2f} ms      {theirs / ours:6.2f}x")
+    print()
+    if web is None:
+        print("web: POST /api/admin/jobs not measured (no DATABASE_URL for the web app)")
+        return
+    met = "met" if web.rate >= web_load.RATE_TARGET and web.p99 < web_load.P99_TARGET_MS else "MISSED"
+    print(
+        f"web: POST /api/admin/jobs under `bullrq web`, {web.clients} clients on keep-alive connections, "
+        f"{web.requests} jobs: {web.rate:,.0f}/s, p50 {web.p50:.2f} ms, p99 {web.p99:.2f} ms, max {web.max:.2f} ms"
+    )
+    print(f"  (target >= {web_load.RATE_TARGET:,}/s with p99 < {web_load.P99_TARGET_MS:g} ms: {met})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,11 +409,11 @@ def main(argv: list[str] | None = None) -> int:
             SCRIPTS.load(conn)
             if os.environ.get("DATABASE_URL"):
                 apply_migrations(os.environ["DATABASE_URL"])  # history on: the workers write job_runs
-            rows, latency, baseline = run_all(Bench(conn, url, Path(logs)), sizes)
+            rows, latency, baseline, web = run_all(Bench(conn, url, Path(logs)), sizes)
         except RedisError as exc:
             print(f"error: Redis at {redact(url)} failed: {exc}", file=sys.stderr)
             return 1
-        except (BenchError, rq_baseline.BaselineError) as exc:
+        except (BenchError, rq_baseline.BaselineError, web_load.WebLoadError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
@@ -410,12 +429,13 @@ def main(argv: list[str] | None = None) -> int:
                     "sizes": asdict(sizes),
                     "references": REFERENCES,
                     "rq_baseline": asdict(baseline),
+                    "web": asdict(web) if web else None,
                 },
                 indent=2,
             )
         )
     else:
-        print_table(url, rows, latency, baseline)
+        print_table(url, rows, latency, baseline, web)
     return 0
 
 

@@ -15,8 +15,8 @@ from bench.run import QUICK
 pytestmark = pytest.mark.slow
 
 
-def test_quick_bench_runs_every_job_it_asks_for(redis_url):
-    env = {**os.environ, "REDIS_URL": redis_url, THROWAWAY_FLAG: "1"}
+def test_quick_bench_runs_every_job_it_asks_for(redis_url, database_url):
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, THROWAWAY_FLAG: "1"}
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--json"], capture_output=True, text=True, timeout=120, env=env
     )
@@ -41,6 +41,8 @@ def test_quick_bench_runs_every_job_it_asks_for(redis_url):
 
     # plain RQ measured in the same run, every figure taken (a worker that ran nothing would have timed out)
     assert all(value > 0 for value in report["rq_baseline"].values()), report["rq_baseline"]
+    # the web section: every creation answered 201 by the real server (a failure would have ended the run)
+    assert report["web"]["requests"] == QUICK.web_requests and report["web"]["rate"] > 0, report["web"]
 
 
 def test_refuses_a_redis_that_is_not_throwaway(redis_url):
