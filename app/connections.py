@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -89,14 +90,42 @@ def call_direct(client: Redis, *args):
     """
     if client.connection is not None:  # a single-connection client serialises its own commands
         return client.execute_command(*args)
+    with _held_connection(client) as connection:
+        connection.send_command(*args)
+        return connection.read_response()
+    return client.execute_command(*args)  # the kept connection failed on the way: redis-py's path, its retries
+
+
+def call_direct_many(client: Redis, calls: list[tuple]) -> list:
+    """`call_direct` for several commands in one round trip (a pipeline without a transaction); returns their
+    replies in order, a Redis error in place of its reply (raised by none: the caller decides)."""
+    if client.connection is None:
+        with _held_connection(client) as connection:
+            connection.send_packed_command(connection.pack_commands(calls))
+            replies = []
+            for _ in calls:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+    with client.pipeline(transaction=False) as pipe:
+        for call in calls:
+            pipe.execute_command(*call)
+        return pipe.execute(raise_on_error=False)
+
+
+@contextlib.contextmanager
+def _held_connection(client: Redis):
+    """This thread's kept connection of `client`'s pool. A connection or timeout error in the block is swallowed
+    once the connection is dropped: the code after the block then takes redis-py's own path."""
     pool = client.connection_pool
     threads = pool.__dict__.get("_bullrq_threads") or pool.__dict__.setdefault("_bullrq_threads", threading.local())
     held = getattr(threads, "held", None)
     if held is None or held.pid != os.getpid():
         held = threads.held = _Held(pool, pool.get_connection())
     try:
-        held.connection.send_command(*args)
-        return held.connection.read_response()
+        yield held.connection
     except ResponseError:  # Redis answered (NOSCRIPT, a script's error): the connection is in step
         raise
     except BaseException as exc:
@@ -104,9 +133,8 @@ def call_direct(client: Redis, *args):
         # signal handler's exception) a reply may still be on its way and would answer the next command
         threads.held = None
         held.connection.disconnect()
-        if isinstance(exc, ConnectionError | TimeoutError | OSError):
-            return client.execute_command(*args)
-        raise
+        if not isinstance(exc, ConnectionError | TimeoutError | OSError):
+            raise
 
 
 #: the only maxmemory-policy under which Redis never deletes a key on its own

@@ -10,7 +10,7 @@ import threading
 import pytest
 from redis.exceptions import ResponseError
 
-from app.connections import call_direct, redis_from_url
+from app.connections import call_direct, call_direct_many, redis_from_url
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +93,11 @@ def test_a_forked_child_uses_a_connection_of_its_own(client, redis_conn):
     in_step = all(call_direct(client, "ECHO", f"parent {n}") == f"parent {n}".encode() for n in range(300))
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and in_step
     assert call_direct(client, "GET", "n") == b"1" and len(_ours(redis_conn, "direct-test")) == 1
+
+
+def test_many_commands_in_one_round_trip_answer_in_order(client, redis_conn):
+    replies = call_direct_many(client, [("SET", "a", "1"), ("INCR", "a"), ("HGET", "a", "x"), ("GET", "a")])
+    assert replies[:2] == [b"OK", 2] and isinstance(replies[2], ResponseError) and replies[3] == b"2"
+    redis_conn.client_kill_filter(_type="normal", skipme=True)  # the kept connection is dead: redis-py's pipeline
+    assert call_direct_many(client, [("INCR", "a"), ("GET", "a")]) == [3, b"3"]
+    assert call_direct(client, "GET", "a") == b"3"  # and the next command has a connection in step again

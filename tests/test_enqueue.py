@@ -11,7 +11,7 @@ from rq.job import JobStatus
 from rq.queue import Queue
 
 from app.errors import InvalidJobError, UnknownQueueError, UnknownTaskError
-from app.runtime.enqueue import PRIORITIES, JobOptions, enqueue, retry_intervals
+from app.runtime.enqueue import COMPRESS_FROM, PRIORITIES, JobOptions, enqueue, retry_intervals
 from app.runtime.jobs import SERIALIZER, fetch_job, get_queue
 from app.runtime.worker import build_worker
 from app.tasks import get_queue_spec, queue_keys
@@ -27,13 +27,22 @@ def test_job_lands_on_the_chosen_queue_as_json(fake_redis):
     assert job.origin == "harvest"
     assert get_queue("harvest", fake_redis).job_ids == [job.id]
     assert get_queue("sync", fake_redis).count == 0
-    raw = fake_redis.hget(f"rq:job:{job.id}", "data")
-    assert json.loads(zlib.decompress(raw)) == ["system.ping", None, [], {"echo": {"n": 1}}]
+    raw = fake_redis.hget(f"rq:job:{job.id}", "data")  # small data is stored as it is, JSON
+    assert json.loads(raw) == ["system.ping", None, [], {"echo": {"n": 1}}]
     stored = fetch_job(job.id, fake_redis)
     assert stored.func_name == "system.ping"
     assert stored.task_type == "system.ping"
     assert stored.kwargs == {"echo": {"n": 1}}
     assert stored.get_status() == JobStatus.QUEUED
+
+
+def test_large_data_is_stored_compressed_as_rq_stores_it_and_both_read_back(fake_redis):
+    text = "x" * COMPRESS_FROM
+    job = enqueue(fake_redis, "system.ping", {"echo": text}, {"queue": "harvest"})
+    raw = fake_redis.hget(f"rq:job:{job.id}", "data")
+    assert len(raw) < COMPRESS_FROM and json.loads(zlib.decompress(raw))[3] == {"echo": text}
+    assert fetch_job(job.id, fake_redis).kwargs == {"echo": text}  # RQ's reader
+    assert fetch_job(ping(fake_redis, {"echo": 1}).id, fake_redis).kwargs == {"echo": 1}
 
 
 def test_queue_policy_applies_by_default(fake_redis):

@@ -177,8 +177,8 @@ class RunningJob:
         data, timeout, retries_left, intervals, result_ttl, failure_ttl, priority, attempts = values[:8]
         enqueued, schedule, cancel, earlier, last, slot = values[8:]
         func_name, kwargs, problem = "", {}, None
-        try:
-            raw = zlib.decompress(data) if data else b""
+        try:  # small data is stored as it is (JSON opens with "[", which no zlib stream does)
+            raw = data if not data or data[:1] == b"[" else zlib.decompress(data)
         except zlib.error:
             raw = data
         try:

@@ -16,9 +16,11 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from app.connections import call_direct
+from app.connections import call_direct, call_direct_many
 
 LUA_DIR = Path(__file__).parent / "lua"
+#: commands whose replies are used as Redis sends them (redis-py parses nothing for them, or they are not read)
+_RAW_REPLIES = frozenset({"EVALSHA", "WAIT", "BLPOP"})
 
 
 class LuaScript:
@@ -79,16 +81,16 @@ class Scripts:
         with connection.pipeline(transaction=False) as pipe:
             fill(pipe)
             calls = [args for args, _options in pipe.command_stack]
-            replies = pipe.execute(raise_on_error=False)
+            if all(call[0] in _RAW_REPLIES for call in calls):  # the short way: no reply needs redis-py's parsing
+                replies = call_direct_many(connection, calls)
+            else:
+                replies = pipe.execute(raise_on_error=False)
         missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # and a WAIT after them again, to count the replicas that have their writes too
             missing += [n for n, call in enumerate(calls) if n > missing[0] and call[0] == "WAIT"]
             self.load(connection)
-            with connection.pipeline(transaction=False) as pipe:
-                for n in missing:
-                    pipe.execute_command(*calls[n])
-                for n, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
-                    replies[n] = reply
+            for n, reply in zip(missing, call_direct_many(connection, [calls[n] for n in missing]), strict=True):
+                replies[n] = reply
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

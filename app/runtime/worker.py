@@ -160,8 +160,7 @@ class BullWorker(Worker):
                     if not reply[0] and reply[1] < 0:
                         break
                     continue
-                self._redis(self._wait_for_work, reply[1])
-                reply = self._redis(self._dequeue, self.connection)
+                reply = self._redis(self._wait_then_dequeue, reply[1])
             if reply and reply[0]:  # taken just as the stop came: give it back untouched
                 self._give_back(*self._job_from_reply(reply))
         except _StopNow:
@@ -194,21 +193,30 @@ class BullWorker(Worker):
                 time.sleep(delay)
                 delay = min(delay * 2, REDIS_RETRY_MAX)
 
-    def _wait_for_work(self, rate_wait_ms: int) -> None:
+    def _wait_then_dequeue(self, rate_wait_ms: int) -> list:
+        """Block on the queues' markers, then take the next job in the same round trip: the dequeue, sent behind
+        the blocking pop, runs in Redis the moment the pop returns (work arrived, or the wait ran out)."""
         timeout = IDLE_WAIT if rate_wait_ms < 0 else max(0.01, min(IDLE_WAIT, rate_wait_ms / 1000))
         self._idle = True
         try:
             if self._stopping:
-                return
-            self.connection.blpop(self._markers, timeout=timeout)
+                return [0, -1]
+
+            def fill(pipe):
+                pipe.blpop(self._markers, timeout=timeout)
+                self._dequeue(pipe, stamped_by_redis=True)
+
+            reply = SCRIPTS.execute(self.connection, fill)[1]
+            self._dequeued_at = time.time()  # taken now, not when the wait began
+            return reply
         finally:
             self._idle = False
 
-    def _dequeue(self, client) -> list:
+    def _dequeue(self, client, stamped_by_redis: bool = False) -> list:
         now = self._dequeued_at = time.time()
         args = [
             0,
-            rq_time(now),
+            "" if stamped_by_redis else rq_time(now),
             self.name,
             self._exec_id,
             LEASE,

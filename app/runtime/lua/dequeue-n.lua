@@ -11,7 +11,8 @@
 
   KEYS[1]  the worker's hash
   then 13 keys per queue: paused string, limiter string, started zset (rq:wip), lanes of priority 1..10
-  ARGV[1] unused (Redis' clock is read)  ARGV[2] now, RQ's date format     ARGV[3] worker name
+  ARGV[1] unused (Redis' clock is read)  ARGV[2] now, RQ's date format ("": Redis' clock, formatted here; for a
+  dequeue sent behind a blocking pop, which runs later than it is sent)   ARGV[3] worker name
   ARGV[4] execution id           ARGV[5] lease, seconds            ARGV[6] job key prefix
   ARGV[7] number of job hash fields to return, ARGV[8..] those fields
   then 3 values per queue (after the fields): concurrency cap (0: none), rate-limit jobs, rate-limit window in ms
@@ -20,6 +21,24 @@
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+-- RQ's date format (UTC) of a Redis TIME reply: the civil date of a day number (H. Hinnant's days_from_civil, inverted)
+local function rq_time(time)
+  local seconds = tonumber(time[1])
+  local days = math.floor(seconds / 86400)
+  local of_day = seconds - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day, math.floor(of_day / 3600),
+    math.floor(of_day % 3600 / 60), of_day % 60, tonumber(time[2]))
+end
 local now_ms = now * 1000
 local queues = (#KEYS - 1) / 13
 local nfields = tonumber(ARGV[7])
@@ -60,8 +79,9 @@ for q = 0, queues - 1 do
           end
           local member = id .. ':' .. ARGV[4]
           redis.call('ZADD', KEYS[k + 3], now_ms + tonumber(ARGV[5]) * 1000, member)
-          redis.call('HSET', job, 'status', 'started', 'started_at', ARGV[2], 'worker_name', ARGV[3],
-            'last_heartbeat', ARGV[2])
+          local stamp = ARGV[2] ~= '' and ARGV[2] or rq_time(t)
+          redis.call('HSET', job, 'status', 'started', 'started_at', stamp, 'worker_name', ARGV[3],
+            'last_heartbeat', stamp)
           redis.call('HSET', KEYS[1], 'state', 'busy', 'current_job', id, 'lease', member, 'lease_set', KEYS[k + 3])
           return {q + 1, member, redis.call('HMGET', job, unpack(fields))}
         end

@@ -35,7 +35,8 @@ else
   else
     redis.call('RPUSH', KEYS[2], ARGV[1])
   end
-  redis.call('LPUSH', KEYS[3], '1')
-  redis.call('LTRIM', KEYS[3], 0, 0)
+  if redis.call('LLEN', KEYS[3]) == 0 then -- one element wakes an idle worker; more would wake nobody else
+    redis.call('LPUSH', KEYS[3], '1')
+  end
 end
 return {1, ARGV[1]}
