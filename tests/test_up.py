@@ -80,11 +80,15 @@ class Up:
             return 0, ""
 
     def wait_ready(self) -> None:
+        """/readyz answers 200 and the banner is out (it follows the web's first answer: a check of the output
+        right after /readyz could run before it)."""
+
         def ready():
             assert self.process.poll() is None, "scripts/up exited:\n" + "".join(self.lines[-30:])
             return self.get("/readyz")[0] == 200
 
         wait_for(ready, timeout=120, interval=0.2, message="/readyz to answer 200")
+        self.wait_banner()
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
