@@ -53,6 +53,7 @@ class Baseline:
     drain: float
     latency_p50: float
     latency_p99: float
+    latency_pause: float  #: seconds between two latency jobs
 
 
 class BaselineError(Exception):
@@ -78,7 +79,10 @@ class RqWorker:
 
 
 def measure(conn: Redis, url: str, n: int, samples: int, pause: float, logs: Path) -> Baseline:
-    """RQ's single and bulk enqueue rates, one SimpleWorker's drain rate and its latency (conn is flushed)."""
+    """RQ's single and bulk enqueue rates, one SimpleWorker's drain rate and its latency (conn is flushed).
+
+    Latency jobs go `pause` seconds apart, or further apart when RQ takes longer per job: measured on a worker
+    that is idle when each arrives, as bullrq's is, not on a backlog."""
     queue = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
     conn.flushdb()
     start = time.perf_counter()
@@ -108,6 +112,7 @@ def measure(conn: Redis, url: str, n: int, samples: int, pause: float, logs: Pat
         _wait(lambda: conn.exists(MARK), worker, "the RQ worker to drain")
     drain = n / (float(conn.get(MARK)) - released)
 
+    pause = max(pause, 3 / drain)  # a third of the time between two jobs is RQ's to take and run one
     conn.flushdb()
     sent = {}
     with RqWorker(url, logs) as worker:
@@ -123,7 +128,7 @@ def measure(conn: Redis, url: str, n: int, samples: int, pause: float, logs: Pat
         started = queue.fetch_job(job_id).started_at
         ms.append(((started if started.tzinfo else started.replace(tzinfo=UTC)).timestamp() - sent_at) * 1000)
     ms.sort()
-    return Baseline(single, bulk, drain, ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))])
+    return Baseline(single, bulk, drain, ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))], pause)
 
 
 def _wait(condition, worker: RqWorker, what: str, timeout: float = 120) -> None:

@@ -367,6 +367,7 @@ def print_table(
     for name, ours, theirs in (("latency p50", latency.p50, baseline.latency_p50),
                                ("latency p99", latency.p99, baseline.latency_p99)):  # fmt: skip
         print(f"  {name:<26} bullrq {ours:>10.2f} ms      RQ {theirs:>10.2f} ms      {theirs / ours:6.2f}x")
+    print(f"  (RQ's latency jobs went {baseline.latency_pause * 1000:.1f} ms apart: its worker is idle for each)")
     print()
     if web is None:
         print("web: POST /api/admin/jobs not measured (no DATABASE_URL for the web app)")
