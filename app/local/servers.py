@@ -272,7 +272,9 @@ class EmbeddedSentinel(_LocalServer):
     """A Redis Sentinel on 127.0.0.1 watching one master (for Sentinel drills and tests; production runs its own).
 
     Its timings are short so that a failover takes seconds: the master counts as down after `down_after_ms`
-    without an answer, and a failover that stalls is tried again after twice `failover_timeout_ms`.
+    without an answer, and a failover that stalls is tried again after twice `failover_timeout_ms`. Not shorter
+    than 3 s: on a loaded 2-core machine a node just promoted went a second unanswered, and the sentinels failed
+    it over too, back to the node that had just been killed and restarted.
     """
 
     def __init__(
@@ -284,7 +286,7 @@ class EmbeddedSentinel(_LocalServer):
         quorum: int = 2,
         password: str | None = None,
         sentinel_password: str | None = None,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 3000,
         failover_timeout_ms: int = 3000,
     ):
         super().__init__(directory, port)
