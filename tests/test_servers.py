@@ -310,3 +310,20 @@ def test_as_root_a_cluster_out_of_the_unprivileged_users_reach_lives_outside_the
         copy = pg._binaries()
         if copy.is_relative_to(OUTSIDE_ROOT):
             shutil.rmtree(OUTSIDE_ROOT / copy.relative_to(OUTSIDE_ROOT).parts[0], ignore_errors=True)
+
+
+def test_a_daemon_whose_pid_file_is_not_written_yet_is_still_starting(tmp_path):
+    """The start of a server waits while its pid file is missing or still empty (being written), and gives up at
+    once when it names a process that is gone."""
+    from app.local.servers import _starting_or_running
+
+    pid_file = tmp_path / "server.pid"
+    assert _starting_or_running(pid_file)  # not written yet
+    pid_file.write_text("")
+    assert _starting_or_running(pid_file)  # being written
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert _starting_or_running(pid_file)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pid_file.write_text(f"{gone.pid}\n")
+    assert not _starting_or_running(pid_file)

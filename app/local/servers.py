@@ -155,6 +155,13 @@ def _conf_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _starting_or_running(pid_file: Path) -> bool:
+    """Whether a daemon started with `pid_file` may still come up: no pid in the file yet (not written, or being
+    written: an empty file read then once failed a start on a loaded machine), or a live one."""
+    pid = _read_int(pid_file)
+    return pid is None or pid_exists(pid)
+
+
 def _wait_for_port(port: int, alive, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -251,7 +258,7 @@ class EmbeddedRedis(_LocalServer):
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
             raise ServerError(f"redis-server failed to start: {result.stderr or result.stdout}")
-        _wait_for_port(self.port, lambda: self.is_running() or not self.pid_file.exists(), log)
+        _wait_for_port(self.port, lambda: _starting_or_running(self.pid_file), log)
         # the daemon listens before it writes its pid file, and stop() needs the pid
         deadline = time.monotonic() + START_TIMEOUT
         while not self.is_running():
@@ -339,7 +346,7 @@ class EmbeddedSentinel(_LocalServer):
         result = subprocess.run([find_redis_server(), str(config), "--sentinel"], capture_output=True, text=True)
         if result.returncode != 0:
             raise ServerError(f"redis sentinel failed to start: {result.stderr or result.stdout}")
-        _wait_for_port(self.port, lambda: self.is_running() or not self.pid_file.exists(), log)
+        _wait_for_port(self.port, lambda: _starting_or_running(self.pid_file), log)
         return self.address
 
     def stop(self) -> None:
