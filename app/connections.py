@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -65,10 +64,10 @@ def ping(connection: Redis) -> float:
 class _Held:
     """A connection one thread keeps out of its pool; it goes back when the thread ends (its locals are dropped)."""
 
-    __slots__ = ("pool", "connection", "pid")
+    __slots__ = ("pool", "connection", "threads", "pid")
 
-    def __init__(self, pool, connection):
-        self.pool, self.connection, self.pid = pool, connection, os.getpid()
+    def __init__(self, pool, connection, threads: threading.local):
+        self.pool, self.connection, self.threads, self.pid = pool, connection, threads, os.getpid()
 
     def __del__(self):
         if self.pid == os.getpid():  # never touch a socket inherited across fork: the parent still uses it
@@ -88,53 +87,66 @@ def call_direct(client: Redis, *args):
     Redis errors are raised as they are. A Sentinel connection to a demoted master raises ConnectionError, so the
     command then goes to the new master. The kept connections live with the pool: `close()` disconnects them too.
     """
-    if client.connection is not None:  # a single-connection client serialises its own commands
-        return client.execute_command(*args)
-    with _held_connection(client) as connection:
-        connection.send_command(*args)
-        return connection.read_response()
-    return client.execute_command(*args)  # the kept connection failed on the way: redis-py's path, its retries
+    held = _kept(client)
+    if held is not None:
+        try:
+            held.connection.send_command(*args)
+            return held.connection.read_response()
+        except BaseException as exc:
+            if not _dropped(held, exc):
+                raise
+    return client.execute_command(*args)  # no kept connection, or it failed on the way: redis-py's path, retries
 
 
 def call_direct_many(client: Redis, calls: list[tuple]) -> list:
     """`call_direct` for several commands in one round trip (a pipeline without a transaction); returns their
     replies in order, a Redis error in place of its reply (raised by none: the caller decides)."""
-    if client.connection is None:
-        with _held_connection(client) as connection:
-            connection.send_packed_command(connection.pack_commands(calls))
+    held = _kept(client)
+    if held is not None:
+        try:
+            held.connection.send_packed_command(held.connection.pack_commands(calls))
             replies = []
             for _ in calls:
                 try:
-                    replies.append(connection.read_response())
+                    replies.append(held.connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
             return replies
+        except BaseException as exc:
+            if not _dropped(held, exc):
+                raise
     with client.pipeline(transaction=False) as pipe:
         for call in calls:
             pipe.execute_command(*call)
         return pipe.execute(raise_on_error=False)
 
 
-@contextlib.contextmanager
-def _held_connection(client: Redis):
-    """This thread's kept connection of `client`'s pool. A connection or timeout error in the block is swallowed
-    once the connection is dropped: the code after the block then takes redis-py's own path."""
+def _kept(client: Redis) -> _Held | None:
+    """This thread's kept connection of `client`'s pool, connected on first use; None when the client serialises
+    its own commands (a single-connection client) or no connection can be had now (redis-py's path retries)."""
+    if client.connection is not None:
+        return None
     pool = client.connection_pool
     threads = pool.__dict__.get("_bullrq_threads") or pool.__dict__.setdefault("_bullrq_threads", threading.local())
     held = getattr(threads, "held", None)
     if held is None or held.pid != os.getpid():
-        held = threads.held = _Held(pool, pool.get_connection())
-    try:
-        yield held.connection
-    except ResponseError:  # Redis answered (NOSCRIPT, a script's error): the connection is in step
-        raise
-    except BaseException as exc:
-        # dropped (and given back to the pool) whatever it was: after an exception raised half-way (a timeout, a
-        # signal handler's exception) a reply may still be on its way and would answer the next command
-        threads.held = None
-        held.connection.disconnect()
-        if not isinstance(exc, ConnectionError | TimeoutError | OSError):
-            raise
+        try:
+            held = _Held(pool, pool.get_connection(), threads)
+        except (ConnectionError, TimeoutError, OSError):
+            return None
+        threads.held = held
+    return held
+
+
+def _dropped(held: _Held, exc: BaseException) -> bool:
+    """After `exc` on a kept connection: drop the connection unless Redis answered (a Redis error leaves it in
+    step), since after an exception raised half-way (a timeout, a signal handler's) a reply may still be on its
+    way and would answer the next command. True when the command should go through redis-py's path instead."""
+    if isinstance(exc, ResponseError):
+        return False
+    held.threads.held = None  # given back to the pool when dropped
+    held.connection.disconnect()
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
 #: the only maxmemory-policy under which Redis never deletes a key on its own
