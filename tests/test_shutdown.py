@@ -61,3 +61,24 @@ def test_a_sigkilled_fork_worker_leaves_no_work_horse_running(redis_conn, worker
     finally:
         if _running(horse):  # our own grandchild: do not leave it behind
             os.kill(horse, signal.SIGKILL)
+
+
+def test_sigterm_to_an_idle_worker_as_work_arrives_leaves_no_job_taken_and_unrun(redis_conn, workers):
+    """An idle worker's dequeue rides behind its blocking wait: a SIGTERM landing as a job arrives must neither lose
+    the job taken meanwhile (leased, never run) nor start it. Each job either ran once before the stop, or waits
+    in its lane, unleased, for the next worker."""
+    keys = queue_keys("harvest")
+    for n in range(12):
+        name = f"idle-{n}"
+        workers.start("harvest", name=name)
+        job = enqueue(redis_conn, "semantics.record", {"tag": name}, {"queue": "harvest", "attempts": 1})
+        os.kill(workers.procs[name].pid, signal.SIGTERM)  # as the job arrives (the worker may be taking it)
+        assert workers.wait_exit(name, timeout=30) == 0
+        ran = runs(redis_conn, name)
+        if ran:
+            assert len(ran) == 1 and status(redis_conn, job.id) == "finished", n
+        else:
+            assert status(redis_conn, job.id) == "queued", n
+            assert redis_conn.lrange(keys.queue, 0, -1) == [job.id.encode()], n
+            redis_conn.delete(keys.queue)
+        assert redis_conn.zcard(keys.started) == 0, n  # no lease left for the recovery to count as an attempt

@@ -115,7 +115,6 @@ class BullWorker(Worker):
         self._exec_count = 1
         self._exec_id = f"{self._exec_prefix}1"  #: of the next dequeue; the same again while its reply is lost
         self._stopping = False
-        self._idle = False
         self.current: tuple[RunningJob, str] | None = None  #: the running job and its lease member
         #: the job and lease member this worker holds: from the dequeue until its finish is recorded (renewed all
         #: along, the time spent recording included), or until a renewal finds it gone
@@ -196,21 +195,17 @@ class BullWorker(Worker):
     def _wait_then_dequeue(self, rate_wait_ms: int) -> list:
         """Block on the queues' markers, then take the next job in the same round trip: the dequeue, sent behind
         the blocking pop, runs in Redis the moment the pop returns (work arrived, or the wait ran out)."""
+        if self._stopping:
+            return [0, -1]
         timeout = IDLE_WAIT if rate_wait_ms < 0 else max(0.01, min(IDLE_WAIT, rate_wait_ms / 1000))
-        self._idle = True
-        try:
-            if self._stopping:
-                return [0, -1]
 
-            def fill(pipe):
-                pipe.blpop(self._markers, timeout=timeout)
-                self._dequeue(pipe, stamped_by_redis=True)
+        def fill(pipe):
+            pipe.blpop(self._markers, timeout=timeout)
+            self._dequeue(pipe, stamped_by_redis=True)
 
-            reply = SCRIPTS.execute(self.connection, fill)[1]
-            self._dequeued_at = time.time()  # taken now, not when the wait began
-            return reply
-        finally:
-            self._idle = False
+        reply = SCRIPTS.execute(self.connection, fill)[1]
+        self._dequeued_at = time.time()  # taken now, not when the wait began
+        return reply
 
     def _dequeue(self, client, stamped_by_redis: bool = False) -> list:
         now = self._dequeued_at = time.time()
@@ -472,8 +467,8 @@ class BullWorker(Worker):
             raise _StopNow()
         self._stopping = True
         logger.info("worker %s: warm shutdown requested (%s)", self.name, signal.Signals(signum).name)
-        if self._idle:
-            raise _StopNow()
+        # not raised into an idle wait: the dequeue sent behind it may have taken a job whose reply is on its way.
+        # The wait ends within IDLE_WAIT, and a job taken meanwhile is given back untouched.
 
     def _on_timeout(self, signum, frame) -> None:
         if self._interruptible and self.current:
