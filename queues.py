@@ -9,6 +9,8 @@ RQ's own keys keep RQ's names and formats, so `rq info`, rq-scheduler and rq-das
     rq:wip:<q>              zset    running jobs, "<job id>:<execution id>" scored by the time their lease ends,
                             in milliseconds (app.runtime.leases)
     rq:scheduled:<q>        zset    delayed jobs and delayed retries, scored by the time they are due
+    rq:deferred:<q>         zset    jobs waiting for their parents (or their batch: callbacks), scored by creation
+    rq:job:<id>:dependents  set     ids of the deferred jobs that wait for job <id> (RQ's key); gone once it ends
     rq:finished:<q>         zset    completed jobs, scored by their expiry time (also failed:, canceled:)
     rq:job:<id>             hash    the job (RQ's fields, plus priority, attempts, dedup_key and progress)
     rq:results:<id>         stream  the job's results (RQ's format)
@@ -18,6 +20,8 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:paused       string  present while the queue is paused                                  no TTL
     bullrq:<q>:marker       list    at most one element: "work may be waiting", wakes idle workers        no TTL
     bullrq:<q>:limiter      string  jobs started in the current rate-limit window                   TTL: the window
+    bullrq:batch:<id>       hash    a batch: total, pending, completed, failed, canceled, state, its callbacks'
+                            job ids (app.runtime.flows)                            TTL: BATCH_TTL once it ends
     bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>   TTL: due + timeout + 7 d, freed at end
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
     bullrq:<q>:lease-clock  hash    seen: Redis time of the last look for expired leases; grace: its end  no TTL
@@ -44,6 +48,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.registry import (
     CanceledJobRegistry,
+    DeferredJobRegistry,
     FailedJobRegistry,
     FinishedJobRegistry,
     ScheduledJobRegistry,
@@ -70,6 +75,8 @@ SCHEDULER_TICK_KEY = f"{KEY_PREFIX}:scheduler:tick"
 PROCESS_RESTARTS_KEY = f"{KEY_PREFIX}:processes:restarts"
 #: RQ's set of known queue keys (`rq info` lists queues from it)
 QUEUES_SET = Queue.redis_queues_keys
+#: seconds a batch's hash is kept once its last job has ended
+BATCH_TTL = 7 * 24 * 3600
 #: what joins a queue's name and a priority in a lane's name: RQ's tools show lane 1 of `sync` as `sync:priority-1`
 LANE_INFIX = "priority-"
 
@@ -218,6 +225,15 @@ def results_key(job_id: str) -> str:
     return RESULTS_KEY_PREFIX + job_id
 
 
+def dependents_key(job_id: str) -> str:
+    """The set of the jobs that wait for job `job_id` (RQ's own key, so RQ's `Job.dependent_ids` reads it)."""
+    return Job.dependents_key_for(job_id)
+
+
+def batch_key(batch_id: str) -> str:
+    return ":".join((KEY_PREFIX, "batch", batch_id))
+
+
 def worker_commands_key(worker_name: str) -> str:
     return ":".join((KEY_PREFIX, "worker", worker_name, "commands"))
 
@@ -253,6 +269,10 @@ class QueueKeys:
         return CanceledJobRegistry.key_template.format(self.name)
 
     @property
+    def deferred(self) -> str:
+        return DeferredJobRegistry.key_template.format(self.name)
+
+    @property
     def workers(self) -> str:
         """RQ's set of the worker keys serving this queue."""
         return WORKERS_BY_QUEUE_KEY % self.name
@@ -273,6 +293,7 @@ class QueueKeys:
     def stats(self) -> str:
         return key(self.name, "stats")
 
+
     @property
     def lease_clock(self) -> str:
         return key(self.name, "lease-clock")
@@ -292,4 +313,3 @@ class QueueKeys:
     def legacy_lanes(self) -> dict[int, str]:
         """Where releases before lanes were named as RQ queues kept them (`bullrq:<q>:lane:<p>`), by priority."""
         return {p: key(self.name, "lane", str(p)) for p in PRIORITY_RANGE if p != NORMAL_PRIORITY}
-

@@ -55,6 +55,10 @@ class Task:
     queue: str | None  #: the queue its jobs go to by default; None: any queue, chosen per job
     validate: Callable[[dict], None] | None = None  #: raises InvalidJobError for bad data
 
+    def takes(self, argument: str) -> bool:
+        """Whether the handler has a parameter named `argument`."""
+        return argument in _signature(self.func).parameters
+
     def bind(self, data: dict) -> dict:
         """The keyword arguments for the handler from job data (camelCase keys become snake_case).
 

@@ -152,3 +152,22 @@ def fail_while(tag: str) -> str:
     if _redis().exists(f"test:broken:{tag}"):
         raise PermanentFailure(f"{tag} is broken")
     return "repaired"
+
+
+@task("semantics.parents", queue=None)
+def parents(tag: str) -> dict:
+    """Record the run; return what the job's parents returned (app.runtime.flows.parent_results)."""
+    from app.runtime.flows import parent_results  # noqa: PLC0415 - the helper under test, as a handler uses it
+
+    _record(tag)
+    return parent_results()
+
+
+@task("semantics.batch-done", queue=None)
+def batch_done(tag: str, batch_id: str) -> dict:
+    """A batch callback: record the run; return the batch's counts as the callback reads them."""
+    from app.runtime.flows import batch_status  # noqa: PLC0415
+
+    _record(tag)
+    status = batch_status(_redis(), batch_id)
+    return {name: status[name] for name in ("state", "total", "completed", "failed", "canceled")}

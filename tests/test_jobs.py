@@ -13,7 +13,7 @@ from app.runtime.jobs import State, state_of
     [
         (JobStatus.QUEUED, "waiting"),
         (JobStatus.SCHEDULED, "delayed"),
-        (JobStatus.DEFERRED, "delayed"),
+        (JobStatus.DEFERRED, "deferred"),
         (JobStatus.STARTED, "active"),
         (JobStatus.FINISHED, "completed"),
         (JobStatus.FAILED, "failed"),

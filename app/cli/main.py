@@ -12,13 +12,14 @@ import psycopg
 from redis.exceptions import RedisError
 
 from app.cli.alerts import alerts_group
+from app.cli.batches import batches_group
 from app.cli.common import EXIT_USAGE, check_eviction, connect_redis, fail, redis_option, settings, user_errors
 from app.cli.queues import jobs_group, queues_group
 from app.cli.schedules import schedules_group
 from app.connections import redis_from_url
 from app.errors import ConfigError
 from app.logs import configure_logging
-from app.runtime.enqueue import PRIORITIES, enqueue
+from app.runtime.enqueue import PARENT_FAILURE_MODES, PRIORITIES, enqueue
 from app.store.migrate import apply_migrations, migration_status
 
 
@@ -31,6 +32,7 @@ cli.add_command(queues_group)
 cli.add_command(jobs_group)
 cli.add_command(schedules_group)
 cli.add_command(alerts_group)
+cli.add_command(batches_group)
 
 
 @cli.command("enqueue")
@@ -40,15 +42,20 @@ cli.add_command(alerts_group)
 @click.option("--priority", default=None, help=f"{' | '.join(PRIORITIES)} or 1 (first) to 10.")
 @click.option("--delay", default=None, type=float, help="Seconds to wait before the job may start.")
 @click.option("--dedup", default=None, help="Dedup key: while a job with this key is pending, print its id instead.")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="JOB_ID",
+              help="Wait until this job has completed (repeatable).")
+@click.option("--on-parent-failure", type=click.Choice(PARENT_FAILURE_MODES), default=None,
+              help="When a parent fails or is canceled: fail (default), cancel, or ignore (run anyway).")
 @redis_option
 @user_errors
-def enqueue_command(task_type, data, queue, priority, delay, dedup):
+def enqueue_command(task_type, data, queue, priority, delay, dedup, depends_on, on_parent_failure):
     """Enqueue a job of registered type TASK_TYPE and print its id."""
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         fail(f"--data is not valid JSON: {exc}", EXIT_USAGE)
-    options = {"queue": queue, "delay": delay, "jobId": dedup}
+    options = {"queue": queue, "delay": delay, "jobId": dedup, "dependsOn": list(depends_on) or None,
+               "onParentFailure": on_parent_failure}
     if priority is not None:
         options["priority"] = int(priority) if priority.isdigit() else priority
     config = settings()

@@ -19,7 +19,7 @@ from app.runtime.jobs import State, state_of
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.rows import stream_cap
-from app.tasks import get_queue_spec, queue_keys
+from app.tasks import queue_keys
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, job_key, worker_commands_key
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def cancel(connection: Redis, job_id: str) -> str:
     outcome = SCRIPTS.cancel(
         connection,
         [job_key(job_id), keys.scheduled, keys.canceled, keys.stats, *keys.lanes, HISTORY_STREAM],
-        [job_id, now, rq_time(now), get_queue_spec(queue).failure_ttl, stream_cap()],
+        [job_id, now, rq_time(now), stream_cap()],
     ).decode()
     if outcome == "started" and worker:
         command_key = worker_commands_key(worker.decode())
@@ -222,8 +222,8 @@ def delete(connection: Redis, job_id: str) -> str:
             for lane in keys.lanes:
                 pipe.lrem(lane, 0, job_id)
             taken = any(pipe.execute())
-    elif state is State.DELAYED:
-        taken = bool(connection.zrem(keys.scheduled, job_id))
+    elif state in (State.DELAYED, State.DEFERRED):
+        taken = bool(connection.zrem(keys.scheduled if state is State.DELAYED else keys.deferred, job_id))
     elif state in (State.COMPLETED, State.FAILED, State.CANCELED):
         connection.zrem({State.COMPLETED: keys.finished, State.FAILED: keys.failed}.get(state, keys.canceled), job_id)
         taken = True
@@ -269,7 +269,7 @@ def _delete(connection: Redis, registry: str, job_ids: list[str]) -> list[str]:
 def _delete_jobs(connection: Redis, job_ids: list[str]) -> None:
     """Delete the jobs and their results; a dedup key goes only while its job still holds it (compared in Lua)."""
     if job_ids:
-        SCRIPTS.delete(connection, [], [JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, *job_ids])
+        SCRIPTS.delete(connection, [], [JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, stream_cap(), *job_ids])
 
 
 def _decode(values) -> list[str]:

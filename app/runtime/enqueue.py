@@ -23,6 +23,7 @@ from app.errors import InvalidJobError, JobDataTooLargeError
 from app.runtime.jobs import BullJob, fetch_job
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
+from app.store.rows import stream_cap
 from app.tasks import get_queue_spec, get_task, queue_keys
 from queues import JOB_KEY_PREFIX, QUEUES_SET, Backoff, BackoffType
 
@@ -33,7 +34,14 @@ PRIORITIES = {"high": 1, "normal": 5, "low": 10}
 #: seconds: the longest delay or timeout an option may ask for (30 days)
 MAX_SECONDS = 30 * 24 * 3600
 MAX_ATTEMPTS = 100
-_OPTION_NAMES = ("queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId")
+_OPTION_NAMES = (
+    "queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId", "dependsOn", "onParentFailure",
+)  # fmt: skip
+#: what a job does when a parent fails for good or is canceled: end failed (naming it), end canceled, or run anyway
+PARENT_FAILURE_MODES = ("fail", "cancel", "ignore")
+#: parents one job may wait for
+MAX_PARENTS = 100
+_JOB_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
 _DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
 _JITTER = random.Random()
 #: seconds a dedup key outlives its job's due time plus timeout (it is freed as soon as its job ends): the key's
@@ -59,10 +67,13 @@ class JobOptions:
     backoff: Backoff | None = None
     timeout: int | None = None  #: seconds
     dedup: str | None = None  #: a second job with this key, while the first is pending, is not created
+    depends_on: tuple[str, ...] = ()  #: ids of jobs that must complete first; the job waits "deferred" until then
+    on_parent_failure: str = "fail"  #: when a parent fails for good or is canceled: fail | cancel | ignore
 
     @classmethod
     def parse(cls, raw: dict | None) -> JobOptions:
-        """Options from their JSON form (`{"queue", "priority", "delay", "attempts", "backoff", "timeout"}`).
+        """Options from their JSON form (`{"queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId",
+        "dependsOn", "onParentFailure"}`).
 
         Raises:
             InvalidJobError: an option is unknown or out of range; the message names it.
@@ -82,6 +93,13 @@ class JobOptions:
             if not isinstance(queue, str):
                 raise InvalidJobError("option 'queue' must be a queue name")
             get_queue_spec(queue)
+        depends_on = _parents(raw.get("dependsOn"))
+        mode = "fail" if raw.get("onParentFailure") is None else raw["onParentFailure"]
+        if mode not in PARENT_FAILURE_MODES:
+            raise InvalidJobError("option 'onParentFailure' must be fail, cancel or ignore")
+        if depends_on and raw.get("delay"):
+            raise InvalidJobError("options 'delay' and 'dependsOn' cannot be combined: a dependent job runs as soon "
+                                  "as its parents have completed")
         return cls(
             queue=queue,
             priority=_priority(raw.get("priority")),
@@ -90,7 +108,20 @@ class JobOptions:
             backoff=_backoff(raw.get("backoff")),
             timeout=_integer(raw, "timeout", 1, MAX_SECONDS),
             dedup=dedup,
+            depends_on=depends_on,
+            on_parent_failure=mode,
         )
+
+
+def _parents(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list) or not 1 <= len(value) <= MAX_PARENTS
+            or not all(isinstance(v, str) and _JOB_ID.match(v) for v in value)):  # fmt: skip
+        raise InvalidJobError(f"option 'dependsOn' must be a job id or a list of 1 to {MAX_PARENTS} job ids")
+    return tuple(dict.fromkeys(value))
 
 
 def _number(raw: dict, name: str, low: float, high: float) -> float | None:
@@ -248,6 +279,23 @@ def enqueue_many(connection: Redis, requests: list[tuple[str, dict | None, JobOp
     return _submit(connection, [_prepare(*request) for request in requests])[0]
 
 
+def request_from_json(body: Any, what: str = "") -> tuple[str, Any, Any]:
+    """(type, data, options) of a job's JSON form `{"type", "data", "options"}` (data and options are checked when
+    the job is prepared); `what` names the job in errors.
+
+    Raises:
+        InvalidJobError: `body` is not of that form.
+    """
+    if not isinstance(body, dict):
+        raise InvalidJobError(f"{what}a job must be a JSON object: {{type, data, options}}")
+    if not isinstance(body.get("type"), str):
+        raise InvalidJobError(f"{what}'type' (a registered task type) is required")
+    unknown = sorted(set(body) - {"type", "data", "options"})
+    if unknown:
+        raise InvalidJobError(f"{what}unknown field {unknown[0]!r}; fields: type, data, options")
+    return body["type"], body.get("data"), body.get("options")
+
+
 class _Request(NamedTuple):
     id: str
     queue: str
@@ -255,15 +303,41 @@ class _Request(NamedTuple):
     fields: dict
     keys: list
     args: list
+    parents: tuple[str, ...] = ()
+
+
+def check_parents(connection: Redis, requests: list[_Request]) -> None:
+    """Raise InvalidJobError for the first parent that is neither in Redis nor one of the earlier `requests` (one
+    round trip, only when a request has parents): nothing is sent while one is missing."""
+    wanted = list(dict.fromkeys(p for request in requests for p in request.parents))
+    if not wanted:
+        return
+    with connection.pipeline(transaction=False) as pipe:
+        for parent in wanted:
+            pipe.exists(JOB_KEY_PREFIX + parent)
+        exists = dict(zip(wanted, pipe.execute(), strict=True))
+    earlier: set[str] = set()
+    for request in requests:
+        for parent in request.parents:
+            if not exists[parent] and parent not in earlier:
+                raise missing_parent(parent)
+        earlier.add(request.id)
+
+
+def missing_parent(parent: str) -> InvalidJobError:
+    return InvalidJobError(f"option 'dependsOn': no job {parent!r} (it never existed, or it ended and expired)")
 
 
 def _submit(
     connection: Redis, requests: list[_Request], wait_replicas: int = 0, wait_timeout: float = 1.0
 ) -> tuple[list[Enqueued], int | None]:
     """Send the requests in one round trip; returns their outcomes and, with `wait_replicas`, WAIT's answer."""
+    check_parents(connection, requests)
     if len(requests) == 1 and not wait_replicas:  # the common case, without a pipeline's own cost
         request = requests[0]
         created, job_id = SCRIPTS.enqueue(connection, request.keys, request.args)
+        if created == -1:  # expired since it was checked
+            raise missing_parent(job_id.decode())
         return [Enqueued(job_id.decode(), request.queue, request.type, bool(created))], None
 
     def fill(pipe):
@@ -273,6 +347,9 @@ def _submit(
             pipe.execute_command("WAIT", wait_replicas, max(1, int(wait_timeout * 1000)))
 
     replies = SCRIPTS.execute(connection, fill)
+    for created, job_id in replies[: len(requests)]:
+        if created == -1:
+            raise missing_parent(job_id.decode())
     outcomes = [
         Enqueued(job_id.decode(), request.queue, request.type, bool(created))
         for request, (created, job_id) in zip(requests, replies[: len(requests)], strict=True)
@@ -287,8 +364,12 @@ def _prepare(
     schedule_id: str | None = None,
     schedule_slot: float | None = None,
     job_id: str | None = None,
+    batch_id: str | None = None,
+    held: bool = False,
 ) -> _Request:
-    """Validate one request and build its job hash (RQ's layout), script keys and arguments; no Redis call."""
+    """Validate one request and build its job hash (RQ's layout), script keys and arguments; no Redis call.
+
+    `batch_id`: the batch the job joins (counted into it), or with `held`, whose end releases it (a callback)."""
     task = get_task(task_type)
     opts = options if isinstance(options, JobOptions) else JobOptions.parse(options)
     kwargs = task.bind({} if data is None else data)
@@ -330,6 +411,11 @@ def _prepare(
         fields["schedule_id"] = schedule_id
     if schedule_slot is not None:
         fields["schedule_slot"] = rq_time(schedule_slot)
+    if opts.depends_on:  # RQ's fields, so RQ's Job and rq-dashboard show the parents
+        fields["dependency_ids"] = _JOB_DATA.encode(list(opts.depends_on))
+        fields["on_parent_failure"] = opts.on_parent_failure
+    if batch_id:
+        fields["batch_id"] = batch_id
     if attempts > 1:
         fields["retries_left"] = attempts - 1
         intervals = retry_intervals(opts.backoff or spec.backoff, attempts - 1)
@@ -341,5 +427,6 @@ def _prepare(
         fields["dedup_ttl"] = dedup_ttl = fields["timeout"] + DEDUP_TTL  # past the job's due time
         script_keys.append(fields["dedup_key"])
     flat = [item for pair in fields.items() for item in pair]
-    args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), JOB_KEY_PREFIX, *flat]
-    return _Request(job_id, queue_name, task.name, fields, script_keys, args)
+    args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), stream_cap(),
+            len(opts.depends_on), *opts.depends_on, opts.on_parent_failure, batch_id or "", int(held), *flat]
+    return _Request(job_id, queue_name, task.name, fields, script_keys, args, opts.depends_on)

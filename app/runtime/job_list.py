@@ -26,6 +26,8 @@ def _sources(queue: str, state: State) -> list[tuple[str, str]]:
         return [("leased", keys.started)]  # entries whose lease ran out belong to dead workers, about to recover
     if state is State.DELAYED:
         return [("ascending", keys.scheduled)]  # soonest first
+    if state is State.DEFERRED:
+        return [("ascending", keys.deferred)]  # oldest first
     registry = {State.COMPLETED: keys.finished, State.FAILED: keys.failed, State.CANCELED: keys.canceled}[state]
     return [("descending", registry)]  # scored by expiry: newest first
 

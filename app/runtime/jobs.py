@@ -30,6 +30,7 @@ class State(StrEnum):
 
     WAITING = "waiting"
     DELAYED = "delayed"
+    DEFERRED = "deferred"  #: waits for the jobs it depends on (or, a batch's callback, for its batch)
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -39,7 +40,7 @@ class State(StrEnum):
 _STATE_OF_STATUS = {
     JobStatus.CREATED: State.WAITING,  # between create_job and its enqueue
     JobStatus.QUEUED: State.WAITING,
-    JobStatus.DEFERRED: State.DELAYED,
+    JobStatus.DEFERRED: State.DEFERRED,
     JobStatus.SCHEDULED: State.DELAYED,
     JobStatus.STARTED: State.ACTIVE,
     JobStatus.FINISHED: State.COMPLETED,
@@ -58,7 +59,8 @@ class BullJob(Job):
     """An RQ job whose function is looked up in the task registry, never imported by path.
 
     Besides RQ's fields its hash holds `priority`, `attempts` (total tries allowed), `dedup_key`, `progress`,
-    `earlier_attempts` and `last_attempt`.
+    `earlier_attempts`, `last_attempt` and, for flows (app.runtime.flows), `on_parent_failure`, `deps_pending`,
+    `has_dependents` and `batch_id`.
     """
 
     priority: int = NORMAL_PRIORITY
@@ -67,6 +69,7 @@ class BullJob(Job):
     progress: dict | None = None
     earlier_attempts: int = 0  #: tries made before a retry-failed put the job back with its attempts reset
     last_attempt: int = 0  #: the number of the last try that ended
+    batch_id: str | None = None  #: the batch it belongs to
     created: bool = True  #: False when `enqueue` returned an earlier job holding the same dedup key
 
     def __init__(self, *args, **kwargs):
@@ -82,6 +85,7 @@ class BullJob(Job):
         self.progress = json.loads(raw_data[b"progress"]) if raw_data.get(b"progress") else None
         self.earlier_attempts = int(raw_data.get(b"earlier_attempts") or 0)
         self.last_attempt = int(raw_data.get(b"last_attempt") or 0)
+        self.batch_id = raw_data[b"batch_id"].decode() if raw_data.get(b"batch_id") else None
 
     @property
     def attempt(self) -> int:
@@ -257,6 +261,8 @@ def describe_job(job: BullJob) -> dict:
             error = latest.exc_string
         else:
             last_error = latest.exc_string
+    elif state in (State.FAILED, State.CANCELED) and job._exc_info:  # ended without running: a parent failed
+        error = job._exc_info
     try:
         task_type, data = job.func_name, job.kwargs
     except DeserializationError:  # planted or corrupted data: show the job, not a 500
@@ -282,6 +288,8 @@ def describe_job(job: BullJob) -> dict:
         "enqueued_at": _iso(job.enqueued_at),
         "started_at": _iso(job.started_at),
         "ended_at": _iso(job.ended_at),
+        "depends_on": list(job._dependency_ids),
+        "batch_id": job.batch_id,
     }
 
 

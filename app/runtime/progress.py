@@ -32,6 +32,11 @@ def current_job():
     return _current.get("job")
 
 
+def current_connection():
+    """The Redis client the running job's worker uses, or None outside a job."""
+    return _current.get("connection")
+
+
 def report(
     percent: float | None = None,
     message: str | None = None,

@@ -1,14 +1,18 @@
 """The Lua scripts of `app/runtime/lua/`, called by SHA (each runs atomically, in one round trip).
 
 Each file is `<verb>-<number of keys>.lua` ("n" when the count varies) and opens with its KEYS, ARGV and return
-value. Callers pass keys built by `queues.py`: `SCRIPTS.dequeue(client, keys, args)`, where `client` is a Redis
-client or a pipeline. redis-py's own Script objects ask Redis whether the script is loaded before every pipeline
-(one more round trip per job); these load once and again only when Redis answers NOSCRIPT (after a restart).
+value. A line `--#include <name>` takes in `lua/include/<name>.lua` (once per script), or for `keys` the key
+families of queues.py, for the keys shared code builds itself (a dependent job's lane, a batch's hash).
+Callers pass keys built by `queues.py`: `SCRIPTS.dequeue(client, keys, args)`, where `client` is a Redis client
+or a pipeline. redis-py's own Script objects ask Redis whether the script is loaded before every pipeline (one more
+round trip per job); these load once and again only when Redis answers NOSCRIPT (after a restart).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +21,10 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from app.connections import call_direct, call_direct_many
+from queues import BATCH_TTL, HISTORY_STREAM, PRIORITY_RANGE, QUEUES_SET, QueueKeys, batch_key, dependents_key, job_key
 
 LUA_DIR = Path(__file__).parent / "lua"
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 #: commands whose replies are used as Redis sends them (redis-py parses nothing for them, or they are not read)
 _RAW_REPLIES = frozenset({"EVALSHA", "WAIT", "BLPOP"})
 
@@ -28,7 +34,7 @@ class LuaScript:
 
     def __init__(self, path: Path, scripts: Scripts):
         self.name = path.stem.rsplit("-", 1)[0]
-        self.source = path.read_text()
+        self.source = _with_includes(path.read_text(), set())
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         self._scripts = scripts
 
@@ -41,6 +47,38 @@ class LuaScript:
         except NoScriptError:
             self._scripts.load(client)
             return call_direct(client, "EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def _with_includes(source: str, included: set[str]) -> str:
+    def include(match: re.Match) -> str:
+        name = match[1]
+        if name in included:
+            return ""
+        included.add(name)
+        if name == "keys":
+            return key_families()
+        return _with_includes((LUA_DIR / "include" / f"{name}.lua").read_text(), included)
+
+    return _INCLUDE.sub(include, source)
+
+
+def key_families() -> str:
+    """Lua: KEY_PREFIX and KEY_SUFFIX, what comes before and after a queue name or an id in each key family of
+    queues.py (read off keys built for a marker name, so queues.py stays the one place that spells them), and the
+    constants."""
+    mark = "\x00"
+    keys = QueueKeys(mark)
+    families = {
+        "job": job_key(mark), "dependents": dependents_key(mark), "batch": batch_key(mark), "queue": keys.queue,
+        "deferred": keys.deferred, "failed": keys.failed, "canceled": keys.canceled, "stats": keys.stats,
+        "marker": keys.marker, **{f"lane{p}": keys.lane(p) for p in PRIORITY_RANGE},
+    }  # fmt: skip
+    parts = {name: key.split(mark) for name, key in families.items()}
+    prefixes = ", ".join(f"{name} = {json.dumps(prefix)}" for name, (prefix, _) in parts.items())
+    suffixes = ", ".join(f"{name} = {json.dumps(suffix)}" for name, (_, suffix) in parts.items())
+    return (f"local KEY_PREFIX = {{{prefixes}}}\nlocal KEY_SUFFIX = {{{suffixes}}}\n"
+            f"local QUEUES_SET, HISTORY_STREAM, BATCH_TTL = {json.dumps(QUEUES_SET)}, {json.dumps(HISTORY_STREAM)}, "
+            f"{BATCH_TTL}\n")
 
 
 class Scripts:
@@ -61,6 +99,7 @@ class Scripts:
     requeue: LuaScript
     delete: LuaScript
     compact: LuaScript
+    seal: LuaScript
 
     def load(self, connection: Redis) -> None:
         """Load every script into Redis's script cache: after any NOSCRIPT, all of them, so a pipeline never finds

@@ -14,7 +14,8 @@ from queues import QUEUES
 def queue_stats(connection: Redis) -> dict:
     """Every queue's counts and controls: `{"queues": {name: {...}}, "workers": n}` (SPEC's stats shape).
 
-    Per queue: waiting, active, delayed, completed, failed, canceled (jobs now in each state), paused, workers,
+    Per queue: waiting, active, delayed, deferred, completed, failed, canceled (jobs now in each state), paused,
+    workers,
     the concurrency cap and rate limit with their current use, and totals counted since the queue began.
     """
     now = time.time()
@@ -27,6 +28,7 @@ def queue_stats(connection: Redis) -> dict:
         pipe.zcount(keys.started, lease_score(now), "+inf")
         pipe.zcard(keys.started)
         pipe.zcard(keys.scheduled)
+        pipe.zcard(keys.deferred)
         pipe.zcard(keys.finished)
         pipe.zcard(keys.failed)
         pipe.zcard(keys.canceled)
@@ -41,14 +43,15 @@ def queue_stats(connection: Redis) -> dict:
     for name in names:
         spec = QUEUES[name]
         lanes = [next(replies) for _ in range(10)]
-        active, leased, delayed, completed, failed, canceled, paused, used, reset_ms, totals, workers = (
-            next(replies) for _ in range(11)
+        active, leased, delayed, deferred, completed, failed, canceled, paused, used, reset_ms, totals, workers = (
+            next(replies) for _ in range(12)
         )
         worker_keys[name] = [w.decode() for w in workers]
         result[name] = {
             "waiting": sum(lanes),
             "active": active,
             "delayed": delayed,
+            "deferred": deferred,  #: waiting for their parents or their batch
             "completed": completed,
             "failed": failed,
             "canceled": canceled,

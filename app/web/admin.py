@@ -11,7 +11,8 @@ from flask import Blueprint, current_app, jsonify, request
 from app.connections import eviction_policy, eviction_problem
 from app.errors import InvalidJobError, JobStateError
 from app.runtime import control
-from app.runtime.enqueue import enqueue
+from app.runtime.enqueue import enqueue, request_from_json
+from app.runtime.flows import batch_from_json, batch_status, create_batch
 from app.runtime.job_list import list_jobs
 from app.runtime.jobs import State, describe_job, fetch_job
 from app.runtime.stats import queue_stats
@@ -24,7 +25,7 @@ from app.web.auth import require_token
 from app.web.db import get_db
 from app.web.errors import ApiError
 from app.web.params import json_body, openapi_document, optional, page, refuse_unknown_query
-from queues import queue_names
+from queues import BATCH_TTL, queue_names
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_token)
@@ -65,13 +66,7 @@ ACTION_FIELDS = {
 
 def _create_job(body: dict):
     """Create a job of a registered type: 201 with its id, or 200 with the earlier job's id on a dedup hit."""
-    task_type = body.get("type")
-    if not isinstance(task_type, str):
-        raise ApiError(400, "invalid_request", "'type' (a registered task type) is required")
-    unknown = sorted(set(body) - {"type", "data", "options"})
-    if unknown:
-        raise ApiError(400, "invalid_request", f"unknown field {unknown[0]!r}; fields: type, data, options")
-    job = enqueue(_redis(), task_type, body.get("data"), body.get("options"))
+    job = enqueue(_redis(), *request_from_json(body))
     return jsonify(jobId=job.id, queue=job.origin, type=job.func_name, created=job.created), (
         201 if job.created else 200
     )
@@ -232,6 +227,24 @@ def jobs_stats():
 def jobs_create():
     """Create a job of a registered task type."""
     return _create_job(json_body())
+
+
+@bp.post("/batches")
+def batches_create():
+    """Create a batch: its jobs, and callbacks run once when every job has ended (onComplete) or completed
+    (onSuccess)."""
+    batch = create_batch(_redis(), **batch_from_json(json_body()))
+    return jsonify(batchId=batch.id, jobIds=batch.job_ids, callbacks=batch.callbacks), 201
+
+
+@bp.get("/batches/<batch_id>")
+def batch_show(batch_id: str):
+    """A batch's counts (total, pending, completed, failed, canceled), state and callbacks."""
+    shown = batch_status(_redis(), batch_id)
+    if shown is None:
+        raise ApiError(404, "batch_not_found",
+                       f"no batch {batch_id!r} (never created, or ended over {BATCH_TTL // 86400} days ago)")
+    return jsonify(shown)
 
 
 @bp.get("/jobs")

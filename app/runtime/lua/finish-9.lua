@@ -14,7 +14,9 @@
   Returns 1; 0 when the lease was no longer held (the job was recovered elsewhere): nothing is changed; -1 when
   the job itself is gone (Redis was flushed, or the job deleted while it ran): only the run's history row is
   added, so the run does not stay `started` in the history.
+  A job that ends for good (not retried) moves on the jobs that wait for it and counts into its batch (flows).
 ]]
+--#include flows
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then
   local gone = redis.call('EXISTS', KEYS[1]) == 0
   if redis.call('HGET', KEYS[3], 'lease') == ARGV[2] then
@@ -55,8 +57,11 @@ if outcome == 'retried' then
     if redis.call('TTL', dedup) < hold then redis.call('EXPIRE', dedup, math.ceil(hold)) end
   end
 else
-  local dedup = redis.call('HGET', KEYS[1], 'dedup_key')
-  if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+  local f = redis.call('HMGET', KEYS[1], 'dedup_key', 'has_dependents', 'batch_id')
+  if f[1] and redis.call('GET', f[1]) == id then redis.call('DEL', f[1]) end
+  if f[2] or f[3] then
+    settle(id, outcome, {now = now, stamp = ARGV[5], cap = tonumber(ARGV[9])}, {f[2], f[3]})
+  end
   if keep == 0 then
     redis.call('DEL', KEYS[1])
   elseif keep < 0 then

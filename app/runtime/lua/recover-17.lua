@@ -17,9 +17,11 @@
   ARGV[6] "1": the lost run counts as an attempt      ARGV[7] error text recorded on the job
   ARGV[8] history stream cap (0: history is off)
   ARGV[9] seconds without a look after which expired leases get a grace   ARGV[10] that grace, seconds
-  A job canceled while it ran (`cancel_requested`) goes to the canceled set instead.
+  A job canceled while it ran (`cancel_requested`) goes to the canceled set instead. A job that ends moves on the
+  jobs that wait for it and counts into its batch (flows).
   Returns a flat list: job id, "requeued" | "failed" | "canceled", ...
 ]]
+--#include flows
 local members = {}
 if ARGV[5] == 'expired' then
   local t = redis.call('TIME')
@@ -44,6 +46,7 @@ local function end_job(job, id, status, text, registry)
   redis.call('HINCRBY', KEYS[4], status, 1)
   local dedup = redis.call('HGET', job, 'dedup_key')
   if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
+  settle(id, status, {now = tonumber(ARGV[1]), stamp = ARGV[2], cap = tonumber(ARGV[8])})
 end
 
 local out = {}

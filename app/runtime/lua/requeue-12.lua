@@ -8,8 +8,9 @@
   ARGV[4..] job ids
   Returns the ids requeued (ids not in the registry, or whose job is gone, are skipped). A requeued job takes its
   dedup key back, unless another pending job holds it meanwhile (then that one keeps it). A cancel request was spent
-  on the run it stopped: the new run starts without it.
+  on the run it stopped: the new run starts without it. A job of a batch that has not ended is pending in it again.
 ]]
+--#include flows
 local live = {queued = true, scheduled = true, started = true, deferred = true, created = true}
 local out = {}
 for i = 4, #ARGV do
@@ -20,6 +21,14 @@ for i = 4, #ARGV do
     local left = tonumber(redis.call('HGET', job, 'retries_left') or '0') or 0
     redis.call('HINCRBY', job, 'earlier_attempts', math.max(1, attempts - left))
     local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
+    local was = redis.call('HMGET', job, 'status', 'batch_id')
+    if was[2] then
+      local batch = key_of('batch', was[2])
+      local state = redis.call('HGET', batch, 'state')
+      if (state == 'creating' or state == 'active') and redis.call('HINCRBY', batch, was[1], -1) >= 0 then
+        redis.call('HINCRBY', batch, 'pending', 1)
+      end
+    end
     redis.call('PERSIST', job)
     redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[1], 'retries_left', attempts - 1)
     redis.call('HDEL', job, 'ended_at', 'exc_info', 'cancel_requested')
