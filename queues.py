@@ -22,6 +22,11 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:<q>:limiter      string  jobs started in the current rate-limit window                   TTL: the window
     bullrq:batch:<id>       hash    a batch: total, pending, completed, failed, canceled, state, its callbacks'
                             job ids (app.runtime.flows)                            TTL: BATCH_TTL once it ends
+    bullrq:<q>:groups:<p>   zset    the groups with jobs waiting at priority p (and "" for the lane while it has
+                            jobs too), scored by their turn: workers take from them in rotation          no TTL
+    bullrq:<q>:group:<g>:<p>  list  waiting jobs of group g at priority p                               no TTL
+    bullrq:<q>:group-limits hash    group -> most of its jobs running at once, as its latest job asked   no TTL
+    bullrq:<q>:turn         string  the last turn given in the rings of groups                         no TTL
     bullrq:<q>:dedup:<key>  string  id of the job holding dedup key <key>   TTL: due + timeout + 7 d, freed at end
     bullrq:<q>:stats        hash    counters: completed, failed, retried, canceled, abandoned           no TTL
     bullrq:<q>:lease-clock  hash    seen: Redis time of the last look for expired leases; grace: its end  no TTL
@@ -156,6 +161,7 @@ class QueueSpec:
     result_ttl: int = 24 * 3600  #: seconds a finished job and its result are kept
     failure_ttl: int = 7 * 24 * 3600  #: seconds a failed job is kept in the failed registry
     concurrency: int | None = None  #: jobs running at once across all workers (None: no cap)
+    group_concurrency: int | None = None  #: jobs of one group (option `group`) running at once (None: no cap)
     rate_limit: RateLimit | None = None
     alerts: AlertSpec = field(default_factory=AlertSpec)
 
@@ -300,6 +306,25 @@ class QueueKeys:
 
     def dedup(self, dedup_key: str) -> str:
         return key(self.name, "dedup", dedup_key)
+
+    def ring(self, priority: int) -> str:
+        """The groups with jobs waiting at `priority`, in the order of their turns."""
+        return key(self.name, "groups", str(priority))
+
+    @property
+    def rings(self) -> list[str]:
+        return [self.ring(p) for p in PRIORITY_RANGE]
+
+    def group_lane(self, group: str, priority: int) -> str:
+        return key(self.name, "group", group, str(priority))
+
+    @property
+    def group_limits(self) -> str:
+        return key(self.name, "group-limits")
+
+    @property
+    def turn(self) -> str:
+        return key(self.name, "turn")
 
     def lane(self, priority: int) -> str:
         return self.queue if priority == NORMAL_PRIORITY else f"{self.queue}:{LANE_INFIX}{priority}"

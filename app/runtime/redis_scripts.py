@@ -63,20 +63,27 @@ def _with_includes(source: str, included: set[str]) -> str:
 
 
 def key_families() -> str:
-    """Lua: KEY_PREFIX and KEY_SUFFIX, what comes before and after a queue name or an id in each key family of
-    queues.py (read off keys built for a marker name, so queues.py stays the one place that spells them), and the
-    constants."""
-    mark = "\x00"
-    keys = QueueKeys(mark)
+    """Lua: KEY_PARTS, each key family of queues.py as the text around its names (a queue's name, a job's id, a
+    group's), read off keys built for marker names, so queues.py stays the one place that spells them; `key_of`
+    to build one; and the constants."""
+    queue, group = "\x00", "\x01"
+    keys = QueueKeys(queue)
     families = {
-        "job": job_key(mark), "dependents": dependents_key(mark), "batch": batch_key(mark), "queue": keys.queue,
+        "job": job_key(queue), "dependents": dependents_key(queue), "batch": batch_key(queue), "queue": keys.queue,
         "deferred": keys.deferred, "failed": keys.failed, "canceled": keys.canceled, "stats": keys.stats,
-        "marker": keys.marker, **{f"lane{p}": keys.lane(p) for p in PRIORITY_RANGE},
+        "marker": keys.marker, "turn": keys.turn, "group_limits": keys.group_limits,
+        **{f"lane{p}": keys.lane(p) for p in PRIORITY_RANGE}, **{f"ring{p}": keys.ring(p) for p in PRIORITY_RANGE},
+        **{f"group{p}": keys.group_lane(group, p) for p in PRIORITY_RANGE},
     }  # fmt: skip
-    parts = {name: key.split(mark) for name, key in families.items()}
-    prefixes = ", ".join(f"{name} = {json.dumps(prefix)}" for name, (prefix, _) in parts.items())
-    suffixes = ", ".join(f"{name} = {json.dumps(suffix)}" for name, (_, suffix) in parts.items())
-    return (f"local KEY_PREFIX = {{{prefixes}}}\nlocal KEY_SUFFIX = {{{suffixes}}}\n"
+    split = {name: ", ".join(json.dumps(part) for part in re.split(f"[{queue}{group}]", key))
+             for name, key in families.items()}  # fmt: skip
+    parts = ", ".join(f"{name} = {{{text}}}" for name, text in split.items())
+    return (f"local KEY_PARTS = {{{parts}}}\n"
+            "local function key_of(family, name, name2)\n"
+            "  local t = KEY_PARTS[family]\n"
+            "  if name2 then return t[1] .. name .. t[2] .. name2 .. t[3] end\n"
+            "  return t[1] .. name .. t[2]\n"
+            "end\n"
             f"local QUEUES_SET, HISTORY_STREAM, BATCH_TTL = {json.dumps(QUEUES_SET)}, {json.dumps(HISTORY_STREAM)}, "
             f"{BATCH_TTL}\n")
 

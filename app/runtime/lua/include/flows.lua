@@ -9,15 +9,13 @@
   its batch, which fires its callbacks when its last job has ended. Each transition happens once: under Redis'
   script atomicity, a status is checked before it is changed.
 
-  Keys are built from the families of queues.py (`keys`, generated at load): KEY_PREFIX and KEY_SUFFIX give each
-  around a queue name or an id; QUEUES_SET, HISTORY_STREAM and BATCH_TTL come with them. `clock` is
+  Keys are built with `key_of` from the families of queues.py (`keys`, generated at load); QUEUES_SET,
+  HISTORY_STREAM and BATCH_TTL come with them. `clock` is
   {now = epoch seconds, stamp = now in RQ's format, cap = history stream cap (0: history is off)}.
 ]]
 --#include keys
 --#include rq_time
-local function key_of(family, name)
-  return KEY_PREFIX[family] .. name .. KEY_SUFFIX[family]
-end
+--#include waiting
 
 -- The clock of a script that is not given one: Redis' own.
 local function redis_clock(cap)
