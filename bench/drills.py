@@ -23,6 +23,11 @@
        registry counts of `rq info --interval`, which run RQ's StartedJobRegistry.cleanup, and rq-dashboard's
        queue, worker and running-job endpoints): reading changes nothing; every abandoned run is taken back by
        bullrq alone, with its history row, and each job completes exactly once
+    j  batches with onSuccess/onComplete callbacks and chains of dependent jobs, workers SIGKILLed around the last
+       job of each batch (mid-run, and as it ends), during a callback and during a chain link: every callback job
+       is created once and released exactly once (reruns after a kill counted), no batch left unfinished, chains
+       run in order, each job completed once; and the time from the last job of a batch of 10,000 ending to its
+       callbacks starting (within 1 s) (bench/drill_flows.py)
 
 Each drill starts what it needs: a throwaway redis-server of its own, a database on one throwaway PostgreSQL shared
 by the drills of a run (both through `app.local.servers`), real worker processes (`workers run QUEUE --name N`, or
@@ -31,7 +36,7 @@ by the drills of a run (both through `app.local.servers`), real worker processes
 drill's own bookkeeping. A table per drill says what was submitted, acknowledged, completed once, run more than
 once, lost, and how long recovery took; the exit status is 1 when a promise was broken.
 
-    python -m bench.drills [a b c d e f g h i k] [--quick] [--jobs N] [--json]
+    python -m bench.drills [a b c d e f g h i j k] [--quick] [--jobs N] [--json]
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from app.scheduling.cron import Cron
 from app.scheduling.scheduler import LEADER_TTL, RENEW
 from app.store.history import CLAIM_AFTER, GROUP
 from app.tasks import queue_keys
+from bench.drill_flows import drill_j
 from bench.drill_kit import (
     ATTEMPTS,
     POLL,
@@ -730,7 +736,7 @@ def drill_b(servers: Servers, sizes: Sizes, logs: Path) -> Report:
 
 DRILLS: dict[str, Callable[[Servers, Sizes, Path], Report]] = {
     "a": drill_a, "b": drill_b, "c": drill_c, "d": drill_d, "e": drill_e, "f": drill_f, "g": drill_g, "h": drill_h,
-    "i": drill_i, "k": drill_k,
+    "i": drill_i, "j": drill_j, "k": drill_k,
 }  # fmt: skip
 
 
@@ -756,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         choices=[[], *DRILLS],
         metavar="DRILL",
-        help="drills to run, in order (a b c d e f g h i k; default: all)",
+        help="drills to run, in order (a b c d e f g h i j k; default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="small, bounded drills (the test suite's form)")
     parser.add_argument("--jobs", type=int, help="jobs of drill a")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.drill_flows import QUICK_FLOWS
 from bench.drills import QUICK
 from tests.fixtures import processes_with
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: drills run by each of the processes started side by side
-GROUPS = (["a", "b", "f"], ["c", "e", "d", "k"], ["g", "h", "i"])
+GROUPS = (["a", "b", "f"], ["c", "e", "d", "k"], ["g", "h", "i", "j"])
 
 
 #: seconds the groups may take together before their processes are killed
@@ -229,4 +230,36 @@ def test_k_reading_with_rq_info_and_rq_dashboard_during_kills_changes_nothing(re
     in_history, in_counter = map(int, figures["abandoned runs in history / in the queue's counter"].split(" / "))
     assert in_history == in_counter  # only bullrq's recover took abandoned runs back, each with its history row
     assert figures["run more than once (an abandoned run, then a retry)"] == in_history
+    assert report["ok"] and report["broken"] == []
+
+
+def _pair(figure: str) -> tuple[int, int]:
+    first, second = figure.split(" / ")
+    return int(first), int(second)
+
+
+def test_j_batch_callbacks_fire_exactly_once_and_chains_run_in_order_through_sigkills(reports):
+    report = reports["j"]
+    figures = _assert_every_job_completed_once(report)  # the jobs of the batches and chains
+    flows = QUICK_FLOWS
+    batches = flows.rounds * (len(flows.targets) - flows.targets.count("chain") + flows.plain_batches) + 1
+    assert figures["batches not ended (stuck)"] == 0, report
+    assert figures["batches in the wrong state"] == 0, report
+    completed, failed = _pair(figures["batches ended completed / failed (a job failed for good)"])
+    assert completed + failed == batches and failed > 0
+    assert _pair(figures["callback jobs created once (Redis) / callbacks"]) == (2 * batches, 2 * batches), report
+    fired, due = _pair(figures["callbacks fired exactly once / due to fire"])
+    assert fired == due == batches + completed, report  # every onComplete, and the onSuccess of completed batches
+    assert _pair(figures["onSuccess canceled unrun (batch failed) / due"]) == (failed, failed), report
+    assert figures["callbacks never released"] == 0, report
+    assert figures["callbacks released more than once"] == 0, report
+    # the kills landed where they were aimed: every held job and callback was running when its worker died
+    assert figures["SIGKILL: last job of a batch mid-run"] == flows.rounds * flows.targets.count("mid")
+    assert figures["SIGKILL: a callback mid-run"] == flows.rounds
+    assert figures["SIGKILL: a chain link mid-run"] == flows.rounds * flows.targets.count("chain")
+    assert figures["callbacks run again after a kill (at-least-once)"] >= flows.rounds  # the killed ones, rerun
+    edges = flows.rounds * flows.chains * flows.chain_length  # each chain's links, and its tail into the join
+    assert _pair(figures["chain links (parent -> child) run in order"]) == (edges, edges), report
+    done, doomed = _pair(figures["jobs failing for good, failed once"])
+    assert done == doomed == failed
     assert report["ok"] and report["broken"] == []
