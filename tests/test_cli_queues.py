@@ -43,6 +43,9 @@ def test_stats_counts_jobs_by_state_as_a_table_and_as_json(bullrq, redis_conn):
     for _ in range(3):
         enqueue(redis_conn, "system.ping", {}, {"queue": "reports"})
     enqueue(redis_conn, "system.ping", {}, {"queue": "reports", "delay": 600})
+    parent = enqueue(redis_conn, "system.ping", {}, {"queue": "harvest"})
+    for _ in range(2):  # waiting for their parent: deferred, not waiting
+        enqueue(redis_conn, "system.ping", {}, {"queue": "harvest", "dependsOn": [parent.id]})
     bullrq("queues", "pause", "sync")
 
     report = json.loads(bullrq("queues", "stats", "--json").output)
@@ -50,11 +53,14 @@ def test_stats_counts_jobs_by_state_as_a_table_and_as_json(bullrq, redis_conn):
     reports = report["queues"]["reports"]
     assert (reports["waiting"], reports["delayed"], reports["active"], reports["paused"]) == (3, 1, 0, False)
     assert report["queues"]["sync"]["paused"] is True and report["queues"]["sync"]["waiting"] == 0
+    assert (report["queues"]["harvest"]["waiting"], report["queues"]["harvest"]["deferred"]) == (1, 2)
 
     table = bullrq("queues", "stats").output.splitlines()
-    assert table[0].split() == ["QUEUE", "WAITING", "ACTIVE", "DELAYED", "COMPLETED", "FAILED", "WORKERS", "PAUSED"]
+    assert table[0].split() == ["QUEUE", "WAITING", "ACTIVE", "DELAYED", "DEFERRED", "COMPLETED", "FAILED", "WORKERS",
+                                "PAUSED"]  # fmt: skip
     rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
-    assert rows["reports"] == ["3", "0", "1", "0", "0", "0", "no"]
+    assert rows["reports"] == ["3", "0", "1", "0", "0", "0", "0", "no"]
+    assert rows["harvest"] == ["1", "0", "0", "2", "0", "0", "0", "no"]
     assert rows["sync"][-1] == "yes" and rows["harvest"][-1] == "no"
 
 

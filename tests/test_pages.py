@@ -18,6 +18,7 @@ from app.errors import PermanentFailure
 from app.local.servers import free_port
 from app.runtime.control import pause
 from app.runtime.enqueue import enqueue
+from app.runtime.flows import create_batch
 from app.runtime.jobs import fetch_job
 from app.runtime.worker import build_worker
 from app.scheduling.schedule_store import sync_declared
@@ -285,6 +286,90 @@ def test_markup_in_job_ids_data_and_errors_stays_text(person, db, redis_conn, da
     assert missing.status_code == 404 and "No job &lt;script&gt;x" in missing.get_data(as_text=True)
 
 
+def _flow(redis_conn) -> tuple[str, str, object]:
+    """In harvest: a waiting parent, a child deferred until it completes, and a batch of two jobs whose
+    onComplete callback is held (deferred) until both have ended. Returns (parent, child, batch)."""
+    parent = enqueue(redis_conn, "system.ping", {"echo": "parent"}, {"queue": "harvest"}).id
+    child = enqueue(redis_conn, "system.ping", {"echo": "child"}, {"queue": "harvest", "dependsOn": [parent]}).id
+    batch = create_batch(redis_conn, [("system.ping", {"echo": n}, {"queue": "harvest"}) for n in range(2)],
+                         on_complete=("system.ping", {"echo": "done"}, {"queue": "harvest"}))  # fmt: skip
+    return parent, child, batch
+
+
+def test_deferred_jobs_their_parents_and_batches_on_the_pages(person, db, redis_conn, database_url):
+    parent, child, batch = _flow(redis_conn)
+    held = batch.callbacks["onComplete"]
+    overview = person.get("/admin/").get_data(as_text=True)
+    harvest = re.search(r'<tr data-queue="harvest".*?</tr>', overview, re.S).group(0)
+    assert re.search(r'<td class="n deferred"><a href="/admin/jobs\?state=deferred&amp;queue=harvest#by-state">2</a>',
+                     harvest), harvest
+    assert re.search(r'<td class="n waiting">3</td>', harvest)
+    assert '<td class="n deferred">0</td>' in re.search(r'<tr data-queue="sync".*?</tr>', overview, re.S).group(0)
+
+    listed = person.get("/admin/jobs?state=deferred&queue=harvest").get_data(as_text=True)
+    assert re.findall(r'<tr data-job="([^"]+)"', listed.split('id="state-jobs"')[1].split("</table>")[0]) == [
+        child, held]  # oldest first
+    assert "2 deferred job(s) in harvest" in listed
+    everywhere = person.get("/admin/jobs?state=deferred").get_data(as_text=True)
+    assert "2 deferred job(s);" in everywhere and "<option selected>deferred</option>" in everywhere
+    assert "No deferred job in sync" in person.get("/admin/jobs?state=deferred&queue=sync").get_data(as_text=True)
+    waiting = person.get("/admin/jobs?state=waiting&queue=harvest").get_data(as_text=True)
+    assert waiting.count("<tr data-job=") == 3 and f'data-job="{parent}"' in waiting
+
+    shown = person.get(f"/admin/jobs?id={child}").get_data(as_text=True)
+    parents = shown.split('id="job-parents"')[1].split("</ul>")[0]
+    assert f'href="/admin/jobs?id={parent}"' in parents and 'class="status-waiting">waiting' in parents
+    assert 'class="status-deferred">deferred' in shown
+    assert f'href="/admin/jobs?id={child}"' in person.get(f"/admin/jobs?id={parent}").get_data(as_text=True).split(
+        'id="job-dependents"')[1]  # fmt: skip
+    member = person.get(f"/admin/jobs?id={batch.job_ids[0]}").get_data(as_text=True)
+    assert f'<dd id="job-batch"><a href="/admin/batches/{batch.id}">' in member
+
+    page = person.get(f"/admin/batches/{batch.id}")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'data-state="active"' in html
+    assert re.search(r'<td class="n total">2</td>\s*<td class="n pending">2</td>', html)
+    callback = html.split('data-callback="onComplete"')[1].split("</tr>")[0]
+    assert f'href="/admin/jobs?id={held}"' in callback and ">deferred<" in callback and "not yet" in callback
+    found = person.get(f"/admin/batches?id={batch.id}")
+    assert found.status_code == 303 and found.headers["Location"] == f"/admin/batches/{batch.id}"
+
+    _work(redis_conn, database_url, "harvest")
+    html = person.get(f"/admin/batches/{batch.id}").get_data(as_text=True)
+    assert 'data-state="completed"' in html and re.search(r'<td class="n completed">2</td>', html)
+    callback = html.split('data-callback="onComplete"')[1].split("</tr>")[0]
+    assert ">completed<" in callback and ">yes<" in callback
+    assert '<td class="n deferred">0</td>' in re.search(r'<tr data-queue="harvest".*?</tr>',
+                                                          person.get("/admin/").get_data(as_text=True), re.S).group(0)
+    assert "No deferred job in harvest" in person.get("/admin/jobs?state=deferred&queue=harvest").get_data(
+        as_text=True)  # fmt: skip
+
+
+def test_bad_job_and_batch_inputs_are_clear_4xx_pages(person, db, redis_conn):
+    cases = {
+        "/admin/jobs?state=bogus": 400, "/admin/jobs?state=": 200, "/admin/jobs?queue=harvest": 400,
+        "/admin/jobs?state=deferred&queue=nope": 400, "/admin/jobs?state=deferred&state_offset=x": 400,
+        "/admin/jobs?state=deferred&state_offset=-1": 400, "/admin/jobs?state=deferred&state_offset=99999999": 200,
+        "/admin/jobs?id=%00": 400, "/admin/jobs?id=" + "x" * 201: 400, "/admin/jobs?name=a%00b": 400,
+        "/admin/jobs?error=%00": 400, "/admin/jobs?state=deferred%00": 400, "/admin/jobs?offset=" + "9" * 30: 400,
+        "/admin/jobs?state=deferred&state_offset=" + "9" * 30: 400,
+        "/admin/jobs?state=deferred&state_offset=%C2%B2": 400,
+        "/admin/batches/nope": 404, "/admin/batches/%00": 400, "/admin/batches/" + "b" * 201: 400,
+        "/admin/batches/a%0Ab": 400, "/admin/batches?id=": 400, "/admin/batches": 400,
+        "/admin/batches/%C3%A9t%C3%A9": 404,
+        "/admin/batches/%3Cscript%3Ex": 404, "/admin/batches/a/b": 404, "/admin/batches/%FF%FE": 404,
+    }  # fmt: skip
+    for path, expected in cases.items():
+        response = person.get(path)
+        assert (response.status_code, response.mimetype) == (expected, "text/html"), (path, response.status_code)
+        if expected != 200:
+            assert b'id="error"' in response.data and b"An unexpected error" not in response.data, path
+    missing = person.get("/admin/batches/%3Cscript%3Ex").get_data(as_text=True)
+    assert "no batch &#39;&lt;script&gt;x&#39;" in missing and "<script>x" not in missing
+    assert "state must be one of waiting, delayed, deferred" in person.get("/admin/jobs?state=bogus").get_data(
+        as_text=True)  # fmt: skip
+
+
 def test_with_postgresql_down_the_overview_still_shows_the_queues(app, person):
     from app.local.servers import free_port
 
@@ -447,6 +532,80 @@ def test_job_data_with_markup_renders_inert_in_rq_dashboard(browser, site, redis
     assert page.locator("img[src=x]").count() == 0
 
 
+@pytest.mark.slow
+def test_follow_a_deferred_job_to_its_parent_and_its_batch_in_chromium(browser, site, redis_conn, database_url):
+    parent, child, batch = _flow(redis_conn)
+    held = batch.callbacks["onComplete"]
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    failures: list = []
+    page.on("response", lambda r: failures.append((r.status, r.url)) if r.status >= 400 else None)
+    _sign_in(page, site)
+    harvest = "#queues tr[data-queue=harvest]"
+    assert page.locator(f"{harvest} td.deferred").inner_text() == "2"
+
+    page.click(f"{harvest} td.deferred a")
+    page.wait_for_selector("#state-jobs tbody[data-count='2']")
+    assert page.locator("#state-count").inner_text().startswith("2 deferred job(s) in harvest")
+    assert [row.get_attribute("data-job") for row in page.locator("#state-jobs tbody tr").all()] == [child, held]
+    page.screenshot(path=str(ARTIFACTS / "pages-deferred.png"), full_page=True)
+
+    page.click(f"#state-jobs tr[data-job='{child}'] td:first-child a")
+    page.wait_for_selector("#job-parents")
+    assert "deferred" in page.locator("#job dd.status-deferred").inner_text()
+    assert "waiting" in page.locator(f"#job-parents li[data-job='{parent}']").inner_text()
+    page.click(f"#job-parents li[data-job='{parent}'] a")
+    page.wait_for_selector(f"#job-dependents li[data-job='{child}']")
+    assert page.locator("#job code").first.inner_text() == parent
+
+    page.fill("#batch-id", batch.id)
+    page.click("#batch-search button")
+    page.wait_for_selector("#batch-counts")
+    assert page.locator("#batch-state").inner_text() == "active"
+    assert page.locator("#batch-counts td.pending").inner_text() == "2"
+    assert "not yet" in page.locator("#batch-callbacks tr[data-callback=onComplete] .fired").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "pages-batch.png"), full_page=True)
+    page.click("#batch-callbacks tr[data-callback=onComplete] a")
+    page.wait_for_selector("#job-batch a")
+    assert page.locator("#job code").first.inner_text() == held
+
+    _work(redis_conn, database_url, "harvest")
+    page.click("#job-batch a")
+    page.wait_for_selector("#batch[data-state=completed]")
+    assert page.locator("#batch-counts td.completed").inner_text() == "2"
+    assert page.locator("#batch-callbacks tr[data-callback=onComplete] .fired").inner_text() == "yes"
+    assert not failures, failures
+
+
+@pytest.mark.slow
+def test_rq_dashboard_counts_lists_and_shows_deferred_jobs_in_chromium(browser, site, redis_conn):
+    parent, child, batch = _flow(redis_conn)
+    held = batch.callbacks["onComplete"]
+    dash = f"{site}/api/admin/queues"
+    failures: list = []
+    page = _dashboard_page(browser, site, failures)
+
+    page.goto(f"{dash}/")
+    deferred = "#queues tbody tr:has-text('harvest') a[href$='/harvest/deferred/8/asc/1']"
+    page.wait_for_selector(deferred)
+    assert page.locator(deferred).inner_text() == "2"
+    page.click(deferred)
+    page.wait_for_selector(f"tr[data-job-id='{held}']")
+    assert {row.get_attribute("data-job-id") for row in page.locator("tr[data-role=job]").all()} == {child, held}
+    page.screenshot(path=str(ARTIFACTS / "rq-dashboard-deferred.png"), full_page=True)
+
+    page.goto(f"{dash}/0/view/job/{child}")
+    page.wait_for_selector(f"#job-data a[href$='/view/job/{parent}']")
+    drawn = page.locator("#job-data").inner_text()
+    assert "deferred" in drawn and "harvest" in drawn and "(Expired)" not in drawn, drawn
+    page.click(f"#job-data a[href$='/view/job/{parent}']")
+    page.wait_for_selector(".description-scroll:has-text('system.ping')")
+    assert "queued" in page.locator("#job-data").inner_text()
+    page.goto(f"{dash}/0/view/job/{held}")
+    page.wait_for_selector(".description-scroll:has-text('system.ping')")
+    assert batch.id in page.locator("#job-data").inner_text()  # its metadata names its batch
+    assert not failures, failures
+
+
 def _dashboard_page(browser, site: str, failures: list):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.on("response", lambda r: failures.append((r.status, r.url)) if r.status >= 500 else None)
@@ -532,6 +691,9 @@ def test_the_overview_fits_a_1366_pixel_screen_without_scrolling_sideways(browse
                           for n in range(30) for queue in queue_names()])
     for _ in range(3):
         enqueue(redis_conn, "system.ping", {}, {"queue": "sync", "delay": 3600})
+    parent = enqueue(redis_conn, "system.ping", {}, {"queue": "sync"})
+    for _ in range(120):  # a three-figure deferred count, drawn as a link
+        enqueue(redis_conn, "system.ping", {}, {"queue": "sync", "dependsOn": [parent.id]})
     redis_conn.set(queue_keys("reports").paused, 1)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     _sign_in(page, site)

@@ -7,11 +7,12 @@ import subprocess
 import time
 
 import pytest
-from rq.registry import StartedJobRegistry
+from rq.registry import DeferredJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
 from app.runtime.control import pause
 from app.runtime.enqueue import enqueue
+from app.runtime.flows import create_batch
 from app.runtime.jobs import SERIALIZER, declare_queues
 from app.runtime.leases import lease_score, recover
 from app.runtime.stats import queue_stats
@@ -103,6 +104,34 @@ def test_rq_info_counts_every_waiting_job_of_every_priority_paused_or_not(redis_
     assert re.search(r"^notifications:priority-1\s+\|█*\s+3,", info.stdout, re.M), info.stdout  # a named lane
     total = int(re.search(r"(\d+) jobs total", info.stdout).group(1))
     assert total == sum(s["waiting"] for s in stats.values())
+
+
+def test_rq_info_counts_deferred_jobs_apart_and_rqs_registry_lists_them(redis_url, redis_conn):
+    parent = enqueue(redis_conn, "system.ping", {}, {"queue": "harvest"})
+    children = [enqueue(redis_conn, "system.ping", {"echo": n}, {"queue": "harvest", "dependsOn": [parent.id]})
+                for n in range(3)]  # fmt: skip
+    batch = create_batch(redis_conn, [("system.ping", {}, {"queue": "embeddings"})],
+                         on_complete=("system.ping", {}, {"queue": "embeddings"}))  # fmt: skip
+
+    info = _rq_info(redis_url, "--only-queues")
+    assert info.returncode == 0 and "Traceback" not in info.stderr, info.stdout + info.stderr
+    stats = queue_stats(redis_conn)["queues"]
+    assert (stats["harvest"]["waiting"], stats["harvest"]["deferred"]) == (1, 3)
+    assert (stats["embeddings"]["waiting"], stats["embeddings"]["deferred"]) == (1, 1)  # its callback is held
+    counted = _waiting_by_queue(info.stdout)
+    assert {name: counted.get(name, 0) for name in queue_names()} == {n: s["waiting"] for n, s in stats.items()}
+    assert int(re.search(r"(\d+) jobs total", info.stdout).group(1)) == 2  # deferred jobs are not waiting
+    # RQ's own registry class reads ours: the same ids, oldest first, and its cleanup leaves them be
+    harvest = DeferredJobRegistry("harvest", connection=redis_conn)
+    assert harvest.get_job_ids() == [child.id for child in children] and harvest.count == 3
+    assert DeferredJobRegistry("embeddings", connection=redis_conn).get_job_ids() == [batch.callbacks["onComplete"]]
+
+    build_worker(["harvest", "embeddings"], redis_conn, "info-deferred").work(burst=True)
+    info = _rq_info(redis_url, "--only-queues")
+    assert int(re.search(r"(\d+) jobs total", info.stdout).group(1)) == 0, info.stdout
+    assert re.search(r"^harvest\s+\|\S*\s*0, 0 executing, 4 finished, 0 failed", info.stdout, re.M), info.stdout
+    assert re.search(r"^embeddings\s+\|\S*\s*0, 0 executing, 2 finished", info.stdout, re.M), info.stdout
+    assert harvest.count == 0
 
 
 def _snapshot(connection) -> dict:

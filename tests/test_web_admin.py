@@ -354,7 +354,9 @@ def test_metrics_read_by_prometheus_client_and_promtool(api, redis_conn, databas
         write_rows(conn, [run_row(job_id="old", attempt=1, queue="reports", task="system.ping", status="completed",
                                   started_at=three_days_ago, ended_at=three_days_ago + 0.002)])
     _drain(redis_conn, database_url)
-    api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "options": {"queue": "reports"}})
+    waiting = api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "options": {"queue": "reports"}})
+    api.post("/api/admin/jobs", headers=AUTH, json={"type": "system.ping", "options": {
+        "queue": "reports", "dependsOn": [waiting.get_json()["jobId"]]}})  # deferred: waits for the one before
 
     _error(api.get("/metrics"), 401, "unauthorized")
     text, families = _scrape(api)
@@ -367,6 +369,10 @@ def test_metrics_read_by_prometheus_client_and_promtool(api, redis_conn, databas
     assert all(families[name].samples for name in always)  # no scheduler, restart or open alert here
     assert _value(families["bullrq_queue_jobs"], queue="reports", state="waiting") == 1
     assert _value(families["bullrq_queue_jobs"], queue="reports", state="completed") == 4
+    assert _value(families["bullrq_queue_jobs"], queue="reports", state="deferred") == 1
+    states = {"waiting", "active", "delayed", "deferred", "completed", "failed", "canceled"}
+    assert {(s.labels["queue"], s.labels["state"]) for s in families["bullrq_queue_jobs"].samples} == {
+        (queue, state) for queue in queue_names() for state in states}  # every state of every queue, 0 or not
     processed, failed = families["bullrq_jobs_processed"], families["bullrq_jobs_failed"]
     assert processed.type == failed.type == "counter"
     assert _value(processed, queue="reports", task="system.ping") == 5

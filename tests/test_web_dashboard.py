@@ -10,8 +10,9 @@ import zlib
 
 import pytest
 
-from app.runtime.control import pause
+from app.runtime.control import delete, pause
 from app.runtime.enqueue import enqueue
+from app.runtime.flows import create_batch
 from app.runtime.jobs import fetch_job
 from app.runtime.stats import queue_stats
 from app.runtime.worker import build_worker
@@ -339,3 +340,47 @@ def test_delete_empty_and_compact_keep_lanes_dedup_keys_and_stats(client, redis_
     redis_conn.delete(job_key(stale.id))
     assert _post(client, "/queue/reports/compact").get_json() == {"status": "OK", "count": 1}
     assert redis_conn.lrange(queue_keys("reports").lane(3), 0, -1) == [kept.id.encode()]
+
+
+def test_deferred_jobs_are_counted_listed_shown_and_emptied(client, redis_conn):
+    parent = enqueue(redis_conn, "system.ping", {}, {"queue": "harvest"})
+    children = [enqueue(redis_conn, "system.ping", {"echo": n}, {"queue": "harvest", "dependsOn": [parent.id]}).id
+                for n in range(3)]  # fmt: skip
+    batch = create_batch(redis_conn, [("system.ping", {}, {"queue": "harvest"})],
+                         on_complete=("semantics.batch-done", {"tag": "done"}, {"queue": "harvest"}))  # fmt: skip
+    held = batch.callbacks["onComplete"]
+
+    rows = _counts(client)
+    assert rows["harvest"]["deferred_job_registry_count"] == queue_stats(redis_conn)["queues"]["harvest"]["deferred"]
+    assert rows["harvest"]["deferred_job_registry_count"] == 4 and rows["harvest"]["count"] == 2
+    assert rows["harvest"]["deferred_url"].endswith("/0/view/jobs/harvest/deferred/8/asc/1")
+    listed = _get(client, "/0/data/jobs/harvest/deferred/100/asc/1.json").get_json()
+    assert {job["id"] for job in listed["jobs"]} == {*children, held}
+    paged = _get(client, "/0/data/jobs/harvest/deferred/3/asc/2.json").get_json()
+    assert len(paged["jobs"]) == 1 and paged["pagination"]["num_pages"] == 2
+    _browse_everything(client, [*children, held])
+
+    detail = _get(client, f"/0/data/job/{children[0]}.json").get_json()
+    assert detail["status"] == "deferred" and json.loads(html.unescape(detail["metadata"]))["state"] == "deferred"
+    assert (detail["depends_on"], detail["depends_on_status"]) == ([parent.id], ["active"])
+    callback = json.loads(html.unescape(_get(client, f"/0/data/job/{held}.json").get_json()["metadata"]))
+    assert (callback["state"], callback["batch_id"]) == ("deferred", batch.id)
+    assert "depends_on" not in _get(client, f"/0/data/job/{parent.id}.json").get_json()
+
+    # a parent gone from Redis: its page says "(Expired)" rather than linking to a 404
+    orphan_parent = enqueue(redis_conn, "system.ping", {}, {"queue": "reports"})
+    orphan = enqueue(redis_conn, "system.ping", {}, {"queue": "reports", "dependsOn": [orphan_parent.id],
+                                                      "onParentFailure": "ignore"})  # fmt: skip
+    delete(redis_conn, orphan_parent.id)  # counts as canceled: ignored, so the child waits to run
+    shown = _get(client, f"/0/data/job/{orphan.id}.json").get_json()
+    assert (shown["status"], shown["depends_on_status"]) == ("queued", ["expired"])
+
+    # Empty on the deferred page: bullrq's delete of each, its batch and the rest untouched
+    emptied = _post(client, "/queue/harvest/deferred/empty").get_json()
+    assert emptied == {"status": "OK", "count": 4}
+    assert queue_stats(redis_conn)["queues"]["harvest"]["deferred"] == 0
+    assert not any(redis_conn.exists(job_key(job_id)) for job_id in [*children, held])
+    assert status(redis_conn, parent.id) == "queued" and redis_conn.exists(job_key(batch.job_ids[0]))
+    assert _post(client, "/queue/harvest/deferred/empty").get_json() == {"status": "OK", "count": 0}
+    build_worker(["harvest"], redis_conn, "after-empty").work(burst=True)  # parents end: nothing left to release
+    assert status(redis_conn, parent.id) == "finished" and queue_stats(redis_conn)["queues"]["harvest"]["deferred"] == 0

@@ -26,12 +26,12 @@ def queues_group():
 @click.option("--json", "as_json", is_flag=True, help="Print the whole stats document as JSON.")
 @redis_option
 def stats(as_json):
-    """Show each queue's jobs by state, pause state, workers and limits."""
+    """Show each queue's jobs by state (deferred: waiting for their parents or batch), pause state and workers."""
     report = queue_stats(connect_redis(settings()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    columns = ("waiting", "active", "delayed", "completed", "failed", "workers")
+    columns = ("waiting", "active", "delayed", "deferred", "completed", "failed", "workers")
     click.echo(f"{'QUEUE':<15}" + "".join(f"{c.upper():>10}" for c in columns) + "  PAUSED")
     for name, row in report["queues"].items():
         cells = "".join(f"{row[c]:>10}" for c in columns)

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from rq import VERSION as RQ_VERSION
 from rq.exceptions import DeserializationError
 from rq.queue import Queue
-from rq.registry import DeferredJobRegistry, StartedJobRegistry
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 from rq_dashboard.version import VERSION as DASHBOARD_VERSION
@@ -215,12 +215,9 @@ def job_view(instance_number, job_id):
 
 
 def list_queues(instance_number):
-    """Every declared queue with bullrq's counts: `count` is every waiting job, of every priority."""
+    """Every declared queue with bullrq's counts: `count` is every waiting job, of every priority; deferred jobs
+    (waiting for their parents or their batch) are RQ's deferred registry."""
     stats = queue_stats(_redis())["queues"]
-    pipe = _redis().pipeline(transaction=False)
-    for name in QUEUES:
-        pipe.zcard(DeferredJobRegistry.key_template.format(name))
-    deferred = dict(zip(QUEUES, pipe.execute(), strict=True))
     rows = []
     for name, counts in stats.items():
         links = {
@@ -240,7 +237,7 @@ def list_queues(instance_number):
             "finished_job_registry_count": counts["completed"],
             "failed_job_registry_count": counts["failed"],
             "canceled_job_registry_count": counts["canceled"],
-            "deferred_job_registry_count": deferred[name],
+            "deferred_job_registry_count": counts["deferred"],
             **links,
         })  # fmt: skip
     return _json(queues=_escaped(rows))
@@ -253,7 +250,7 @@ def _sources(queue: str, registry: str) -> list[tuple[str, str]]:
         return [("list", lane) for lane in keys.lanes]  # priority 1 first: the order they run in
     key = {
         "scheduled": keys.scheduled, "started": keys.started, "finished": keys.finished, "failed": keys.failed,
-        "canceled": keys.canceled, "deferred": DeferredJobRegistry.key_template.format(queue),
+        "canceled": keys.canceled, "deferred": keys.deferred,
     }[registry]  # fmt: skip
     return [("zset", key)]
 
@@ -343,7 +340,7 @@ def list_jobs(instance_number, queue_name, registry_name, per_page, order, page)
 
 
 def job_info(instance_number, job_id):
-    """One job, with bullrq's state, priority and attempt in its metadata."""
+    """One job, with bullrq's state, priority, attempt and batch in its metadata, and the jobs it depends on."""
     job = _job(job_id)
     status = job.get_status(refresh=False)
     try:
@@ -357,7 +354,9 @@ def job_info(instance_number, job_id):
         "attempt": job.attempt,
         "attempts": job.attempts,
         "progress": job.progress,
+        "batch_id": job.batch_id,
     }
+    parents = list(job._dependency_ids)
     info = {
         "id": job.id,
         "created_at": serialize_date(job.created_at),
@@ -371,6 +370,13 @@ def job_info(instance_number, job_id):
         "description": job.description,
         "metadata": json.dumps(metadata, default=str),
     }
+    if parents:  # its page links each parent still in Redis ("active"), and marks the others "(Expired)"
+        with _redis().pipeline(transaction=False) as pipe:
+            for parent in parents:
+                pipe.exists(job_key(parent))
+            present = pipe.execute()
+        info["depends_on"] = parents
+        info["depends_on_status"] = ["active" if found else "expired" for found in present]
     return _json(**_escaped(info))
 
 
@@ -458,7 +464,8 @@ def requeue_all(queue_name):
 
 def empty_queue(queue_name, registry_name):
     """Empty one registry of a queue: `queued` deletes the waiting jobs of every lane, `scheduled` the delayed
-    ones, finished/failed/canceled delete the ended jobs (bullrq's clean); running jobs are never deleted."""
+    ones, `deferred` those waiting for their parents or batch, finished/failed/canceled delete the ended jobs
+    (bullrq's clean); running jobs are never deleted."""
     _deletes_allowed()
     queue, registry = _queue(queue_name), _registry(registry_name)
     connection = _redis()
@@ -473,8 +480,25 @@ def empty_queue(queue_name, registry_name):
         raise ApiError(409, "job_state", "running jobs cannot be deleted; cancel them one by one "
                                          "(bullrq jobs cancel ID)")  # fmt: skip
     else:
-        raise ApiError(409, "not_used", "bullrq never defers jobs (RQ's dependencies): nothing of ours to empty")
+        count = _empty_deferred(connection, queue)
     return _json(status="OK", count=count)
+
+
+def _empty_deferred(connection, queue: str) -> int:
+    """Delete every deferred job of `queue` with bullrq's delete: each counts as canceled for the jobs that wait
+    for it (moved on by their onParentFailure) and for its batch. A job released meanwhile is left alone."""
+    registry, count = queue_keys(queue).deferred, 0
+    while ids := [raw.decode() for raw in connection.zrange(registry, 0, control.BATCH - 1)]:
+        for job_id in ids:
+            try:
+                if connection.hget(job_key(job_id), "status") == b"deferred":
+                    control.delete(connection, job_id)
+                    count += 1
+                    continue
+            except (InvalidJobError, JobStateError):  # released, ended or deleted meanwhile
+                pass
+            connection.zrem(registry, job_id)  # a stale entry (its job gone or moved on): never listed again
+    return count
 
 
 def compact_queue(queue_name):

@@ -4,7 +4,8 @@ One collector reads Redis and the history rollup at scrape time: the web process
 every gunicorn worker answers the same. Each function of `FAMILIES` yields metric families from `Sources`; a new
 family is one more function in that list.
 
-- `bullrq_queue_jobs{queue,state}`, `bullrq_queue_paused{queue}`, `bullrq_queue_workers{queue}`: gauges, Redis now.
+- `bullrq_queue_jobs{queue,state}` (`STATES`, deferred included), `bullrq_queue_paused{queue}`,
+  `bullrq_queue_workers{queue}`: gauges, Redis now.
 - `bullrq_jobs_processed_total{queue,task}`, `bullrq_jobs_failed_total{queue,task}`: counters of finished attempts
   since history began (the rollup: every run, retries and reruns of a requeued job each count once).
 - `bullrq_job_duration_seconds{queue}`: a cumulative histogram of completed runs since history began.
@@ -37,7 +38,8 @@ bp.before_request(require_token)
 
 #: histogram boundaries, seconds
 LE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-STATES = ("waiting", "active", "delayed", "completed", "failed", "canceled")
+#: the job states `bullrq_queue_jobs` counts (deferred: waiting for their parents or their batch)
+STATES = ("waiting", "active", "delayed", "deferred", "completed", "failed", "canceled")
 
 
 class Sources:

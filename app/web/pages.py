@@ -1,4 +1,5 @@
-"""The product's own pages (what rq-dashboard lacks), rendered on the server: Overview, Schedules, History, Jobs.
+"""The product's own pages (what rq-dashboard lacks), rendered on the server: Overview, Schedules, History, Jobs,
+and one page per batch.
 
 Tables are filled by the functions the admin API uses. Every button is a plain form posted to an action route
 here, which calls the same control function, is audited like the API, flashes its outcome and redirects back
@@ -33,7 +34,9 @@ from werkzeug.exceptions import HTTPException
 from app.alerts import store as alert_store
 from app.errors import BullrqError, UnknownQueueError
 from app.runtime import control
-from app.runtime.jobs import describe_job, fetch_job
+from app.runtime.flows import batch_status
+from app.runtime.job_list import list_jobs
+from app.runtime.jobs import BullJob, State, describe_job, fetch_job, state_of
 from app.runtime.stats import queue_stats
 from app.scheduling import schedule_store
 from app.scheduling.scheduler import liveness
@@ -43,7 +46,7 @@ from app.web import audit
 from app.web.auth import require_login
 from app.web.db import get_db
 from app.web.errors import ApiError
-from queues import queue_names
+from queues import BATCH_TTL, dependents_key, queue_names
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,14 @@ WINDOWS = {24: "24 hours", 168: "7 days"}
 RUNS_PAGE = 50
 #: cleared alerts the overview lists
 RECENT_ALERTS = 10
+#: jobs per page of the jobs-by-state list
+JOBS_PAGE = 50
+#: the jobs waiting for one job that its view lists
+DEPENDENTS_SHOWN = 50
+#: the furthest a list pages (beyond, Redis' and PostgreSQL's integers end)
+MAX_OFFSET = 10**9
+#: longest job or batch id the pages look up (ours are 36 characters; a longer one is no id of ours)
+MAX_ID = 200
 #: seconds: the default age of the jobs the overview's clean button removes
 CLEAN_AGE = 3600
 #: chart geometry in SVG user units: plot width, left margin (y labels), bottom margin (x labels), top margin
@@ -169,8 +180,8 @@ def _refused(endpoint: str, status: int, code: str, message: str):
 
 @bp.get("/")
 def overview():
-    """Open and recent alerts; whether a scheduler is active; per queue: waiting, running, scheduled, failed,
-    paused, throughput and workers, with the queue controls."""
+    """Open and recent alerts; whether a scheduler is active; per queue: waiting, running, scheduled, deferred,
+    failed, paused, throughput and workers, with the queue controls."""
     return render_template("overview.html", stats=queue_stats(_redis()), runs=_recent_runs(), alerts=_alerts(),
                            scheduler=liveness(_redis()), clean_states=control.CLEANABLE,
                            clean_age=CLEAN_AGE)  # fmt: skip
@@ -386,29 +397,41 @@ def history():
 # -------------------------------------------------------------------------------------------------------------- jobs
 
 
-def _offset() -> int:
-    raw = request.args.get("offset", "0")
-    if not raw.isdigit():
-        raise ApiError(400, "invalid_request", "offset must be a whole number >= 0")
+def _offset(name: str = "offset") -> int:
+    raw = request.args.get(name, "0")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_OFFSET:
+        raise ApiError(400, "invalid_request", f"{name} must be a whole number from 0 to {MAX_OFFSET}")
     return int(raw)
+
+
+def _id_arg(value: str, what: str) -> str:
+    """A job or batch id from a URL, checked: a 400 page for one no id of ours could be, never a 5xx."""
+    if len(value) > MAX_ID or not value.isprintable():
+        raise ApiError(400, "invalid_request", f"a {what} id is at most {MAX_ID} printable characters")
+    return value
 
 
 @bp.get("/jobs")
 def jobs():
-    """Find a job by id (as the API describes it, error included), and search runs by name, status and error."""
+    """Find a job by id (as the API describes it, error included, with its parents and its batch), list the jobs
+    in Redis of one state (deferred ones included), and search runs by name, status and error."""
     db = get_db()
-    job_id = request.args.get("id", "").strip()
-    job = job_runs = None
+    job_id = _id_arg(request.args.get("id", "").strip(), "job")
+    job = job_runs = family = None
     status = 200
     if job_id:
         found = fetch_job(job_id, _redis())
         job = describe_job(found) if found is not None else None
+        family = _family(job) if job is not None else None
         job_runs = list_runs(db, RunFilter(job_id=job_id), RUNS_PAGE)["runs"]
         if job is None and not job_runs:
             status = 404
+    listing = _jobs_by_state()
     search = {key: request.args.get(key, "").strip() for key in ("name", "status", "error")}
     if search["status"] and search["status"] not in STATUSES:
         raise ApiError(400, "invalid_request", f"unknown status {search['status']!r}; statuses: {', '.join(STATUSES)}")
+    if any("\x00" in value for value in search.values()):
+        raise ApiError(400, "invalid_request", "a search term cannot hold a NUL character")
     offset = _offset()
     where = RunFilter(name=search["name"] or None, status=search["status"] or None,
                       error_text=search["error"] or None)  # fmt: skip
@@ -416,5 +439,72 @@ def jobs():
     query = {key: value for key, value in search.items() if value}
     newer = url_for("pages.jobs", **query, offset=max(0, offset - RUNS_PAGE)) if offset else None
     older = url_for("pages.jobs", **query, offset=offset + RUNS_PAGE) if found_runs["has_more"] else None
-    return render_template("jobs.html", job_id=job_id, job=job, job_runs=job_runs, search=search, statuses=STATUSES,
-                           runs=found_runs, newer=newer, older=older), status  # fmt: skip
+    return render_template("jobs.html", job_id=job_id, job=job, family=family, job_runs=job_runs, search=search,
+                           statuses=STATUSES, runs=found_runs, newer=newer, older=older, listing=listing,
+                           states=[state.value for state in State], queues=queue_names()), status  # fmt: skip
+
+
+def _family(job: dict) -> dict:
+    """The jobs a job waits for (`parents`: id, state, queue; None for one gone from Redis) and those waiting for
+    it (`dependents`, the first DEPENDENTS_SHOWN ids, and how many there are)."""
+    redis = _redis()
+    parents = job["depends_on"] or []
+    found = BullJob.fetch_many(parents, connection=redis) if parents else []
+    dependents = sorted(member.decode() for member in redis.smembers(dependents_key(job["id"])))
+    return {
+        "parents": [{"id": parent, "state": _state_name(one), "queue": one.origin if one else None}
+                    for parent, one in zip(parents, found, strict=True)],
+        "dependents": dependents[:DEPENDENTS_SHOWN],
+        "dependents_total": len(dependents),
+    }  # fmt: skip
+
+
+def _state_name(job: BullJob | None) -> str | None:
+    if job is None:
+        return None
+    state = state_of(job.get_status(refresh=False))
+    return state.value if state else None
+
+
+def _jobs_by_state() -> dict | None:
+    """The page of jobs in Redis the `state` (and `queue`, `state_offset`) arguments ask for; None without a
+    state."""
+    raw_state, queue = request.args.get("state", "").strip(), request.args.get("queue", "").strip()
+    if not raw_state and not queue:
+        return None
+    if raw_state not in set(State):
+        raise ApiError(400, "invalid_request",
+                       f"state must be one of {', '.join(State)}, not {raw_state!r}")  # fmt: skip
+    if queue and queue not in queue_names():
+        raise ApiError(400, "invalid_request", f"unknown queue {queue!r}; queues: {', '.join(queue_names())}")
+    offset = _offset("state_offset")
+    page = list_jobs(_redis(), State(raw_state), queue or None, JOBS_PAGE, offset)
+    query = {"state": raw_state, **({"queue": queue} if queue else {})}
+    page["state"], page["queue"] = raw_state, queue
+    page["newer"] = url_for("pages.jobs", **query, state_offset=max(0, offset - JOBS_PAGE)) if offset else None
+    more = offset + len(page["jobs"]) < page["total"] and page["jobs"]
+    page["older"] = url_for("pages.jobs", **query, state_offset=offset + JOBS_PAGE) if more else None
+    return page
+
+
+# ----------------------------------------------------------------------------------------------------------- batches
+
+
+@bp.get("/batches")
+def batch_find():
+    """Go to the page of the batch named by `id` (the jobs page's form)."""
+    batch_id = _id_arg(request.args.get("id", "").strip(), "batch")
+    if not batch_id:
+        raise ApiError(400, "invalid_request", "give a batch id")
+    return redirect(url_for("pages.batch", batch_id=batch_id), 303)
+
+
+@bp.get("/batches/<batch_id>")
+@bp.get("/batches/<path:batch_id>")  # an id with a slash gets the 404 page too
+def batch(batch_id: str):
+    """A batch: its state, how many of its jobs are pending, completed, failed and canceled, and its callbacks."""
+    shown = batch_status(_redis(), _id_arg(batch_id, "batch"))
+    if shown is None:
+        raise ApiError(404, "batch_not_found",
+                       f"no batch {batch_id!r} (never created, or ended over {BATCH_TTL // 86400} days ago)")
+    return render_template("batch.html", batch=shown)
