@@ -14,6 +14,7 @@ from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.flows import batch_status, create_batch
 from app.runtime.job_list import list_jobs
 from app.runtime.jobs import BullJob, State, describe_job, fetch_job
+from app.runtime.redis_scripts import SCRIPTS
 from app.runtime.stats import queue_stats
 from app.runtime.worker import build_worker
 from app.tasks import queue_keys
@@ -329,3 +330,34 @@ def test_a_job_a_worker_took_meanwhile_is_never_deleted_under_it(redis_conn):
     redis_conn.hset(f"rq:job:{job}", "status", "started")  # as if taken after its id was read elsewhere
     _delete_jobs(redis_conn, [job])
     assert status(redis_conn, job) == "started"
+
+
+def _recheck(redis_conn) -> int:
+    """The maintenance look at deferred jobs, at once (no wait between looks)."""
+    return SCRIPTS.recheck(redis_conn, [KEYS.deferred], [100, 0, 100, 0])
+
+
+def test_a_parent_deleted_behind_the_job_paths_back_is_seen_by_the_next_look(redis_conn):
+    gone, kept = _job(redis_conn, "gone", delay=60), _job(redis_conn, "kept", delay=60)
+    failing = _job(redis_conn, "failing", dependsOn=[gone])
+    ignoring = _job(redis_conn, "ignoring", dependsOn=[gone], onParentFailure="ignore")
+    waiting = _job(redis_conn, "waiting", dependsOn=[kept])
+    BullJob.fetch(gone, connection=redis_conn).delete()  # RQ's own delete: no script of ours sees it
+    assert status(redis_conn, failing) == "deferred"
+    assert _recheck(redis_conn) == 2
+    assert describe_job(fetch_job(failing, redis_conn))["error"] == f"parent {gone} gone"
+    assert status(redis_conn, ignoring) == "queued" and status(redis_conn, waiting) == "deferred"
+    assert _recheck(redis_conn) == 0  # the one still waiting is left alone, again and again
+
+
+def test_a_batch_whose_creator_died_before_sealing_it_is_sealed_by_the_next_look(redis_conn, monkeypatch):
+    real = type(SCRIPTS.seal).__call__
+    monkeypatch.setattr(type(SCRIPTS.seal), "__call__",  # the creator dies just before sealing
+                        lambda self, *args: None if self.name == "seal" else real(self, *args))
+    batch = _batch(redis_conn, [("j1", "semantics.record")], onComplete=1)
+    monkeypatch.undo()
+    _drain(redis_conn)
+    assert batch_status(redis_conn, batch.id)["state"] == "creating"  # j1 ended, nobody may fire yet
+    assert _recheck(redis_conn) == 1
+    _drain(redis_conn)
+    assert batch_status(redis_conn, batch.id)["state"] == "completed" and _ran(redis_conn) == ["j1", "onComplete"]

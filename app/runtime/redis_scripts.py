@@ -110,6 +110,7 @@ class Scripts:
     delete: LuaScript
     compact: LuaScript
     seal: LuaScript
+    recheck: LuaScript
 
     def load(self, connection: Redis) -> None:
         """Load every script into Redis's script cache: after any NOSCRIPT, all of them, so a pipeline never finds

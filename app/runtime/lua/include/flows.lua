@@ -78,6 +78,13 @@ local function end_batch(batch, batch_id, clock, ended)
   end
 end
 
+-- The batch's jobs are all created: from now on the end of its last job ends it (now, if all have ended).
+local function seal_batch(batch, batch_id, clock, ended)
+  if redis.call('HGET', batch, 'state') ~= 'creating' then return end
+  redis.call('HSET', batch, 'state', 'active')
+  if tonumber(redis.call('HGET', batch, 'pending') or '0') <= 0 then end_batch(batch, batch_id, clock, ended) end
+end
+
 -- A batch job ended for good (`how`: completed, failed, canceled): counted once per job while the batch is not
 -- over. The job keeps how it was counted (`batch_counted`): a job put back to run by a tool that does not tell the
 -- batch (RQ's own requeue) and ending again moves its count instead of ending the batch early.
