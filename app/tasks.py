@@ -54,6 +54,12 @@ class Task:
     func: Callable[..., Any]
     queue: str | None  #: the queue its jobs go to by default; None: any queue, chosen per job
     validate: Callable[[dict], None] | None = None  #: raises InvalidJobError for bad data
+    group_by: str | None = None  #: the argument whose value is a job's group when its options name none
+
+    def group_of(self, kwargs: dict) -> str | None:
+        """The group of a job with these arguments, by `group_by` (None when it has none)."""
+        value = kwargs.get(self.group_by) if self.group_by else None
+        return str(value) if value not in (None, "") else None
 
     def takes(self, argument: str) -> bool:
         """Whether the handler has a parameter named `argument`."""
@@ -139,13 +145,14 @@ registry = TaskRegistry()
 _loaded = False
 
 
-def task(name: str, *, queue: str | None, validate: Callable[[dict], None] | None = None):
-    """Register the decorated function as task type `name`, run on `queue` (None: any queue)."""
+def task(name: str, *, queue: str | None, validate: Callable[[dict], None] | None = None, group_by: str | None = None):
+    """Register the decorated function as task type `name`, run on `queue` (None: any queue); with `group_by`, the
+    value of that argument is the group of each job (option `group`) unless the job names its own."""
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         if queue is not None:
             get_queue_spec(queue)  # a typo in a queue name fails at import, not at enqueue
-        registry.register(Task(name, func, queue, validate))
+        registry.register(Task(name, func, queue, validate, group_by))
         return func
 
     return decorator

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from rq.registry import DeferredJobRegistry
+from rq.registry import DeferredJobRegistry, FailedJobRegistry
 
 from app.errors import InvalidJobError
-from app.runtime.control import cancel, delete, retry_failed
+from app.runtime.control import _delete_jobs, cancel, delete, retry_failed, run_now
 from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.flows import batch_status, create_batch
 from app.runtime.job_list import list_jobs
-from app.runtime.jobs import State, describe_job, fetch_job
+from app.runtime.jobs import BullJob, State, describe_job, fetch_job
+from app.runtime.redis_scripts import SCRIPTS
 from app.runtime.stats import queue_stats
 from app.runtime.worker import build_worker
 from app.tasks import queue_keys
@@ -281,3 +282,82 @@ def test_the_cli_enqueues_dependent_jobs_and_batches(redis_conn, tmp_path):
     shown = json.loads(run_cli("bullrq", "batches", "show", batch["batchId"]).stdout)
     assert (shown["state"], shown["total"], shown["pending"]) == ("active", 1, 1)
     assert run_cli("bullrq", "batches", "show", "nope").returncode == 2
+
+
+def test_a_callback_canceled_by_hand_is_not_one_of_its_batch_jobs(redis_conn):
+    batch = _batch(redis_conn, [("j1", "semantics.record"), ("j2", "semantics.record")], onSuccess=1, onComplete=1)
+    assert cancel(redis_conn, batch.callbacks["onComplete"]) == "canceled"
+    shown = batch_status(redis_conn, batch.id)
+    assert (shown["state"], shown["pending"], shown["canceled"]) == ("active", 2, 0)
+    _drain(redis_conn)
+    assert batch_status(redis_conn, batch.id)["state"] == "completed"
+    assert sorted(_ran(redis_conn)) == ["j1", "j2", "onSuccess"]
+
+
+def test_a_job_put_back_by_hand_still_waits_for_its_parents(redis_conn):
+    parent = _job(redis_conn, "parent", delay=60)
+    child = _job(redis_conn, "child", dependsOn=[parent])
+    cancel(redis_conn, child)
+    assert run_now(redis_conn, child) == "requeued"
+    assert status(redis_conn, child) == "deferred"  # not run before its parent
+    run_now(redis_conn, parent)
+    _drain(redis_conn)
+    assert _ran(redis_conn) == ["parent", "child"]
+
+    doomed = _job(redis_conn, "doomed", "semantics.permanent")
+    orphan = _job(redis_conn, "orphan", dependsOn=[doomed])
+    _drain(redis_conn)
+    assert retry_failed(redis_conn, "harvest", [orphan]) == []  # its parent failed: it stays failed
+    assert status(redis_conn, orphan) == "failed"
+
+
+def test_a_batch_job_requeued_by_rqs_own_tools_is_counted_once(redis_conn):
+    batch = create_batch(redis_conn, [("semantics.fail-while", {"tag": "f"}, Q),
+                                      ("semantics.record", {"tag": "late"}, {**Q, "delay": 60})],
+                         on_complete=("semantics.batch-done", {"tag": "done"}, Q))  # fmt: skip
+    redis_conn.set("test:broken:f", 1)
+    _drain(redis_conn)
+    redis_conn.delete("test:broken:f")
+    FailedJobRegistry("harvest", connection=redis_conn, job_class=BullJob).requeue(batch.job_ids[0])  # RQ's requeue
+    _drain(redis_conn)
+    shown = batch_status(redis_conn, batch.id)
+    assert (shown["state"], shown["pending"], shown["completed"], shown["failed"]) == ("active", 1, 1, 0)
+    assert "done" not in _ran(redis_conn)  # the delayed job has not ended: no callback yet
+
+
+def test_a_job_a_worker_took_meanwhile_is_never_deleted_under_it(redis_conn):
+    job = _job(redis_conn, "job")
+    redis_conn.hset(f"rq:job:{job}", "status", "started")  # as if taken after its id was read elsewhere
+    _delete_jobs(redis_conn, [job])
+    assert status(redis_conn, job) == "started"
+
+
+def _recheck(redis_conn) -> int:
+    """The maintenance look at deferred jobs, at once (no wait between looks)."""
+    return SCRIPTS.recheck(redis_conn, [KEYS.deferred], [100, 0, 100, 0])
+
+
+def test_a_parent_deleted_behind_the_job_paths_back_is_seen_by_the_next_look(redis_conn):
+    gone, kept = _job(redis_conn, "gone", delay=60), _job(redis_conn, "kept", delay=60)
+    failing = _job(redis_conn, "failing", dependsOn=[gone])
+    ignoring = _job(redis_conn, "ignoring", dependsOn=[gone], onParentFailure="ignore")
+    waiting = _job(redis_conn, "waiting", dependsOn=[kept])
+    BullJob.fetch(gone, connection=redis_conn).delete()  # RQ's own delete: no script of ours sees it
+    assert status(redis_conn, failing) == "deferred"
+    assert _recheck(redis_conn) == 2
+    assert describe_job(fetch_job(failing, redis_conn))["error"] == f"parent {gone} gone"
+    assert status(redis_conn, ignoring) == "queued" and status(redis_conn, waiting) == "deferred"
+    assert _recheck(redis_conn) == 0  # the one still waiting is left alone, again and again
+
+
+def test_a_batch_whose_creator_died_before_sealing_it_is_sealed_by_the_next_look(redis_conn, monkeypatch):
+    real = type(SCRIPTS.seal).__call__
+    monkeypatch.setattr(type(SCRIPTS.seal), "__call__",  # the creator dies just before sealing
+                        lambda self, *args: None if self.name == "seal" else real(self, *args))
+    batch = _batch(redis_conn, [("j1", "semantics.record")], onComplete=1)
+    monkeypatch.undo()
+    _drain(redis_conn)
+    assert batch_status(redis_conn, batch.id)["state"] == "creating"  # j1 ended, nobody may fire yet
+    assert _recheck(redis_conn) == 1
+    _drain(redis_conn)
+    assert batch_status(redis_conn, batch.id)["state"] == "completed" and _ran(redis_conn) == ["j1", "onComplete"]

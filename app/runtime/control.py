@@ -15,12 +15,13 @@ from rq.utils import str_to_date
 
 from app.errors import InvalidJobError, JobStateError
 from app.runtime.enqueue import DEDUP_TTL
+from app.runtime.groups import waiting_lists
 from app.runtime.jobs import State, state_of
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.rows import stream_cap
 from app.tasks import queue_keys
-from queues import HISTORY_STREAM, JOB_KEY_PREFIX, RESULTS_KEY_PREFIX, job_key, worker_commands_key
+from queues import HISTORY_STREAM, JOB_KEY_PREFIX, NORMAL_PRIORITY, RESULTS_KEY_PREFIX, job_key, worker_commands_key
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def empty(connection: Redis, queue: str, waiting: bool = True, delayed: bool = T
     """
     keys = queue_keys(queue)
     removed = 0
-    for lane in keys.lanes if waiting else ():
+    for lane in waiting_lists(connection, queue) if waiting else ():
         while batch := _decode(connection.lpop(lane, BATCH) or []):
             _delete_jobs(connection, batch)
             removed += len(batch)
@@ -212,21 +213,24 @@ def delete(connection: Redis, job_id: str) -> str:
         InvalidJobError: no such job.
         JobStateError: the job is running (cancel it instead), or it started meanwhile.
     """
-    origin, status = connection.hmget(job_key(job_id), "origin", "status")
+    origin, status, group, priority = connection.hmget(job_key(job_id), "origin", "status", "group", "priority")
     if origin is None:
         raise InvalidJobError(f"no job {job_id!r}")
     keys = queue_keys(origin.decode())
     state = state_of((status or b"").decode() or None)
     if state is State.WAITING:
+        lanes = keys.lanes
+        if group:  # and its lane too: a job enqueued before its queue had groups
+            lanes = [keys.group_lane(group.decode(), int(priority or NORMAL_PRIORITY)), *lanes]
         with connection.pipeline(transaction=False) as pipe:
-            for lane in keys.lanes:
+            for lane in lanes:
                 pipe.lrem(lane, 0, job_id)
             taken = any(pipe.execute())
     elif state in (State.DELAYED, State.DEFERRED):
         taken = bool(connection.zrem(keys.scheduled if state is State.DELAYED else keys.deferred, job_id))
     elif state in (State.COMPLETED, State.FAILED, State.CANCELED):
-        connection.zrem({State.COMPLETED: keys.finished, State.FAILED: keys.failed}.get(state, keys.canceled), job_id)
-        taken = True
+        registry = {State.COMPLETED: keys.finished, State.FAILED: keys.failed}.get(state, keys.canceled)
+        taken = bool(connection.zrem(registry, job_id))  # not when put back to run meanwhile
     else:
         taken = False
     if not taken:

@@ -35,13 +35,17 @@ PRIORITIES = {"high": 1, "normal": 5, "low": 10}
 MAX_SECONDS = 30 * 24 * 3600
 MAX_ATTEMPTS = 100
 _OPTION_NAMES = (
-    "queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId", "dependsOn", "onParentFailure",
+    "queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId", "dependsOn", "onParentFailure", "group",
+    "groupConcurrency",
 )  # fmt: skip
+#: the most jobs of one group a per-job `groupConcurrency` may allow at once
+MAX_GROUP_CONCURRENCY = 1000
 #: what a job does when a parent fails for good or is canceled: end failed (naming it), end canceled, or run anyway
 PARENT_FAILURE_MODES = ("fail", "cancel", "ignore")
 #: parents one job may wait for
 MAX_PARENTS = 100
-_JOB_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
+#: what RQ allows in a job id
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
 _JITTER = random.Random()
 #: seconds a dedup key outlives its job's due time plus timeout (it is freed as soon as its job ends): the key's
@@ -69,6 +73,8 @@ class JobOptions:
     dedup: str | None = None  #: a second job with this key, while the first is pending, is not created
     depends_on: tuple[str, ...] = ()  #: ids of jobs that must complete first; the job waits "deferred" until then
     on_parent_failure: str = "fail"  #: when a parent fails for good or is canceled: fail | cancel | ignore
+    group: str | None = None  #: workers take a queue's jobs in turns across groups (e.g. one per workspace)
+    group_concurrency: int | None = None  #: most jobs of its group running at once (None: the queue's default)
 
     @classmethod
     def parse(cls, raw: dict | None) -> JobOptions:
@@ -88,6 +94,9 @@ class JobOptions:
         dedup = raw.get("jobId")
         if dedup is not None and (not isinstance(dedup, str) or not _DEDUP_KEY.match(dedup)):
             raise InvalidJobError("option 'jobId' must be 1 to 200 characters: letters, digits and . _ : / @ -")
+        group = raw.get("group")
+        if group is not None and (not isinstance(group, str) or not _DEDUP_KEY.match(group)):
+            raise InvalidJobError("option 'group' must be 1 to 200 characters: letters, digits and . _ : / @ -")
         queue = raw.get("queue")
         if queue is not None:
             if not isinstance(queue, str):
@@ -110,6 +119,8 @@ class JobOptions:
             dedup=dedup,
             depends_on=depends_on,
             on_parent_failure=mode,
+            group=group,
+            group_concurrency=_integer(raw, "groupConcurrency", 1, MAX_GROUP_CONCURRENCY),
         )
 
 
@@ -414,8 +425,14 @@ def _prepare(
     if opts.depends_on:  # RQ's fields, so RQ's Job and rq-dashboard show the parents
         fields["dependency_ids"] = _JOB_DATA.encode(list(opts.depends_on))
         fields["on_parent_failure"] = opts.on_parent_failure
-    if batch_id:
-        fields["batch_id"] = batch_id
+    if batch_id:  # a callback is not one of its batch's jobs: its end is not counted into the batch
+        fields["callback_of" if held else "batch_id"] = batch_id
+    group = opts.group or task.group_of(kwargs)
+    if group:
+        if not _DEDUP_KEY.match(group):
+            raise InvalidJobError(f"{task.name}: its group {group[:50]!r} must be 1 to 200 characters: letters, "
+                                  "digits and . _ : / @ -")
+        fields["group"] = group
     if attempts > 1:
         fields["retries_left"] = attempts - 1
         intervals = retry_intervals(opts.backoff or spec.backoff, attempts - 1)
@@ -428,5 +445,6 @@ def _prepare(
         script_keys.append(fields["dedup_key"])
     flat = [item for pair in fields.items() for item in pair]
     args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), stream_cap(),
-            len(opts.depends_on), *opts.depends_on, opts.on_parent_failure, batch_id or "", int(held), *flat]
+            len(opts.depends_on), *opts.depends_on, opts.on_parent_failure, batch_id or "", int(held), group or "",
+            opts.group_concurrency or "", *flat]
     return _Request(job_id, queue_name, task.name, fields, script_keys, args, opts.depends_on)

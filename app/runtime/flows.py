@@ -78,10 +78,17 @@ def create_batch(
             SCRIPTS.enqueue(pipe, request.keys, request.args)
 
     SCRIPTS.execute(connection, open_batch)
-    for start in range(0, len(requests), CHUNK):
-        chunk = requests[start : start + CHUNK]
-        SCRIPTS.execute(connection, lambda pipe, chunk=chunk: [SCRIPTS.enqueue(pipe, r.keys, r.args) for r in chunk])
-    SCRIPTS.seal(connection, [batch_key(batch_id)], [batch_id, stream_cap()])
+    missing = []
+    try:
+        for start in range(0, len(requests), CHUNK):
+            chunk = requests[start : start + CHUNK]
+            replies = SCRIPTS.execute(connection, lambda pipe, c=chunk: [SCRIPTS.enqueue(pipe, *r[4:6]) for r in c])
+            missing += [job_id.decode() for made, job_id in replies if made == -1]
+    finally:  # the jobs created are the batch, even when the rest could not be: their end fires the callbacks
+        SCRIPTS.seal(connection, [batch_key(batch_id)], [batch_id, stream_cap()])
+    if missing:
+        raise InvalidJobError(f"batch {batch_id} holds {len(requests) - len(missing)} of its {len(requests)} jobs: "
+                              f"parent {missing[0]!r} ended and expired while the batch was created")
     return Batch(batch_id, [r.id for r in requests], {name: r.id for name, r in callbacks.items()})
 
 

@@ -11,17 +11,18 @@ import time
 
 from redis import Redis
 
+from app.runtime.groups import waiting_lists
 from app.runtime.jobs import BullJob, State, describe_job
 from app.runtime.leases import lease_score
 from app.tasks import queue_keys
 from queues import QUEUES
 
 
-def _sources(queue: str, state: State) -> list[tuple[str, str]]:
+def _sources(connection: Redis, queue: str, state: State) -> list[tuple[str, str]]:
     """Where jobs of `state` wait in `queue`, in listing order: (kind, key)."""
     keys = queue_keys(queue)
-    if state is State.WAITING:
-        return [("list", lane) for lane in keys.lanes]  # priority 1 first, each lane FIFO: the order they run in
+    if state is State.WAITING:  # priority 1 first, each list FIFO; a priority's groups after its lane
+        return [("list", key) for key in waiting_lists(connection, queue)]
     if state is State.ACTIVE:
         return [("leased", keys.started)]  # entries whose lease ran out belong to dead workers, about to recover
     if state is State.DELAYED:
@@ -39,7 +40,7 @@ def list_jobs(connection: Redis, state: State, queue: str | None = None, limit: 
         `{"jobs": [...], "total": n, "limit", "offset"}`, each job as `describe_job` shows it.
     """
     now = lease_score(time.time())  # only compared with lease scores
-    sources = [source for name in ([queue] if queue else list(QUEUES)) for source in _sources(name, state)]
+    sources = [source for name in ([queue] if queue else list(QUEUES)) for source in _sources(connection, name, state)]
     pipe = connection.pipeline(transaction=False)
     for kind, key in sources:
         if kind == "list":

@@ -59,8 +59,8 @@ class BullJob(Job):
     """An RQ job whose function is looked up in the task registry, never imported by path.
 
     Besides RQ's fields its hash holds `priority`, `attempts` (total tries allowed), `dedup_key`, `progress`,
-    `earlier_attempts`, `last_attempt` and, for flows (app.runtime.flows), `on_parent_failure`, `deps_pending`,
-    `has_dependents` and `batch_id`.
+    `earlier_attempts`, `last_attempt`, `group` and, for flows (app.runtime.flows), `on_parent_failure`,
+    `deps_pending`, `has_dependents`, `batch_id`, `batch_counted` and `callback_of`.
     """
 
     priority: int = NORMAL_PRIORITY
@@ -70,6 +70,7 @@ class BullJob(Job):
     earlier_attempts: int = 0  #: tries made before a retry-failed put the job back with its attempts reset
     last_attempt: int = 0  #: the number of the last try that ended
     batch_id: str | None = None  #: the batch it belongs to
+    group: str | None = None  #: its group within its queue (option `group`)
     created: bool = True  #: False when `enqueue` returned an earlier job holding the same dedup key
 
     def __init__(self, *args, **kwargs):
@@ -85,7 +86,9 @@ class BullJob(Job):
         self.progress = json.loads(raw_data[b"progress"]) if raw_data.get(b"progress") else None
         self.earlier_attempts = int(raw_data.get(b"earlier_attempts") or 0)
         self.last_attempt = int(raw_data.get(b"last_attempt") or 0)
-        self.batch_id = raw_data[b"batch_id"].decode() if raw_data.get(b"batch_id") else None
+        batch = raw_data.get(b"batch_id") or raw_data.get(b"callback_of")  # a callback shows its batch too
+        self.batch_id = batch.decode() if batch else None
+        self.group = raw_data[b"group"].decode() if raw_data.get(b"group") else None
 
     @property
     def attempt(self) -> int:
@@ -290,6 +293,7 @@ def describe_job(job: BullJob) -> dict:
         "ended_at": _iso(job.ended_at),
         "depends_on": list(job._dependency_ids),
         "batch_id": job.batch_id,
+        "group": job.group,
     }
 
 

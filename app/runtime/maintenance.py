@@ -4,6 +4,8 @@
   lost (the run then stops), renews the worker's heartbeat and registers the worker again if Redis lost it;
 - moves due delayed jobs and delayed retries into their lanes;
 - recovers jobs whose lease expired (their worker died) and retries them per policy;
+- looks again at jobs that have waited deferred a while (app.runtime.flows: a parent or batch whose end the job
+  path could not see);
 - carries out commands sent to this worker (`cancel <job id>`).
 """
 
@@ -34,6 +36,13 @@ RENEW_INTERVAL = 5.0
 PROMOTE_INTERVAL = 0.25
 #: seconds between looks for expired leases
 RECOVER_INTERVAL = 2.0
+#: seconds between looks at the deferred jobs; and how long one waits between two looks at it
+RECHECK_INTERVAL = 30.0
+RECHECK_AFTER = 60
+#: most deferred jobs looked at per queue per look
+RECHECK_BATCH = 100
+#: seconds after which a batch still being created is taken for abandoned by its creator, and sealed
+ABANDONED_BATCH_AFTER = 300
 #: seconds the thread blocks waiting for a command; bounds how late the timers fire
 COMMAND_WAIT = 0.2
 #: seconds a run goes on before it gets a "started" history row
@@ -72,7 +81,7 @@ class Maintenance(threading.Thread):
             self.join(timeout=COMMAND_WAIT + 5)
 
     def run(self) -> None:
-        next_renew = next_promote = next_recover = 0.0
+        next_renew = next_promote = next_recover = next_recheck = 0.0
         while not self._stopped.is_set():
             try:
                 now = time.monotonic()
@@ -86,6 +95,9 @@ class Maintenance(threading.Thread):
                 if now >= next_recover:
                     self.recover_abandoned()
                     next_recover = now + RECOVER_INTERVAL
+                if now >= next_recheck:
+                    self.recheck_deferred()
+                    next_recheck = now + RECHECK_INTERVAL
                 command = self.connection.blpop([self.commands_key], timeout=COMMAND_WAIT)
                 if command:
                     self.handle(command[1].decode())
@@ -148,6 +160,15 @@ class Maintenance(threading.Thread):
         for keys in self.worker._keys:
             for job_id, outcome in recover(self.connection, keys.name):
                 logger.warning("job %s: abandoned by a dead worker on %s, %s", job_id, keys.name, outcome)
+
+    def recheck_deferred(self) -> int:
+        """Work out again the deferred jobs of the worker's queues that have waited a while; returns how many moved
+        on (released, or ended because a parent is gone)."""
+        return sum(
+            SCRIPTS.recheck(self.connection, [keys.deferred],
+                            [RECHECK_BATCH, RECHECK_AFTER, stream_cap(), ABANDONED_BATCH_AFTER])
+            for keys in self.worker._keys
+        )  # fmt: skip
 
     def handle(self, command: str) -> None:
         verb, _, argument = command.partition(" ")

@@ -78,8 +78,11 @@ def key_families() -> str:
     split = {name: ", ".join(json.dumps(part) for part in re.split(f"[{queue}{group}]", key))
              for name, key in families.items()}  # fmt: skip
     parts = ", ".join(f"{name} = {{{text}}}" for name, text in split.items())
-    return (f"local KEY_PARTS = {{{parts}}}\n"
+    # built at the first key_of of a call: a script that builds no key itself (the job path without flows or
+    # groups) does not pay for the table
+    return ("local KEY_PARTS\n"
             "local function key_of(family, name, name2)\n"
+            f"  KEY_PARTS = KEY_PARTS or {{{parts}}}\n"
             "  local t = KEY_PARTS[family]\n"
             "  if name2 then return t[1] .. name .. t[2] .. name2 .. t[3] end\n"
             "  return t[1] .. name .. t[2]\n"
@@ -107,6 +110,7 @@ class Scripts:
     delete: LuaScript
     compact: LuaScript
     seal: LuaScript
+    recheck: LuaScript
 
     def load(self, connection: Redis) -> None:
         """Load every script into Redis's script cache: after any NOSCRIPT, all of them, so a pipeline never finds

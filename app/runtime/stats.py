@@ -6,6 +6,7 @@ import time
 
 from redis import Redis
 
+from app.runtime.groups import grouped_waiting
 from app.runtime.leases import lease_score
 from app.tasks import queue_keys
 from queues import QUEUES
@@ -37,6 +38,7 @@ def queue_stats(connection: Redis) -> dict:
         pipe.pttl(keys.limiter)
         pipe.hgetall(keys.stats)
         pipe.smembers(keys.workers)
+        pipe.exists(keys.turn)
     replies = iter(pipe.execute())
 
     result, worker_keys = {}, {}
@@ -46,6 +48,9 @@ def queue_stats(connection: Redis) -> dict:
         active, leased, delayed, deferred, completed, failed, canceled, paused, used, reset_ms, totals, workers = (
             next(replies) for _ in range(12)
         )
+        if next(replies):  # the queue has had groups: their jobs wait in their groups' lists
+            for priority, waiting in grouped_waiting(connection, name).items():
+                lanes[priority - 1] += waiting
         worker_keys[name] = [w.decode() for w in workers]
         result[name] = {
             "waiting": sum(lanes),

@@ -109,6 +109,9 @@ class BullWorker(Worker):
                 spec.concurrency or 0,
                 rate.max_jobs if rate else 0,
                 int(rate.period * 1000) if rate else 0,
+                spec.group_concurrency or 0,
+                keys.turn,
+                keys.name,
             ]
         self._markers = [keys.marker for keys in self._keys]
         self._exec_prefix = uuid.uuid4().hex[:8]

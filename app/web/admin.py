@@ -13,6 +13,7 @@ from app.errors import InvalidJobError, JobStateError
 from app.runtime import control
 from app.runtime.enqueue import enqueue, request_from_json
 from app.runtime.flows import batch_from_json, batch_status, create_batch
+from app.runtime.groups import group_stats
 from app.runtime.job_list import list_jobs
 from app.runtime.jobs import State, describe_job, fetch_job
 from app.runtime.stats import queue_stats
@@ -245,6 +246,15 @@ def batch_show(batch_id: str):
         raise ApiError(404, "batch_not_found",
                        f"no batch {batch_id!r} (never created, or ended over {BATCH_TTL // 86400} days ago)")
     return jsonify(shown)
+
+
+@bp.get("/groups")
+def groups_show():
+    """A queue's groups (`queueName`, required): jobs waiting and running per group, and each group's limit."""
+    queue = optional("queueName")
+    if queue is None:
+        raise ApiError(400, "invalid_request", "queueName is required: groups are counted per queue")
+    return jsonify(group_stats(_redis(), get_queue_spec(queue).name))
 
 
 @bp.get("/jobs")

@@ -14,9 +14,13 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
 local removed = 0
 if status == 'queued' then
+  local g = redis.call('HMGET', KEYS[1], 'group', 'origin', 'priority')
+  if g[1] then
+    removed = take_waiting(g[2], priority_of(g[3]), ARGV[1], g[1]) and 1 or 0
+  end
   for lane = 5, 14 do
-    removed = redis.call('LREM', KEYS[lane], 1, ARGV[1])
     if removed > 0 then break end
+    removed = redis.call('LREM', KEYS[lane], 1, ARGV[1])
   end
 elseif status == 'scheduled' then
   removed = redis.call('ZREM', KEYS[2], ARGV[1])

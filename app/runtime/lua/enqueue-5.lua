@@ -13,7 +13,9 @@
   ARGV[5] dedup TTL, seconds  ARGV[6] history stream cap (0: history is off)
   ARGV[7] number n of parent job ids, ARGV[8..7+n] those ids  ARGV[8+n] on parent failure: fail | cancel | ignore
   ARGV[9+n] the batch it joins ("": none)     ARGV[10+n] "1": held until its batch ends (a batch's callback)
-  ARGV[11+n..] job hash field, value, ...
+  ARGV[11+n] its group ("": none; a job of a group waits in its group's list, KEYS[2] is not used)
+  ARGV[12+n] most jobs of that group running at once, stored for the group ("": leave as it is)
+  ARGV[13+n..] job hash field, value, ...
   Returns {1, job id} when created, {0, id of the earlier job} on a dedup hit or an existing id, {-1, parent id}
   when a parent does not exist (nothing is created).
 ]]
@@ -39,7 +41,7 @@ if KEYS[6] then
   end
   redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[5])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11 + n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 13 + n))
 redis.call('SADD', KEYS[5], ARGV[2], KEYS[2]) -- the queue and its lane: RQ's tools list and count both
 local batch = ARGV[9 + n]
 if batch ~= '' and ARGV[10 + n] ~= '1' then
@@ -76,11 +78,18 @@ if n > 0 or ARGV[10 + n] == '1' then
     return {1, ARGV[1]}
   end
 end
+local group = ARGV[11 + n]
+if group ~= '' and ARGV[12 + n] ~= '' then
+  redis.call('HSET', key_of('group_limits', redis.call('HGET', KEYS[1], 'origin')), group, ARGV[12 + n])
+end
 local due = tonumber(ARGV[3])
 if due > 0 then
   redis.call('ZADD', KEYS[4], due, ARGV[1])
 else
-  if ARGV[4] == '1' then
+  if group ~= '' then
+    local f = redis.call('HMGET', KEYS[1], 'origin', 'priority')
+    push_waiting(f[1], tonumber(f[2]), ARGV[1], group, ARGV[4] == '1')
+  elseif ARGV[4] == '1' then
     redis.call('LPUSH', KEYS[2], ARGV[1])
   else
     redis.call('RPUSH', KEYS[2], ARGV[1])

@@ -46,7 +46,8 @@ if outcome == 'retried' then
   if delay > 0 then
     redis.call('ZADD', KEYS[6], now + delay, id)
   else
-    redis.call('RPUSH', KEYS[7], id)
+    local f = redis.call('HMGET', KEYS[1], 'group', 'origin', 'priority')
+    if f[1] then push_waiting(f[2], priority_of(f[3]), id, f[1]) else redis.call('RPUSH', KEYS[7], id) end
     redis.call('LPUSH', KEYS[8], '1')
     redis.call('LTRIM', KEYS[8], 0, 0)
   end

@@ -4,14 +4,16 @@
   ARGV[1] now, epoch seconds  ARGV[2] now, RQ's format   ARGV[3] job key prefix    ARGV[4] most jobs to move
   Returns the number of jobs moved.
 ]]
+--#include waiting
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
 local moved = 0
 for _, id in ipairs(due) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local job = ARGV[3] .. id
     if redis.call('EXISTS', job) == 1 then
-      local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
-      redis.call('RPUSH', KEYS[2 + priority], id)
+      local g = redis.call('HMGET', job, 'priority', 'group', 'origin')
+      local priority = priority_of(g[1])
+      if g[2] then push_waiting(g[3], priority, id, g[2]) else redis.call('RPUSH', KEYS[2 + priority], id) end
       redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[2])
       moved = moved + 1
     end

@@ -81,8 +81,9 @@ for _, member in ipairs(members) do
         else  -- the lost run keeps its history row: the rerun is numbered after it instead of writing over it
           redis.call('HINCRBY', job, 'earlier_attempts', 1)
         end
-        local priority = math.min(10, math.max(1, tonumber(redis.call('HGET', job, 'priority') or '5') or 5))
-        redis.call('LPUSH', KEYS[4 + priority], id)
+        local g = redis.call('HMGET', job, 'priority', 'group', 'origin')
+        local priority = priority_of(g[1])
+        if g[2] then push_waiting(g[3], priority, id, g[2], true) else redis.call('LPUSH', KEYS[4 + priority], id) end
         redis.call('HSET', job, 'status', 'queued', 'enqueued_at', ARGV[2], 'exc_info', ARGV[7])
         redis.call('LPUSH', KEYS[3], '1')
         redis.call('LTRIM', KEYS[3], 0, 0)

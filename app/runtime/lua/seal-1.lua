@@ -7,10 +7,7 @@
 --#include flows
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'creating' then return state or '' end
-redis.call('HSET', KEYS[1], 'state', 'active')
-if tonumber(redis.call('HGET', KEYS[1], 'pending') or '0') <= 0 then
-  local clock, ended = redis_clock(ARGV[2]), {}
-  end_batch(KEYS[1], ARGV[1], clock, ended)
-  for _, job in ipairs(ended) do settle(job[1], job[2], clock) end -- a canceled onSuccess: what waits for it
-end
+local clock, ended = redis_clock(ARGV[2]), {}
+seal_batch(KEYS[1], ARGV[1], clock, ended)
+for _, job in ipairs(ended) do settle(job[1], job[2], clock) end -- a canceled onSuccess: what waits for it
 return redis.call('HGET', KEYS[1], 'state')

@@ -26,13 +26,12 @@ end
 -- A held job goes to wait in its lane: its parents have ended, or its batch has.
 local function release(id, clock)
   local job = key_of('job', id)
-  local f = redis.call('HMGET', job, 'status', 'origin', 'priority')
+  local f = redis.call('HMGET', job, 'status', 'origin', 'priority', 'group')
   if f[1] ~= 'deferred' or not f[2] then return end
-  local lane = key_of('lane' .. math.min(10, math.max(1, tonumber(f[3] or '5') or 5)), f[2])
   redis.call('ZREM', key_of('deferred', f[2]), id)
   redis.call('HSET', job, 'status', 'queued', 'enqueued_at', clock.stamp)
-  redis.call('RPUSH', lane, id)
-  redis.call('SADD', QUEUES_SET, key_of('queue', f[2]), lane)
+  local list = push_waiting(f[2], priority_of(f[3]), id, f[4])
+  if not f[4] then redis.call('SADD', QUEUES_SET, key_of('queue', f[2]), list) end
   local marker = key_of('marker', f[2])
   if redis.call('LLEN', marker) == 0 then redis.call('LPUSH', marker, '1') end
 end
@@ -79,13 +78,27 @@ local function end_batch(batch, batch_id, clock, ended)
   end
 end
 
--- A batch job ended for good (`how`: completed, failed, canceled): counted once, while the batch is not over.
-local function count_in_batch(batch_id, how, clock, ended)
+-- The batch's jobs are all created: from now on the end of its last job ends it (now, if all have ended).
+local function seal_batch(batch, batch_id, clock, ended)
+  if redis.call('HGET', batch, 'state') ~= 'creating' then return end
+  redis.call('HSET', batch, 'state', 'active')
+  if tonumber(redis.call('HGET', batch, 'pending') or '0') <= 0 then end_batch(batch, batch_id, clock, ended) end
+end
+
+-- A batch job ended for good (`how`: completed, failed, canceled): counted once per job while the batch is not
+-- over. The job keeps how it was counted (`batch_counted`): a job put back to run by a tool that does not tell the
+-- batch (RQ's own requeue) and ending again moves its count instead of ending the batch early.
+local function count_in_batch(job_id, batch_id, how, clock, ended)
   local batch = key_of('batch', batch_id)
   local state = redis.call('HGET', batch, 'state')
   if state ~= 'creating' and state ~= 'active' then return end -- gone, or over (a job requeued by hand since)
+  local job = key_of('job', job_id)
+  local before = redis.call('HGET', job, 'batch_counted')
+  redis.call('HSET', job, 'batch_counted', how)
   redis.call('HINCRBY', batch, how, 1)
-  if redis.call('HINCRBY', batch, 'pending', -1) <= 0 and state == 'active' then
+  if before then
+    redis.call('HINCRBY', batch, before, -1)
+  elseif redis.call('HINCRBY', batch, 'pending', -1) <= 0 and state == 'active' then
     end_batch(batch, batch_id, clock, ended)
   end
 end
@@ -122,6 +135,6 @@ local function settle(id, how, clock, flags)
       end
       redis.call('DEL', dependents)
     end
-    if f[2] then count_in_batch(f[2], outcome, clock, ended) end
+    if f[2] then count_in_batch(job_id, f[2], outcome, clock, ended) end
   end
 end
