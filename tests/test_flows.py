@@ -182,8 +182,9 @@ def test_a_batch_with_a_failure_cancels_on_success_and_runs_on_complete(redis_co
     _drain(redis_conn)
     shown = batch_status(redis_conn, batch.id)
     assert (shown["state"], shown["completed"], shown["failed"]) == ("failed", 1, 1)
-    assert shown["callbacks"]["onSuccess"]["state"] == "canceled"
-    assert shown["callbacks"]["onComplete"]["state"] == "completed"
+    assert shown["callbacks"]["onSuccess"] == {"jobId": batch.callbacks["onSuccess"], "state": "canceled",
+                                               "fired": False}  # fmt: skip
+    assert shown["callbacks"]["onComplete"]["state"] == "completed" and shown["callbacks"]["onComplete"]["fired"]
     assert _ran(redis_conn).count("onComplete") == 1 and "onSuccess" not in _ran(redis_conn)
 
 
@@ -290,8 +291,9 @@ def test_a_callback_canceled_by_hand_is_not_one_of_its_batch_jobs(redis_conn):
     shown = batch_status(redis_conn, batch.id)
     assert (shown["state"], shown["pending"], shown["canceled"]) == ("active", 2, 0)
     _drain(redis_conn)
-    assert batch_status(redis_conn, batch.id)["state"] == "completed"
-    assert sorted(_ran(redis_conn)) == ["j1", "j2", "onSuccess"]
+    shown = batch_status(redis_conn, batch.id)
+    assert shown["state"] == "completed" and sorted(_ran(redis_conn)) == ["j1", "j2", "onSuccess"]
+    assert (shown["callbacks"]["onSuccess"]["fired"], shown["callbacks"]["onComplete"]["fired"]) == (True, False)
 
 
 def test_a_job_put_back_by_hand_still_waits_for_its_parents(redis_conn):

@@ -181,15 +181,14 @@ def batch_status(connection: Redis, batch_id: str) -> dict | None:
         for job_id in callbacks.values():
             pipe.hget(job_key(job_id), "status")
         statuses = pipe.execute()
-    ended_at = fields.get("ended_at")
     return {
         "batchId": batch_id,
         "state": fields.get("state"),
         **{name: int(fields.get(name) or 0) for name in ("total", "pending", "completed", "failed", "canceled")},
         "createdAt": _iso(fields.get("created_at")),
-        "endedAt": _iso(ended_at),
+        "endedAt": _iso(fields.get("ended_at")),
         "callbacks": {
-            name: {"jobId": job_id, "state": _state(status), "fired": bool(ended_at) and _state(status) != "deferred"}
+            name: {"jobId": job_id, "state": _state(status), "fired": f"{_FIELD[name]}_fired" in fields}
             for (name, job_id), status in zip(callbacks.items(), statuses, strict=True)
         },
     }

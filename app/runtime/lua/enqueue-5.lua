@@ -44,8 +44,8 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 13 + n))
 redis.call('SADD', KEYS[5], ARGV[2], KEYS[2]) -- the queue and its lane: RQ's tools list and count both
 local batch = ARGV[9 + n]
-if batch ~= '' and ARGV[10 + n] ~= '1' then
-  redis.call('HINCRBY', key_of('batch', batch), 'total', 1)
+if batch ~= '' and ARGV[10 + n] ~= '1' and redis.call('EXISTS', key_of('batch', batch)) == 1 then
+  redis.call('HINCRBY', key_of('batch', batch), 'total', 1) -- (a batch flushed away is not made again, half)
   redis.call('HINCRBY', key_of('batch', batch), 'pending', 1)
 end
 if n > 0 or ARGV[10 + n] == '1' then

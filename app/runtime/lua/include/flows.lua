@@ -23,17 +23,18 @@ local function redis_clock(cap)
   return {now = tonumber(t[1]) + tonumber(t[2]) / 1000000, stamp = rq_time(t), cap = tonumber(cap) or 0}
 end
 
--- A held job goes to wait in its lane: its parents have ended, or its batch has.
+-- A held job goes to wait in its lane: its parents have ended, or its batch has. Returns whether it was held.
 local function release(id, clock)
   local job = key_of('job', id)
   local f = redis.call('HMGET', job, 'status', 'origin', 'priority', 'group')
-  if f[1] ~= 'deferred' or not f[2] then return end
+  if f[1] ~= 'deferred' or not f[2] then return false end
   redis.call('ZREM', key_of('deferred', f[2]), id)
   redis.call('HSET', job, 'status', 'queued', 'enqueued_at', clock.stamp)
   local list = push_waiting(f[2], priority_of(f[3]), id, f[4])
   if not f[4] then redis.call('SADD', QUEUES_SET, key_of('queue', f[2]), list) end
   local marker = key_of('marker', f[2])
   if redis.call('LLEN', marker) == 0 then redis.call('LPUSH', marker, '1') end
+  return true
 end
 
 -- A job that is not running ends without running (`status`: failed or canceled), with its history row; the caller
@@ -62,15 +63,16 @@ local function end_unrun(id, status, clock, error_type, reason)
 end
 
 -- The batch's last job has ended: onComplete runs, onSuccess runs if every job completed (else it is canceled).
+-- The batch notes each callback it released (`fired`: one canceled by hand meanwhile is not).
 local function end_batch(batch, batch_id, clock, ended)
   local f = redis.call('HMGET', batch, 'failed', 'canceled', 'on_success', 'on_complete')
   local ok = (tonumber(f[1]) or 0) + (tonumber(f[2]) or 0) == 0
   redis.call('HSET', batch, 'state', ok and 'completed' or 'failed', 'ended_at', clock.now)
   redis.call('EXPIRE', batch, BATCH_TTL)
-  if f[4] then release(f[4], clock) end
+  if f[4] and release(f[4], clock) then redis.call('HSET', batch, 'on_complete_fired', '1') end
   if f[3] then
     if ok then
-      release(f[3], clock)
+      if release(f[3], clock) then redis.call('HSET', batch, 'on_success_fired', '1') end
     elseif redis.call('HGET', key_of('job', f[3]), 'status') == 'deferred' then
       end_unrun(f[3], 'canceled', clock, 'BatchFailed', 'batch ' .. batch_id .. ' had failed or canceled jobs')
       ended[#ended + 1] = {f[3], 'canceled'}
