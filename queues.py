@@ -37,7 +37,8 @@ Keys of our own, `bullrq:<queue>:<family>[:<part>]`:
     bullrq:scheduler:tick   string  epoch seconds of the active scheduler's last completed tick   TTL: 1 day
     bullrq:processes:restarts  hash  "<host>/<process>" -> restarts by the supervisor of a run directory  no TTL
     bullrq:cache-cleanup:cursor:<pattern>  string  SCAN cursor where the next cache cleanup resumes   TTL: 7 days
-    bullrq:sync:fanout:<job id>  set  workspaces a scheduled sync already enqueued (retry-safe)       TTL: 1 day
+    bullrq:sync:fanout-batches:<job id>  list  ids of the batches scheduled sync <job id> created, in order
+                            (a retry creates only the rest: workers/_sync_fanout.py)                 TTL: 1 day
     bullrq:cache:<area>:... handler caches (sync answers: cache:sync:<sha256>; AI results: cache:ai:...)  TTL set
                             by their writer; swept by the cache-cleanup queue
 
@@ -238,6 +239,11 @@ def dependents_key(job_id: str) -> str:
 
 def batch_key(batch_id: str) -> str:
     return ":".join((KEY_PREFIX, "batch", batch_id))
+
+
+def sync_fanout_key(job_id: str) -> str:
+    """The batches scheduled sync `job_id` created (workers/_sync_fanout.py)."""
+    return key("sync", "fanout-batches", job_id)
 
 
 def worker_commands_key(worker_name: str) -> str:

@@ -244,6 +244,27 @@ def test_failed_jobs_open_one_alert_by_email_and_webhook_and_clear_once_quiet(al
     assert (row["status"], row["open_sent"], row["clear_sent"], row["messages_sent"]) == ("cleared", True, True, 2)
 
 
+def test_a_scheduled_sync_in_which_a_workspace_failed_opens_an_alert_naming_it(alerting, redis_conn, monkeypatch):
+    alerting.configure(ALERT_FAILED="1", ALERT_FAILED_WINDOW="120")
+    monkeypatch.delenv("SYNC_PRIMARY_URL", raising=False)  # the syncs fail for good at once (no provider)
+    with connect(alerting.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO sync_items (workspace_id, external_id) VALUES ('acme', 'a'), ('globex', 'b')")
+    alerting.start_notifier()
+    alerting.workers.start("sync", name="sync")
+    alerting.start_scheduler()
+    scheduled = enqueue(redis_conn, "sync.scheduled", {}, None).id
+    key = "failed:sync:sync.scheduled-done"
+    wait_for(lambda: ("alert.opened", key) in alerting.events(), timeout=60,
+             message=f"the run's alert\n{alerting.logs()}")  # fmt: skip
+    [row] = [alert for alert in alerting.alerts() if alert["key"] == key]
+    assert (row["status"], row["task"], row["queue"], row["count"]) == ("open", "sync.scheduled-done", "sync", 1)
+    [error] = [e["error"] for e in row["details"]["top_errors"]]
+    assert error.startswith(f"PermanentFailure: 2 of 2 workspaces failed for good: 'acme', 'globex'; scheduled "
+                            f"sync {scheduled}, batch "), error
+    [opened] = [m for m in alerting.webhooks() if m["event"] == "alert.opened" and m["alert"]["key"] == key]
+    assert "sync.scheduled-done on queue sync failed for good" in opened["alert"]["summary"]
+
+
 def test_switched_off_task_type_raises_no_alert(alerting, redis_conn):
     alerting.configure(ALERT_FAILED="1", ALERT_FAILED_WINDOW="3", ALERT_QUIET_TASKS="semantics.permanent")
     alerting.start_notifier()

@@ -3,6 +3,7 @@ server playing the primary and the fallback provider."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -10,15 +11,20 @@ import time
 
 import pytest
 
-from app.errors import ConfigError, InvalidJobError
+from app.errors import ConfigError, InvalidJobError, JobStateError
+from app.runtime.control import run_now
 from app.runtime.enqueue import enqueue
-from queues import job_key
+from app.runtime.flows import MAX_BATCH_JOBS, batch_status
+from app.runtime.jobs import describe_job, fetch_job
+from app.tasks import queue_keys
+from queues import JOB_KEY_PREFIX, batch_key, job_key, sync_fanout_key
 from tests.conftest import TOKEN
 from tests.fixtures import wait_for
-from tests.waits import stays
+from tests.waits import status, stays
+from workers._sync_fanout import FANOUT_TTL, fan_out
 from workers._sync_settings import Provider, SyncSettings
 from workers._sync_store import content_hash
-from workers.sync import CACHE_TTL, fanout_key
+from workers.sync import CACHE_TTL, FANOUT_BATCH
 
 pytest_plugins = ["tests.worker_processes", "tests.handler_runs", "tests.http_service"]
 
@@ -238,7 +244,31 @@ def test_batches_of_fifty_with_at_most_five_requests_in_flight(handlers, http_se
         assert max(spans[i][1] for i in done) <= min(spans[i][0] for i in following)
 
 
-def test_the_scheduled_sync_fans_out_to_each_workspace_once(handlers, http_service, monkeypatch):
+def _rerun(handlers, job_id: str) -> dict:
+    """Run sync.scheduled under `job_id`, again if it ran before (as a retry of that job would); returns its result."""
+    handlers.redis.delete(job_key(job_id))  # enqueue never writes over a job
+    enqueue(handlers.redis, "sync.scheduled", {}, None, job_id=job_id)
+    job = handlers.wait(job_id)
+    assert job["status"] == "completed", job["error"]
+    return job["result"]
+
+
+def _batches(redis_conn) -> set[str]:
+    return {k.decode().rsplit(":", 1)[1] for k in redis_conn.scan_iter(match=batch_key("*"))}
+
+
+def _done_jobs(redis_conn) -> list[str]:
+    """The sync.scheduled-done jobs in Redis."""
+    ids = [k.decode().removeprefix(JOB_KEY_PREFIX) for k in redis_conn.scan_iter(match=job_key("*"))]
+    return [i for i in ids if (redis_conn.hget(job_key(i), "description") or b"").startswith(b"sync.scheduled-done(")]
+
+
+def _history(handlers, task: str) -> list[dict]:
+    with handlers.db() as conn:
+        return conn.execute("SELECT * FROM job_runs WHERE task = %s ORDER BY id", (task,)).fetchall()
+
+
+def test_the_scheduled_sync_fans_out_as_one_batch_whose_callback_sums_up_once(handlers, http_service, monkeypatch):
     workspaces = {"w1": {"a": None, "b": None}, "w2": {"c": None}, "team α/β with spaces": {"d": None}}
     for workspace, items in workspaces.items():
         _seed(handlers, workspace, items)
@@ -246,23 +276,128 @@ def test_the_scheduled_sync_fans_out_to_each_workspace_once(handlers, http_servi
     _providers(monkeypatch, http_service.url + "/p")
     handlers.start("sync")
 
-    def fan_out(job_id: str) -> dict:
-        handlers.redis.delete(job_key(job_id))  # run again under the same id (enqueue never writes over a job)
-        enqueue(handlers.redis, "sync.scheduled", {}, None, job_id=job_id)
-        job = handlers.wait(job_id)
-        assert job["status"] == "completed", job["error"]
-        return job["result"]
-
-    assert fan_out("scheduled-1") == {"workspaces": 3, "enqueued": 3, "already_enqueued": 0, "invalid": 0}
-    wait_for(lambda: len(_runs(handlers)) == 3, message="the three syncs")
+    first = _rerun(handlers, "scheduled-1")
+    [batch_id] = first.pop("batches")
+    assert first == {"workspaces": 3, "enqueued": 3, "already_enqueued": 0, "invalid": 0}
+    assert [b.decode() for b in handlers.redis.lrange(sync_fanout_key("scheduled-1"), 0, -1)] == [batch_id]
+    assert 0 < handlers.redis.ttl(sync_fanout_key("scheduled-1")) <= FANOUT_TTL
+    callback = batch_status(handlers.redis, batch_id)["callbacks"]["onComplete"]["jobId"]
+    done = handlers.wait(callback)
+    assert done["status"] == "completed", done["error"]
+    summary = {"scheduled_job_id": "scheduled-1", "batch_id": batch_id, "part": 1, "parts": 1, "workspaces": 3,
+               "completed": 3, "failed": 0, "canceled": 0, "failures": [], "not_listed": 0}
+    assert done["result"] == summary
+    assert (done["progress"]["processed"], done["progress"]["failed"]) == (3, 0)
+    assert done["data"] == {"scheduled_job_id": "scheduled-1", "part": 1, "parts": 1, "batch_id": batch_id}
     assert sorted(r["workspace_id"] for r in _runs(handlers)) == sorted(workspaces)
+    shown = batch_status(handlers.redis, batch_id)
+    assert (shown["state"], shown["total"], shown["completed"]) == ("completed", 3, 3)
+    # its return value is the run's row in the history, once
+    rows = wait_for(lambda: _history(handlers, "sync.scheduled-done"), message="the callback's history row")
+    assert [(r["job_id"], r["status"], r["result"]) for r in rows] == [(callback, "completed", summary)]
 
-    # the same scheduled job run again (a retry after its syncs ended): nothing is enqueued twice
-    assert fan_out("scheduled-1") == {"workspaces": 3, "enqueued": 0, "already_enqueued": 3, "invalid": 0}
-    stays(lambda: len(_runs(handlers)) == 3, 1.0)
+    # the same scheduled job run again (a retry after its syncs ended): no second batch, nothing enqueued twice
+    again = _rerun(handlers, "scheduled-1")
+    assert again == {"workspaces": 3, "enqueued": 0, "already_enqueued": 3, "invalid": 0, "batches": [batch_id]}
+    stays(lambda: len(_runs(handlers)) == 3 and len(_done_jobs(handlers.redis)) == 1, 1.0)
+    assert _batches(handlers.redis) == {batch_id}
+    assert len(_history(handlers, "sync.scheduled-done")) == 1
 
-    assert fan_out("scheduled-2")["enqueued"] == 3  # the next scheduled run syncs every workspace again
+    second = _rerun(handlers, "scheduled-2")  # the next scheduled run syncs every workspace again, in its own batch
+    assert second["enqueued"] == 3 and second["batches"] != [batch_id]
     wait_for(lambda: len(_runs(handlers)) == 6, message="the next three syncs")
+    assert _batches(handlers.redis) == {batch_id, *second["batches"]}
+    wait_for(lambda: len(_history(handlers, "sync.scheduled-done")) == 2, message="the second run's callback")
+
+
+def test_a_retry_while_the_syncs_still_run_reuses_the_batch(handlers, http_service, monkeypatch):
+    gate = threading.Event()
+    http_service.route("GET", "/p/items/a", lambda request: gate.wait(60) and {"id": "a"})
+    _seed(handlers, "slow", {"a": None})
+    _providers(monkeypatch, http_service.url + "/p")
+    handlers.start("sync", name="sync-1")
+    handlers.start("sync", name="sync-2")  # one runs the sync, held; the other the scheduled job's retry
+
+    first = _rerun(handlers, "scheduled-r")
+    wait_for(lambda: http_service.received(path="/p/items/a"), message="the sync to be under way")
+    again = _rerun(handlers, "scheduled-r")  # its sync has not ended: the batch is pending
+    assert again == {"workspaces": 1, "enqueued": 0, "already_enqueued": 1, "invalid": 0,
+                     "batches": first["batches"]}
+    gate.set()
+    [batch_id] = first["batches"]
+    done = handlers.wait(batch_status(handlers.redis, batch_id)["callbacks"]["onComplete"]["jobId"])
+    assert done["status"] == "completed" and done["result"]["completed"] == 1
+    assert len(_runs(handlers)) == 1 and len(http_service.received(path="/p/items/a")) == 1
+
+
+def test_a_failed_workspace_fails_the_summary_naming_it(handlers, http_service, monkeypatch):
+    _seed(handlers, "fine", {"a": None})
+    _seed(handlers, "down", {"x": None, "y": None})
+    _serve(http_service, "/p", {"a": {"id": "a"}})
+    for external_id in ("x", "y"):
+        http_service.route("GET", f"/p/items/{external_id}", (503, {}, b"maintenance"))
+    _providers(monkeypatch, http_service.url + "/p")
+    handlers.start("sync")
+
+    [batch_id] = _rerun(handlers, "scheduled-f")["batches"]
+    callback = batch_status(handlers.redis, batch_id)["callbacks"]["onComplete"]["jobId"]
+    scheduled = queue_keys("sync").scheduled
+
+    def ended() -> bool:  # the sync of "down" is retried 30 s later: made due at once instead
+        for job_id in handlers.redis.zrange(scheduled, 0, -1):
+            with contextlib.suppress(JobStateError):  # promoted meanwhile by the worker
+                run_now(handlers.redis, job_id.decode())
+        return status(handlers.redis, callback) in ("finished", "failed")
+
+    wait_for(ended, timeout=60, message="the batch's callback to end")
+    done = handlers.wait(callback)
+    assert done["status"] == "failed" and done["attempt"] == 1  # for good: no retry
+    [down] = _runs(handlers, "down")
+    assert handlers.wait(down["job_id"])["attempt"] == 3  # three attempts, then failed for good
+    message = done["error"].strip().splitlines()[-1]
+    assert (f"PermanentFailure: 1 of 2 workspaces failed for good: 'down'; scheduled sync scheduled-f, batch "
+            f"{batch_id}: 1 completed, 0 canceled; errors: 'down' (job {down['job_id']}): ") in message, message
+    assert "ServiceUnavailableError" in message and "providers are unavailable" in message
+    assert (done["progress"]["processed"], done["progress"]["failed"]) == (1, 1)
+    rows = wait_for(lambda: _history(handlers, "sync.scheduled-done"), message="the callback's history row")
+    assert [(r["status"], r["items_processed"], r["items_failed"], r["error_type"]) for r in rows] == [
+        ("failed", 1, 1, "PermanentFailure")]
+    assert "'down'" in rows[0]["error_message"]
+
+
+def test_fan_out_creates_one_batch_per_part_and_a_retry_only_the_parts_missing(redis_conn):
+    workspaces = [f"w{n}" for n in range(5)]
+    run = fan_out(redis_conn, "sched-parts", workspaces, 2)
+    assert run["enqueued"] == 5 and len(run["batches"]) == 3
+    members = []
+    for number, batch_id in enumerate(run["batches"], 1):
+        shown = batch_status(redis_conn, batch_id)
+        callback = describe_job(fetch_job(shown["callbacks"]["onComplete"]["jobId"], redis_conn))
+        assert (callback["type"], callback["status"]) == ("sync.scheduled-done", "deferred")
+        assert callback["data"] == {"scheduled_job_id": "sched-parts", "part": number, "parts": 3, "batch_id": batch_id}
+        members.append(shown["total"])
+    assert members == [2, 2, 1]
+    assert fan_out(redis_conn, "sched-parts", workspaces, 2) == {"batches": run["batches"], "enqueued": 0}
+    # a worker that died before it recorded the last part: the retry creates that part only
+    redis_conn.rpop(sync_fanout_key("sched-parts"))
+    retried = fan_out(redis_conn, "sched-parts", workspaces, 2)
+    assert retried["enqueued"] == 1 and retried["batches"][:2] == run["batches"][:2]
+    assert retried["batches"][2] != run["batches"][2]
+    assert fan_out(redis_conn, "sched-none", [], 2) == {"batches": [], "enqueued": 0}
+    assert FANOUT_BATCH == MAX_BATCH_JOBS
+
+
+def test_the_callback_refuses_bad_data_and_a_batch_that_has_not_ended(handlers):
+    for data, wanted in [
+        ({"scheduledJobId": "s"}, "batchId"),
+        ({"batchId": "b", "scheduledJobId": ""}, "scheduledJobId"),
+        ({"batchId": "b", "scheduledJobId": "s", "part": 2, "parts": 1}, "part"),
+    ]:
+        with pytest.raises(InvalidJobError, match=wanted):
+            handlers.enqueue("sync.scheduled-done", data)
+    handlers.start("sync")
+    job = handlers.run("sync.scheduled-done", {"batchId": "nope", "scheduledJobId": "s"})
+    assert job["status"] == "failed" and "batch nope of scheduled sync s does not exist" in job["error"]
 
 
 def test_bad_data_is_refused_at_enqueue(handlers, client):
@@ -323,10 +458,3 @@ def test_item_urls_encode_the_external_id():
 def test_content_hash_ignores_key_order_and_spacing():
     assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
     assert content_hash({"a": 1}) != content_hash({"a": 2})
-
-
-def test_fanout_keys_are_valid_dedup_keys():
-    assert fanout_key("w1", "job-1") == "sync:w1:job-1"
-    odd = fanout_key("team α/β with spaces", "job-1")
-    assert odd.startswith("sync:") and len(odd) <= 200 and odd != fanout_key("team α/β with spaces", "job-2")
-    assert len(fanout_key("w" * 200, "0f0e5a5e-0000-4000-8000-000000000000")) <= 200

@@ -4,9 +4,18 @@ Task types:
     sync.manual     data `{"workspaceId": str (1-200 characters), "forceUpdate": bool = false}`: sync one workspace
                     now; `forceUpdate` skips the response cache (fresh answers still refill it). A workspace that
                     tracks no items completes with zero counts.
-    sync.scheduled  no data; every 6 h (`sync-scheduled` in schedules.yaml): enqueues one `sync.manual` per
-                    workspace that tracks items (job option jobId `sync:<workspace>:<this job id>`), once per
-                    scheduled job even when that job is retried; returns how many it enqueued.
+    sync.scheduled  no data; every 6 h (`sync-scheduled` in schedules.yaml): creates a batch (app.runtime.flows)
+                    of one `sync.manual` per workspace that tracks items, with `sync.scheduled-done` as its
+                    onComplete callback; once per scheduled job even when that job is retried (the batch ids are
+                    kept under `queues.sync_fanout_key(<job id>)` for a day). Over FANOUT_BATCH workspaces, one
+                    batch per FANOUT_BATCH, each with its callback (`part` of `parts`). Returns the batch ids and
+                    how many syncs it enqueued.
+    sync.scheduled-done  data `{"batchId", "scheduledJobId", "part": 1, "parts": 1}` (given by sync.scheduled):
+                    runs once when every sync of its batch has ended and sums the run up: workspaces, completed,
+                    failed, canceled, and each failed or canceled workspace with its job id and error (the first
+                    100). Completes with that summary as its result when no workspace failed; otherwise fails for
+                    good (PermanentFailure) with the counts and the failed workspaces in its error, so the `failed`
+                    alert condition opens `failed:sync:sync.scheduled-done` (canceled workspaces alone raise none).
 
 Provider API (the same for both providers): `GET {base}/items/{external_id}` (the id path-encoded) with
 `Authorization: Bearer <token>` when a token is set, answered by 200 and the record as a JSON object. 404 means the
@@ -36,9 +45,7 @@ Environment:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -52,14 +59,10 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 50
 #: seconds a provider's answer stays in the cache
 CACHE_TTL = 6 * 3600
-#: seconds a scheduled fan-out remembers the workspaces it enqueued (covers its retries with a wide margin)
-FANOUT_TTL = 24 * 3600
-#: sync.manual jobs enqueued per Redis round trip by the fan-out
-FANOUT_CHUNK = 100
+#: workspaces per batch of a scheduled sync (app.runtime.flows.MAX_BATCH_JOBS: the most a batch holds)
+FANOUT_BATCH = 10_000
 #: longest workspace id accepted
 MAX_WORKSPACE_ID = 200
-#: what the enqueue helper accepts as a jobId (dedup key)
-_DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
 
 
 def _check_workspace(workspace_id: object) -> None:
@@ -94,46 +97,57 @@ def manual(workspace_id: str, force_update: bool = False) -> dict:
 
 @task("sync.scheduled", queue="sync")
 def scheduled() -> dict:
-    """Enqueue one sync.manual per workspace that tracks items, once per scheduled job even when it is retried."""
-    from app.runtime import progress, resources
-    from app.runtime.enqueue import enqueue_many
-    from queues import key
+    """Create a batch of one sync.manual per workspace that tracks items, once per scheduled job even when retried."""
+    from app.runtime import progress
     from workers import _sync_store as store
+    from workers._sync_fanout import fan_out
 
     job_id = progress.current_job().id
-    redis_client = resources.redis_client()
-    # the dedup key stops a second enqueue only while the first job is pending; this set also covers a retry that
-    # comes after the workspace's sync ended
-    marker = key("sync", "fanout", job_id)
     found = store.workspaces()
     valid = [workspace for workspace in found if _is_valid_workspace(workspace)]
-    if len(valid) < len(found):
-        logger.warning("job %s: skipped %d workspace ids not valid for sync.manual", job_id, len(found) - len(valid))
-    done = {member.decode() for member in redis_client.smembers(marker)}
-    pending = [workspace for workspace in valid if workspace not in done]
-    created = 0
-    for start in range(0, len(pending), FANOUT_CHUNK):
-        chunk = pending[start : start + FANOUT_CHUNK]
-        requests = [("sync.manual", {"workspaceId": w}, {"jobId": fanout_key(w, job_id)}) for w in chunk]
-        created += sum(outcome.created for outcome in enqueue_many(redis_client, requests))
-        redis_client.pipeline().sadd(marker, *chunk).expire(marker, FANOUT_TTL).execute()
-        progress.report(percent=100 * (start + len(chunk)) / len(pending), message=f"{created} syncs enqueued",
-                        processed=len(valid) - len(pending) + start + len(chunk),
-                        failed=len(found) - len(valid))
-    progress.report(percent=100, message=f"{created} syncs enqueued for {len(valid)} workspaces",
-                    processed=len(valid), failed=len(found) - len(valid))
-    logger.info("job %s: enqueued %d syncs for %d workspaces", job_id, created, len(valid))
-    return {"workspaces": len(found), "enqueued": created, "already_enqueued": len(valid) - created,
-            "invalid": len(found) - len(valid)}
+    invalid = len(found) - len(valid)
+    if invalid:
+        logger.warning("job %s: skipped %d workspace ids not valid for sync.manual", job_id, invalid)
+
+    def on_part(done: int, total: int) -> None:
+        progress.report(percent=100 * done / total, message=f"{done} of {total} syncs in batches",
+                        processed=done, failed=invalid)
+
+    run = fan_out(progress.current_connection(), job_id, valid, FANOUT_BATCH, on_part)
+    progress.report(percent=100, message=f"{len(valid)} workspaces in {len(run['batches'])} batch(es), "
+                    f"{run['enqueued']} enqueued by this attempt", processed=len(valid), failed=invalid)
+    logger.info("job %s: enqueued %d syncs for %d workspaces", job_id, run["enqueued"], len(valid))
+    return {"workspaces": len(found), "enqueued": run["enqueued"], "already_enqueued": len(valid) - run["enqueued"],
+            "invalid": invalid, "batches": run["batches"]}
 
 
-def fanout_key(workspace_id: str, job_id: str) -> str:
-    """The jobId (dedup key) of the sync of `workspace_id` enqueued by scheduled job `job_id`."""
-    readable = f"sync:{workspace_id}:{job_id}"
-    if _DEDUP_KEY.match(readable):
-        return readable
-    # ids with characters a dedup key cannot hold, or too long: a digest keeps the key unique
-    return "sync:" + hashlib.sha256(f"{workspace_id}\n{job_id}".encode()).hexdigest()
+def _validate_done(kwargs: dict) -> None:
+    for name, key in (("batch_id", "batchId"), ("scheduled_job_id", "scheduledJobId")):
+        value = kwargs.get(name)
+        if not isinstance(value, str) or not 1 <= len(value) <= 200:
+            raise InvalidJobError(f"sync.scheduled-done: {key} must be a job id (1 to 200 characters)")
+    part, parts = kwargs.get("part", 1), kwargs.get("parts", 1)
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in (part, parts)) or not 1 <= part <= parts:
+        raise InvalidJobError("sync.scheduled-done: part and parts must be whole numbers, 1 <= part <= parts")
+
+
+@task("sync.scheduled-done", queue="sync", validate=_validate_done)
+def scheduled_done(batch_id: str, scheduled_job_id: str, part: int = 1, parts: int = 1) -> dict:
+    """Sum up a scheduled sync's batch once it ended; fail for good, naming them, when workspaces failed."""
+    from app.runtime import progress
+    from workers._sync_fanout import failure_message, summarize
+
+    summary = summarize(progress.current_connection(), batch_id, scheduled_job_id, part, parts)
+    progress.report(percent=100, message=f"{summary['completed']} of {summary['workspaces']} workspaces synced, "
+                    f"{summary['failed']} failed, {summary['canceled']} canceled",
+                    processed=summary["completed"], failed=summary["failed"] + summary["canceled"])
+    if summary["failed"]:
+        logger.warning("scheduled sync %s: %d of %d workspaces failed", scheduled_job_id, summary["failed"],
+                       summary["workspaces"])
+        raise PermanentFailure(failure_message(summary))
+    logger.info("scheduled sync %s: batch %s: %d of %d workspaces synced, %d canceled", scheduled_job_id, batch_id,
+                summary["completed"], summary["workspaces"], summary["canceled"])
+    return summary
 
 
 def _is_valid_workspace(workspace_id: str) -> bool:
