@@ -11,7 +11,11 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from app.errors import ConfigError, InvalidJobError, PermanentFailure, ServiceUnavailableError
-from app.tasks import get_task
+from app.runtime.control import run_now
+from app.runtime.enqueue import enqueue
+from app.tasks import get_task, queue_keys
+from queues import JOB_KEY_PREFIX, job_key
+from tests.waits import status, stays
 from workers._harvest_fetch import HarvestSettings
 from workers._harvest_html import Selector, html_to_text, page_text
 from workers._harvest_parse import content_hash, normalise, parse, parse_date, parse_feed, parse_html, parse_json
@@ -21,7 +25,8 @@ pytest_plugins = ["tests.worker_processes", "tests.handler_runs", "tests.http_se
 
 #: quick retries, so a retried job ends within a second or two
 RETRY = {"attempts": 3, "backoff": {"type": "fixed", "delay": 1}}
-HARVEST_ENV = ("HARVEST_MAX_BYTES", "HARVEST_MAX_ITEMS", "HARVEST_TIMEOUT", "HARVEST_CONCURRENCY")
+HARVEST_ENV = ("HARVEST_MAX_BYTES", "HARVEST_MAX_ITEMS", "HARVEST_TIMEOUT", "HARVEST_CONCURRENCY",
+               "HARVEST_EMBED_AFTER", "EMBEDDINGS_PROVIDER", "EMBEDDINGS_MODEL")
 
 RSS = """<?xml version="1.0" encoding="utf-8"?>
 <rss version="2.0"><channel><title>Loopback News</title><link>http://127.0.0.1/</link><description>d</description>
@@ -159,6 +164,75 @@ def test_run_harvests_every_kind_and_stores_each_item_once(handlers, http_servic
     assert (again["result"]["new"], again["result"]["duplicates"]) == (0, 6)
     with handlers.db() as conn:
         assert len(_content(conn)) == 5
+
+
+def _embedding_jobs(redis_conn) -> list[str]:
+    """The embeddings.generate jobs in Redis."""
+    ids = [k.decode().removeprefix(JOB_KEY_PREFIX) for k in redis_conn.scan_iter(match=job_key("*"))]
+    return [i for i in ids if (redis_conn.hget(job_key(i), "description") or b"").startswith(b"embeddings.generate(")]
+
+
+def test_run_queues_embeddings_that_wait_until_the_harvest_completed(handlers, http_service):
+    http_service.route("GET", "/rss.xml", (200, {"Content-Type": "application/rss+xml"}, RSS))
+    with handlers.db() as conn:
+        _add_source(conn, "rss", f"{http_service.url}/rss.xml", "feed")
+    handlers.start("harvest", "embeddings")
+
+    harvest = handlers.run("harvest.run")
+    assert harvest["status"] == "completed", harvest["error"]
+    assert harvest["result"]["new"] == 2
+    embed_id = harvest["result"]["embeddings_job_id"]
+    assert _embedding_jobs(handlers.redis) == [embed_id]
+    embed = handlers.wait(embed_id)
+    assert embed["status"] == "completed", embed["error"]
+    assert embed["depends_on"] == [harvest["id"]] and embed["data"] == {"limit": 10_000}
+    assert handlers.redis.hget(job_key(embed_id), "on_parent_failure") == b"cancel"
+    # created while the harvest ran, held deferred, and queued in the very step that completed the harvest
+    assert embed["created_at"] < harvest["ended_at"] == embed["enqueued_at"] <= embed["started_at"]
+    assert (embed["result"]["embedded"], embed["result"]["remaining"]) == (2, 0)
+    with handlers.db() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM content_embeddings").fetchone()["n"] == 2
+
+    again = handlers.run("harvest.run")  # nothing new stored: nothing to embed
+    assert again["status"] == "completed", again["error"]
+    assert (again["result"]["new"], again["result"]["embeddings_job_id"]) == (0, None)
+    assert _embedding_jobs(handlers.redis) == [embed_id]
+
+
+def test_the_embeddings_job_is_deferred_while_the_harvest_has_not_completed(handlers, http_service):
+    http_service.route("GET", "/rss.xml", (200, {"Content-Type": "application/rss+xml"}, RSS))
+    with handlers.db() as conn:
+        _add_source(conn, "rss", f"{http_service.url}/rss.xml", "feed")
+    handlers.start("harvest", "embeddings")
+    # as if an earlier attempt of this harvest job had queued the embedding and died before it ended: the job waits
+    # for its retry (delayed), and its embedding, with the handler's own options, waits for it
+    harvest_id = handlers.enqueue("harvest.run", None, {"delay": 3600})
+    embed = enqueue(handlers.redis, "embeddings.generate", {"limit": 10_000},
+                    {"dependsOn": [harvest_id], "onParentFailure": "cancel", "jobId": f"harvest-embed:{harvest_id}"})
+    stays(lambda: status(handlers.redis, embed.id) == "deferred", 1.5)  # the idle embeddings worker leaves it
+    assert handlers.redis.zscore(queue_keys("embeddings").deferred, embed.id) is not None
+    run_now(handlers.redis, harvest_id)  # the retry is due
+
+    harvest = handlers.wait(harvest_id)
+    assert harvest["status"] == "completed", harvest["error"]
+    assert harvest["result"]["embeddings_job_id"] == embed.id  # the retry found it queued: not a second one
+    assert _embedding_jobs(handlers.redis) == [embed.id]
+    assert handlers.wait(embed.id)["status"] == "completed"
+
+
+def test_embed_after_off_queues_nothing(handlers, http_service, monkeypatch):
+    monkeypatch.setenv("HARVEST_EMBED_AFTER", "0")
+    http_service.route("GET", "/rss.xml", (200, {"Content-Type": "application/rss+xml"}, RSS))
+    with handlers.db() as conn:
+        _add_source(conn, "rss", f"{http_service.url}/rss.xml", "feed")
+    handlers.start("harvest")
+
+    harvest = handlers.run("harvest.run")
+    assert harvest["status"] == "completed", harvest["error"]
+    assert (harvest["result"]["new"], harvest["result"]["embeddings_job_id"]) == (2, None)
+    keys = queue_keys("embeddings")
+    assert _embedding_jobs(handlers.redis) == []
+    assert handlers.redis.llen(keys.queue) == handlers.redis.zcard(keys.deferred) == 0
 
 
 def test_etag_is_sent_back_and_a_304_stores_nothing(handlers, http_service):
@@ -475,7 +549,9 @@ def test_settings_from_env():
     custom = HarvestSettings.from_env({"HARVEST_MAX_BYTES": "2048", "HARVEST_MAX_ITEMS": "10",
                                        "HARVEST_TIMEOUT": "2.5", "HARVEST_CONCURRENCY": "1"})
     assert (custom.max_bytes, custom.max_items, custom.timeout, custom.concurrency) == (2048, 10, 2.5, 1)
-    for name, value in (("HARVEST_MAX_BYTES", "12"), ("HARVEST_MAX_ITEMS", "lots"), ("HARVEST_CONCURRENCY", "99")):
+    assert custom.embed_after is True and HarvestSettings.from_env({"HARVEST_EMBED_AFTER": "0"}).embed_after is False
+    for name, value in (("HARVEST_MAX_BYTES", "12"), ("HARVEST_MAX_ITEMS", "lots"), ("HARVEST_CONCURRENCY", "99"),
+                        ("HARVEST_EMBED_AFTER", "maybe")):
         with pytest.raises(ConfigError, match=name):
             HarvestSettings.from_env({name: value})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from app.config import env_number, environment
+from app.config import env_bool, env_number, environment
 from app.errors import PermanentFailure, ServiceUnavailableError
 
 #: bytes: the largest answer read from a source (5 MB)
@@ -36,6 +36,7 @@ class HarvestSettings:
     max_items: int = DEFAULT_MAX_ITEMS  #: HARVEST_MAX_ITEMS
     timeout: float = DEFAULT_TIMEOUT  #: HARVEST_TIMEOUT: seconds
     concurrency: int = DEFAULT_CONCURRENCY  #: HARVEST_CONCURRENCY
+    embed_after: bool = True  #: HARVEST_EMBED_AFTER: harvest.run queues embeddings.generate for what it stored
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> HarvestSettings:
@@ -50,6 +51,7 @@ class HarvestSettings:
             max_items=int(env_number(env, "HARVEST_MAX_ITEMS", DEFAULT_MAX_ITEMS, 1, 10_000, "items")),
             timeout=env_number(env, "HARVEST_TIMEOUT", DEFAULT_TIMEOUT, 1, 600, "seconds"),
             concurrency=int(env_number(env, "HARVEST_CONCURRENCY", DEFAULT_CONCURRENCY, 1, 16, "sources")),
+            embed_after=env_bool(env, "HARVEST_EMBED_AFTER", True),
         )
 
 

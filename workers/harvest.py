@@ -25,11 +25,20 @@ Environment:
     HARVEST_MAX_ITEMS     items taken per fetch of one source, the first in the document (500; 1 to 10000)
     HARVEST_TIMEOUT       seconds for one fetch, connecting to the last byte (30; 1 to 600)
     HARVEST_CONCURRENCY   sources fetched at once by harvest.run (4; 1 to 16)
+    HARVEST_EMBED_AFTER   1 (default): harvest.run queues `embeddings.generate` when it stored new items, as a job
+                          that depends on the harvest job (`dependsOn`): it waits "deferred" and runs only once the
+                          harvest completed, and is canceled if the harvest fails for good; 0 switches this off
+                          (1/0, true/false, yes/no, on/off)
+
+The embeddings job embeds every item still without a vector, what this run stored included (`limit`: the items
+stored, at least embeddings.generate's default). A retried harvest.run queues it once: its job option jobId is
+`harvest-embed:<harvest job id>`, and it waits for the same harvest job whichever attempt completes it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -41,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: the largest bigserial id
 MAX_SOURCE_ID = 2**63 - 1
+#: what the enqueue helper accepts as a jobId (dedup key)
+_DEDUP_KEY = re.compile(r"^[A-Za-z0-9._:/@-]{1,200}$")
 
 
 class SourceStatus(StrEnum):
@@ -116,7 +127,32 @@ def harvest_run() -> dict:
         pool.shutdown(wait=False, cancel_futures=True)
     outcomes.sort(key=lambda outcome: outcome.source_id)
     _check_all_failed(outcomes)
-    return _run_result(outcomes)
+    result = _run_result(outcomes)
+    result["embeddings_job_id"] = _queue_embeddings(result["new"]) if settings.embed_after else None
+    return result
+
+
+def _queue_embeddings(new: int) -> str | None:
+    """Queue embeddings.generate to run once the running harvest job has completed; returns its id (None: nothing
+    new was stored)."""
+    import hashlib
+
+    from app.runtime import progress
+    from app.runtime.enqueue import enqueue
+    from workers.embeddings import DEFAULT_LIMIT, MAX_LIMIT
+
+    if new <= 0:
+        return None
+    job_id = progress.current_job().id
+    dedup = f"harvest-embed:{job_id}"
+    if not _DEDUP_KEY.match(dedup):  # an id with characters a dedup key cannot hold: a digest keeps it unique
+        dedup = "harvest-embed:" + hashlib.sha256(job_id.encode()).hexdigest()
+    options = {"dependsOn": [job_id], "onParentFailure": "cancel", "jobId": dedup}
+    queued = enqueue(progress.current_connection(), "embeddings.generate",
+                     {"limit": min(MAX_LIMIT, max(DEFAULT_LIMIT, new))}, options)  # fmt: skip
+    logger.info("job %s: embeddings job %s %s for %d new items", job_id, queued.id,
+                "queued" if queued.created else "already queued", new)
+    return queued.id
 
 
 def harvest_one(source: dict, settings, on_step: Callable[[float, str], object] | None = None) -> Outcome:
