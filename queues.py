@@ -177,6 +177,7 @@ QUEUES: dict[str, QueueSpec] = {
             backoff=Backoff(BackoffType.FIXED, 30),
             timeout=600,
             concurrency=5,  # the original system sent at most 5 requests at once
+            group_concurrency=1,  # one sync of a workspace at a time (sync.manual's group is its workspace)
             rate_limit=RateLimit(max_jobs=20, period=1.0),  # the providers' APIs throttle bursts
             alerts=AlertSpec(backlog_age=1800),
         ),

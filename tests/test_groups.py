@@ -51,11 +51,12 @@ def test_a_group_with_a_backlog_does_not_hold_another_group_back(redis_conn):
 
 def test_turns_rotate_and_priorities_come_first(redis_conn):
     for n in range(3):
-        _add(redis_conn, f"a{n}", "a")
+        _add(redis_conn, f"a{n}", "a")  # any text names a group: "team α/β:5" and "a" are apart
+    _add(redis_conn, "odd", "team α/β:5", priority="low")
     for n in range(2):
         _add(redis_conn, f"b{n}", "b")
     _add(redis_conn, "urgent", "b", priority="high")
-    assert _order(redis_conn) == ["urgent", "a0", "b0", "a1", "b1", "a2"]
+    assert _order(redis_conn) == ["urgent", "a0", "b0", "a1", "b1", "a2", "odd"]
 
 
 def test_a_group_at_its_limit_waits_while_others_run(redis_conn):
@@ -105,7 +106,8 @@ def test_retries_recovery_and_releases_keep_a_job_in_its_group(redis_conn):
 
 
 def test_bad_group_options_are_refused(redis_conn):
-    for options, message in [({"group": ""}, "option 'group'"), ({"group": "a b"}, "option 'group'"),
+    for options, message in [({"group": ""}, "option 'group'"), ({"group": "a\x00b"}, "option 'group'"),
+                             ({"group": "x" * 201}, "option 'group'"),
                              ({"group": "g", "groupConcurrency": 0}, "groupConcurrency")]:  # fmt: skip
         with pytest.raises(InvalidJobError, match=message):
             enqueue(redis_conn, "semantics.record", {"tag": "x"}, {"queue": Q, **options})

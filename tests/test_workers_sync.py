@@ -13,8 +13,9 @@ import pytest
 
 from app.errors import ConfigError, InvalidJobError, JobStateError
 from app.runtime.control import run_now
-from app.runtime.enqueue import enqueue
+from app.runtime.enqueue import enqueue, enqueue_many
 from app.runtime.flows import MAX_BATCH_JOBS, batch_status
+from app.runtime.groups import group_stats
 from app.runtime.jobs import describe_job, fetch_job
 from app.tasks import queue_keys
 from queues import JOB_KEY_PREFIX, batch_key, job_key, sync_fanout_key
@@ -458,3 +459,10 @@ def test_item_urls_encode_the_external_id():
 def test_content_hash_ignores_key_order_and_spacing():
     assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
     assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_syncs_are_grouped_by_workspace_one_at_a_time(redis_conn):
+    jobs = enqueue_many(redis_conn, [("sync.manual", {"workspaceId": w}, None) for w in ("a", "a", "b")])
+    assert [fetch_job(job.id, redis_conn).group for job in jobs] == ["a", "a", "b"]
+    assert group_stats(redis_conn, "sync")["groups"] == {"a": {"waiting": 2, "active": 0, "limit": 1},
+                                                         "b": {"waiting": 1, "active": 0, "limit": 1}}

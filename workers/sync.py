@@ -3,7 +3,8 @@
 Task types:
     sync.manual     data `{"workspaceId": str (1-200 characters), "forceUpdate": bool = false}`: sync one workspace
                     now; `forceUpdate` skips the response cache (fresh answers still refill it). A workspace that
-                    tracks no items completes with zero counts.
+                    tracks no items completes with zero counts. Its group (app.runtime.groups) is its workspace:
+                    workers take the queue's syncs in turns across workspaces, one of each at a time.
     sync.scheduled  no data; every 6 h (`sync-scheduled` in schedules.yaml): creates a batch (app.runtime.flows)
                     of one `sync.manual` per workspace that tracks items, with `sync.scheduled-done` as its
                     onComplete callback; once per scheduled job even when that job is retried (the batch ids are
@@ -82,7 +83,7 @@ def _validate_manual(kwargs: dict) -> None:
         raise InvalidJobError("sync.manual: forceUpdate must be true or false")
 
 
-@task("sync.manual", queue="sync", validate=_validate_manual)
+@task("sync.manual", queue="sync", validate=_validate_manual, group_by="workspace_id")
 def manual(workspace_id: str, force_update: bool = False) -> dict:
     """Sync the items workspace `workspace_id` tracks from the providers (`force_update`: bypass the cache)."""
     from app.runtime import progress

@@ -95,8 +95,8 @@ class JobOptions:
         if dedup is not None and (not isinstance(dedup, str) or not _DEDUP_KEY.match(dedup)):
             raise InvalidJobError("option 'jobId' must be 1 to 200 characters: letters, digits and . _ : / @ -")
         group = raw.get("group")
-        if group is not None and (not isinstance(group, str) or not _DEDUP_KEY.match(group)):
-            raise InvalidJobError("option 'group' must be 1 to 200 characters: letters, digits and . _ : / @ -")
+        if group is not None and not _is_group(group):
+            raise InvalidJobError("option 'group' must be a text of 1 to 200 characters, without NUL")
         queue = raw.get("queue")
         if queue is not None:
             if not isinstance(queue, str):
@@ -122,6 +122,11 @@ class JobOptions:
             group=group,
             group_concurrency=_integer(raw, "groupConcurrency", 1, MAX_GROUP_CONCURRENCY),
         )
+
+
+def _is_group(value: Any) -> bool:
+    """A group name: any text a key can hold (a workspace's name, say), bounded; "" stands for no group."""
+    return isinstance(value, str) and 1 <= len(value) <= 200 and "\x00" not in value
 
 
 def _parents(value: Any) -> tuple[str, ...]:
@@ -429,9 +434,9 @@ def _prepare(
         fields["callback_of" if held else "batch_id"] = batch_id
     group = opts.group or task.group_of(kwargs)
     if group:
-        if not _DEDUP_KEY.match(group):
-            raise InvalidJobError(f"{task.name}: its group {group[:50]!r} must be 1 to 200 characters: letters, "
-                                  "digits and . _ : / @ -")
+        if not _is_group(group):
+            raise InvalidJobError(f"{task.name}: its group {group[:50]!r} must be a text of 1 to 200 characters, "
+                                  "without NUL")
         fields["group"] = group
     if attempts > 1:
         fields["retries_left"] = attempts - 1
