@@ -295,9 +295,9 @@ def test_backlog_by_count_and_by_age(alerting, redis_conn):
     alerting.configure(ALERT_BACKLOG_WAITING_EMBEDDINGS="2", ALERT_BACKLOG_AGE_REPORTS="2")
     alerting.start_notifier()
     alerting.start_scheduler()
-    for _ in range(3):
-        enqueue(redis_conn, "system.ping", {}, {"queue": "embeddings"})
-    enqueue(redis_conn, "system.ping", {}, {"queue": "reports"})
+    for n in range(3):  # jobs of groups wait in their groups' lists: counted as waiting all the same
+        enqueue(redis_conn, "system.ping", {}, {"queue": "embeddings", "group": f"w{n}" if n else None})
+    enqueue(redis_conn, "system.ping", {}, {"queue": "reports", "group": "w1"})
     wait_for(lambda: {k for _, k in alerting.events()} == {"backlog:embeddings", "backlog:reports"}, timeout=60,
              message="both backlog alerts")  # fmt: skip
     by_key = {m["alert"]["key"]: m for m in alerting.webhooks()}

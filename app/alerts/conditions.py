@@ -29,6 +29,7 @@ import psycopg
 from redis import Redis
 
 from app.alerts.settings import AlertSettings
+from app.runtime.groups import waiting_lists_of
 from app.scheduling import schedule_store
 from app.tasks import queue_keys
 from queues import HISTORY_STREAM, JOB_KEY_PREFIX, QUEUES, SCHEDULER_LEADER_KEY
@@ -175,19 +176,20 @@ def _failure_rate(conn: psycopg.Connection, settings: AlertSettings, now: dateti
 
 
 def _queues(redis: Redis, settings: AlertSettings, now: datetime) -> list[Finding]:
-    """Backlog (count and oldest waiting job) and live workers of every queue, in three round trips."""
+    """Backlog (count and oldest waiting job, in lanes and groups' lists) and live workers of every queue, in four
+    round trips."""
     names = list(settings.queues)
+    lists = waiting_lists_of(redis, names)
     pipe = redis.pipeline(transaction=False)
     for name in names:
-        keys = queue_keys(name)
-        for lane in keys.lanes:
+        for lane in lists[name]:
             pipe.llen(lane)
-            pipe.lindex(lane, 0)  # each lane is FIFO: its head waited longest (a requeued job goes to the head)
-        pipe.smembers(keys.workers)
+            pipe.lindex(lane, 0)  # each list is FIFO: its head waited longest (a requeued job goes to the head)
+        pipe.smembers(queue_keys(name).workers)
     replies = iter(pipe.execute())
     waiting, heads, workers = {}, {}, {}
     for name in names:
-        lanes = [(next(replies), next(replies)) for _ in queue_keys(name).lanes]
+        lanes = [(next(replies), next(replies)) for _ in lists[name]]
         waiting[name] = sum(length for length, _ in lanes)
         heads[name] = [head.decode() for _, head in lanes if head]
         workers[name] = sorted(w.decode() for w in next(replies))

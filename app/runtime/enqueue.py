@@ -79,7 +79,7 @@ class JobOptions:
     @classmethod
     def parse(cls, raw: dict | None) -> JobOptions:
         """Options from their JSON form (`{"queue", "priority", "delay", "attempts", "backoff", "timeout", "jobId",
-        "dependsOn", "onParentFailure"}`).
+        "dependsOn", "onParentFailure", "group", "groupConcurrency"}`).
 
         Raises:
             InvalidJobError: an option is unknown or out of range; the message names it.

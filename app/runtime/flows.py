@@ -8,6 +8,7 @@ enqueue, jobs, progress and scripts, app.tasks and queues.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from base64 import b64decode
@@ -74,15 +75,14 @@ def create_batch(
             "created_at": time.time(),
             **{_FIELD[name]: request.id for name, request in callbacks.items()},
         })  # fmt: skip
-        for request in callbacks.values():
-            SCRIPTS.enqueue(pipe, request.keys, request.args)
+        _enqueue_all(list(callbacks.values()), pipe)
 
     SCRIPTS.execute(connection, open_batch)
     missing = []
     try:
         for start in range(0, len(requests), CHUNK):
             chunk = requests[start : start + CHUNK]
-            replies = SCRIPTS.execute(connection, lambda pipe, c=chunk: [SCRIPTS.enqueue(pipe, *r[4:6]) for r in c])
+            replies = SCRIPTS.execute(connection, functools.partial(_enqueue_all, chunk))
             missing += [job_id.decode() for made, job_id in replies if made == -1]
     finally:  # the jobs created are the batch, even when the rest could not be: their end fires the callbacks
         SCRIPTS.seal(connection, [batch_key(batch_id)], [batch_id, stream_cap()])
@@ -90,6 +90,11 @@ def create_batch(
         raise InvalidJobError(f"batch {batch_id} holds {len(requests) - len(missing)} of its {len(requests)} jobs: "
                               f"parent {missing[0]!r} ended and expired while the batch was created")
     return Batch(batch_id, [r.id for r in requests], {name: r.id for name, r in callbacks.items()})
+
+
+def _enqueue_all(requests: list[_Request], pipe) -> None:
+    for request in requests:
+        SCRIPTS.enqueue(pipe, request.keys, request.args)
 
 
 def batch_from_json(body: Any) -> dict:

@@ -29,10 +29,24 @@ def waiting_groups(connection: Redis, queue: str) -> list[tuple[int, str]]:
 
 def waiting_lists(connection: Redis, queue: str) -> list[str]:
     """Every list where jobs of `queue` wait: its lanes, priority 1 first, each followed by its groups' lists."""
-    keys = queue_keys(queue)
-    groups = waiting_groups(connection, queue)
-    return [key for p in PRIORITY_RANGE
-            for key in (keys.lane(p), *(keys.group_lane(g, gp) for gp, g in groups if gp == p))]  # fmt: skip
+    return waiting_lists_of(connection, [queue])[queue]
+
+
+def waiting_lists_of(connection: Redis, queues: list[str]) -> dict[str, list[str]]:
+    """`waiting_lists` of each queue, in one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for ring in queue_keys(queue).rings:
+                pipe.zrange(ring, 0, -1)
+        rings = iter(pipe.execute())
+    lists = {}
+    for queue in queues:
+        keys = queue_keys(queue)
+        lists[queue] = []
+        for priority in PRIORITY_RANGE:
+            groups = [g.decode() for g in next(rings) if g]
+            lists[queue] += [keys.lane(priority), *(keys.group_lane(g, priority) for g in groups)]
+    return lists
 
 
 def grouped_waiting(connection: Redis, queue: str) -> dict[int, int]:
