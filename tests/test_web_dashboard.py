@@ -223,6 +223,10 @@ def test_every_waiting_job_of_every_priority_is_counted_and_listed_paused_or_not
     assert {job["id"] for job in waiting["jobs"]} == set(default_high)
     scheduled = _get(client, "/0/data/jobs/sync/scheduled/8/asc/1.json").get_json()
     assert [job["id"] for job in scheduled["jobs"]] == [delayed.id]
+    grouped = [enqueue(redis_conn, "sync.manual", {"workspaceId": w}).id for w in ("w1", "w2")]  # in groups' lists
+    assert _counts(client)["sync"]["count"] == 2
+    listed = _get(client, "/0/data/jobs/sync/queued/8/asc/1.json").get_json()
+    assert [job["id"] for job in listed["jobs"]] == grouped
 
 
 def test_lists_escape_exactly_once_and_html_stays_inert(client, redis_conn):

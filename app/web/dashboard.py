@@ -43,6 +43,7 @@ from rq_dashboard.web import escape_format_instance_list, pagination_window, ser
 from app.config import redact
 from app.errors import InvalidJobError, JobStateError
 from app.runtime import control
+from app.runtime.groups import waiting_lists
 from app.runtime.jobs import SERIALIZER, BullJob, declare_queues, fetch_job, state_of
 from app.runtime.stats import queue_stats
 from app.tasks import queue_keys
@@ -246,8 +247,8 @@ def list_queues(instance_number):
 def _sources(queue: str, registry: str) -> list[tuple[str, str]]:
     """Where the jobs of `registry` are, in listing order: ("list" | "zset", key)."""
     keys = queue_keys(queue)
-    if registry == "queued":
-        return [("list", lane) for lane in keys.lanes]  # priority 1 first: the order they run in
+    if registry == "queued":  # priority 1 first, each lane followed by its groups' lists: the order they run in
+        return [("list", key) for key in waiting_lists(_redis(), queue)]
     key = {
         "scheduled": keys.scheduled, "started": keys.started, "finished": keys.finished, "failed": keys.failed,
         "canceled": keys.canceled, "deferred": keys.deferred,
