@@ -297,7 +297,7 @@ def _callback_jobs(conn: Redis) -> dict[tuple[str, str], list[str]]:
     keys = list(conn.scan_iter(match=JOB_KEY_PREFIX + "*", count=1000))
     with conn.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.hmget(key, "batch_id", "description")
+            pipe.hmget(key, "callback_of", "description")  # a callback names its batch in callback_of
         for key, (batch, description) in zip(keys, pipe.execute(), strict=True):
             kind = description and description.decode().split("(", 1)[0]
             if batch and kind in names:

@@ -31,6 +31,6 @@ elseif status == 'started' then
 end
 if removed == 0 then return status end
 local clock = {now = tonumber(ARGV[2]), stamp = ARGV[3], cap = tonumber(ARGV[4])}
-end_unrun(ARGV[1], 'canceled', clock)
-settle(ARGV[1], 'canceled', clock)
+flows().end_unrun(ARGV[1], 'canceled', clock)
+flows().settle(ARGV[1], 'canceled', clock)
 return 'canceled'

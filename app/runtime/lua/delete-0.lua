@@ -19,8 +19,8 @@ for i = 4, #ARGV do
     if f[1] and redis.call('GET', f[1]) == id then redis.call('DEL', f[1]) end
     if pending[f[2]] then
       if f[2] == 'deferred' then redis.call('ZREM', key_of('deferred', f[3]), id) end
-      clock = clock or redis_clock(ARGV[3])
-      settle(id, 'canceled', clock)
+      clock = clock or flows().redis_clock(ARGV[3])
+      flows().settle(id, 'canceled', clock)
     end
     deleted = deleted + redis.call('DEL', job)
     redis.call('DEL', ARGV[2] .. id)

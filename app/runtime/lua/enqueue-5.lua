@@ -59,14 +59,15 @@ if n > 0 or ARGV[10 + n] == '1' then
     end
   end
   if pending > 0 or failed or ARGV[10 + n] == '1' then
-    local clock = redis_clock(ARGV[6])
+    local F = flows()
+    local clock = F.redis_clock(ARGV[6])
     redis.call('HSET', KEYS[1], 'status', 'deferred', 'deps_pending', pending)
     redis.call('HDEL', KEYS[1], 'enqueued_at')
     redis.call('ZADD', key_of('deferred', redis.call('HGET', KEYS[1], 'origin')), clock.now, ARGV[1])
     if failed then
       local status = mode == 'cancel' and 'canceled' or 'failed'
-      end_unrun(ARGV[1], status, clock, 'ParentFailed', 'parent ' .. failed[1] .. ' ' .. failed[2])
-      settle(ARGV[1], status, clock, {false, batch ~= '' and batch or false})
+      F.end_unrun(ARGV[1], status, clock, 'ParentFailed', 'parent ' .. failed[1] .. ' ' .. failed[2])
+      F.settle(ARGV[1], status, clock, {false, batch ~= '' and batch or false})
     else
       for _, parent in ipairs(parents) do
         if not (parent[2] == 'finished' or parent[2] == 'failed' or parent[2] == 'canceled' or parent[2] == 'stopped') then

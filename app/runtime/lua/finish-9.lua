@@ -61,7 +61,7 @@ else
   local f = redis.call('HMGET', KEYS[1], 'dedup_key', 'has_dependents', 'batch_id')
   if f[1] and redis.call('GET', f[1]) == id then redis.call('DEL', f[1]) end
   if f[2] or f[3] then
-    settle(id, outcome, {now = now, stamp = ARGV[5], cap = tonumber(ARGV[9])}, {f[2], f[3]})
+    flows().settle(id, outcome, {now = now, stamp = ARGV[5], cap = tonumber(ARGV[9])}, {f[2], f[3]})
   end
   if keep == 0 then
     redis.call('DEL', KEYS[1])

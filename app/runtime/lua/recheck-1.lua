@@ -10,7 +10,9 @@
   Returns the number of jobs released or ended.
 ]]
 --#include flows
-local clock = redis_clock(ARGV[3])
+local F = flows()
+local end_unrun, settle, seal_batch, release = F.end_unrun, F.settle, F.seal_batch, F.release
+local clock = F.redis_clock(ARGV[3])
 local gone = {failed = true, canceled = true, stopped = true}
 local moved = 0
 local function looked_at(id) redis.call('ZADD', KEYS[1], 'XX', clock.now, id) end

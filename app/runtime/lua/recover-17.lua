@@ -46,7 +46,7 @@ local function end_job(job, id, status, text, registry)
   redis.call('HINCRBY', KEYS[4], status, 1)
   local dedup = redis.call('HGET', job, 'dedup_key')
   if dedup and redis.call('GET', dedup) == id then redis.call('DEL', dedup) end
-  settle(id, status, {now = tonumber(ARGV[1]), stamp = ARGV[2], cap = tonumber(ARGV[8])})
+  flows().settle(id, status, {now = tonumber(ARGV[1]), stamp = ARGV[2], cap = tonumber(ARGV[8])})
 end
 
 local out = {}

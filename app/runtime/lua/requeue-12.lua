@@ -62,7 +62,7 @@ for i = 4, #ARGV do
     redis.call('HSET', job, 'status', status, 'enqueued_at', ARGV[1], 'retries_left', attempts - 1)
     redis.call('HDEL', job, 'ended_at', 'exc_info', 'cancel_requested')
     if status == 'deferred' then
-      clock = clock or redis_clock(0)
+      clock = clock or flows().redis_clock(0)
       redis.call('HSET', job, 'deps_pending', pending)
       redis.call('ZADD', key_of('deferred', f[3]), clock.now, id)
       for _, parent in ipairs(parents) do

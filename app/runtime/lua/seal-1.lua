@@ -7,7 +7,8 @@
 --#include flows
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'creating' then return state or '' end
-local clock, ended = redis_clock(ARGV[2]), {}
-seal_batch(KEYS[1], ARGV[1], clock, ended)
-for _, job in ipairs(ended) do settle(job[1], job[2], clock) end -- a canceled onSuccess: what waits for it
+local F, ended = flows(), {}
+local clock = F.redis_clock(ARGV[2])
+F.seal_batch(KEYS[1], ARGV[1], clock, ended)
+for _, job in ipairs(ended) do F.settle(job[1], job[2], clock) end -- a canceled onSuccess: what waits for it
 return redis.call('HGET', KEYS[1], 'state')
