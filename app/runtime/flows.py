@@ -2,8 +2,8 @@
 
 Dependencies are job options (`dependsOn`, `onParentFailure`: app.runtime.enqueue); their transitions, and a
 batch's counting and callbacks, happen inside the job path's Lua scripts (`lua/include/flows.lua`), in the same
-step as the job's own end, so a crash between two steps cannot lose or repeat one. May import app.runtime's
-enqueue, jobs, progress and scripts, app.tasks and queues.
+step as the job's own end, so a crash between two steps cannot lose or repeat one. Imports what the runtime may
+(enqueue's request building, jobs, progress, the scripts, app.store.rows, app.tasks, queues).
 """
 
 from __future__ import annotations
