@@ -19,12 +19,17 @@ from queues import PRIORITY_RANGE, job_key
 
 def waiting_groups(connection: Redis, queue: str) -> list[tuple[int, str]]:
     """(priority, group) of every group with jobs waiting in `queue`, priority 1 first, each in its turn's order."""
-    keys = queue_keys(queue)
+    return waiting_groups_of(connection, [queue])[queue]
+
+
+def waiting_groups_of(connection: Redis, queues: list[str]) -> dict[str, list[tuple[int, str]]]:
+    """`waiting_groups` of each queue, in one round trip (the rings of every priority)."""
     with connection.pipeline(transaction=False) as pipe:
-        for ring in keys.rings:
-            pipe.zrange(ring, 0, -1)
-        rings = pipe.execute()
-    return [(p, g.decode()) for p, members in zip(PRIORITY_RANGE, rings, strict=True) for g in members if g]
+        for queue in queues:
+            for ring in queue_keys(queue).rings:
+                pipe.zrange(ring, 0, -1)
+        rings = iter(pipe.execute())
+    return {queue: [(p, g.decode()) for p in PRIORITY_RANGE for g in next(rings) if g] for queue in queues}
 
 
 def waiting_lists(connection: Redis, queue: str) -> list[str]:
@@ -34,18 +39,12 @@ def waiting_lists(connection: Redis, queue: str) -> list[str]:
 
 def waiting_lists_of(connection: Redis, queues: list[str]) -> dict[str, list[str]]:
     """`waiting_lists` of each queue, in one round trip."""
-    with connection.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            for ring in queue_keys(queue).rings:
-                pipe.zrange(ring, 0, -1)
-        rings = iter(pipe.execute())
+    groups = waiting_groups_of(connection, queues)
     lists = {}
     for queue in queues:
         keys = queue_keys(queue)
-        lists[queue] = []
-        for priority in PRIORITY_RANGE:
-            groups = [g.decode() for g in next(rings) if g]
-            lists[queue] += [keys.lane(priority), *(keys.group_lane(g, priority) for g in groups)]
+        lists[queue] = [key for p in PRIORITY_RANGE
+                        for key in (keys.lane(p), *(keys.group_lane(g, gp) for gp, g in groups[queue] if gp == p))]
     return lists
 
 
