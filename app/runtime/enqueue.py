@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 from redis import Redis
 from rq.job import JobStatus
-from rq.utils import get_call_string
 
 from app.config import size_limits
 from app.errors import InvalidJobError, JobDataTooLargeError
@@ -25,7 +24,7 @@ from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.rows import stream_cap
 from app.tasks import get_queue_spec, get_task, queue_keys
-from queues import JOB_KEY_PREFIX, QUEUES_SET, Backoff, BackoffType
+from queues import JOB_KEY_PREFIX, PRIORITY_RANGE, QUEUES_SET, Backoff, BackoffType, QueueKeys
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +123,22 @@ class JobOptions:
         )
 
 
+def parsed_options(raw: dict | None) -> JobOptions:
+    """`JobOptions.parse(raw)`, remembered for options of plain values (most callers send the same few): a
+    producer pays the checks once per distinct options, not once per job."""
+    if not raw:
+        return JobOptions.parse(raw)
+    try:  # each value with its type: 1, 1.0 and True are equal keys, and options tell them apart
+        return _parsed_options(tuple((name, value.__class__, value) for name, value in raw.items()))
+    except (AttributeError, TypeError):  # not a dict, or a value that is a list or a dict (unhashable)
+        return JobOptions.parse(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_options(items: tuple) -> JobOptions:
+    return JobOptions.parse({name: value for name, _kind, value in items})
+
+
 def _is_group(value: Any) -> bool:
     """A group name: any text a key can hold (a workspace's name, say), bounded; "" stands for no group."""
     return isinstance(value, str) and 1 <= len(value) <= 200 and "\x00" not in value
@@ -189,7 +204,8 @@ def retry_intervals(backoff: Backoff, retries: int, rng: random.Random | None = 
     rng = rng or _JITTER
     cap = max(MAX_BACKOFF, round(backoff.delay))
     # 2**n stops growing once past the cap (100 attempts would otherwise reach 10**30 seconds)
-    return [max(1, min(cap, round(backoff.delay * 2 ** min(n, 40) * rng.uniform(0.8, 1.2)))) for n in range(retries)]
+    jitter = rng.random  # uniform(0.8, 1.2), without its call per retry
+    return [max(1, min(cap, round(backoff.delay * 2 ** min(n, 40) * (0.8 + 0.4 * jitter())))) for n in range(retries)]
 
 
 def new_job_id() -> str:
@@ -316,7 +332,6 @@ class _Request(NamedTuple):
     id: str
     queue: str
     type: str
-    fields: dict
     keys: list
     args: list
     parents: tuple[str, ...] = ()
@@ -387,7 +402,7 @@ def _prepare(
 
     `batch_id`: the batch the job joins (counted into it), or with `held`, whose end releases it (a callback)."""
     task = get_task(task_type)
-    opts = options if isinstance(options, JobOptions) else JobOptions.parse(options)
+    opts = options if isinstance(options, JobOptions) else parsed_options(options)
     kwargs = task.bind({} if data is None else data)
     try:  # RQ's job data: (func, instance, args, kwargs)
         payload = _JOB_DATA.encode((task.name, None, [], kwargs)).encode()
@@ -402,54 +417,88 @@ def _prepare(
     if queue_name is None:
         raise InvalidJobError(f"{task.name} runs on any queue: choose one with option 'queue'")
     spec = get_queue_spec(queue_name)
-    keys = queue_keys(queue_name)
+    keys = _keys_of(queue_name)
 
     job_id = job_id or new_job_id()
     attempts = opts.attempts or spec.attempts
     priority = opts.priority or PRIORITIES[spec.priority]
+    timeout = opts.timeout or spec.timeout
     now = time.time()
     due = now + opts.delay if opts.delay else 0
-    fields = {
-        "created_at": rq_time(now),
-        "data": zlib.compress(payload) if len(payload) >= COMPRESS_FROM else payload,
-        "origin": queue_name,
-        "description": get_call_string(task.name, (), kwargs, max_length=75),
-        "timeout": opts.timeout or spec.timeout,
-        "result_ttl": spec.result_ttl,
-        "failure_ttl": spec.failure_ttl,
-        "status": (JobStatus.SCHEDULED if due else JobStatus.QUEUED).value,
-        "priority": priority,
-        "attempts": attempts,
-    }
+    created_at = rq_time(now)
+    # the job hash's fields and values, as HSET takes them
+    fields = [
+        "created_at", created_at,
+        "data", zlib.compress(payload) if len(payload) >= COMPRESS_FROM else payload,
+        "origin", queue_name,
+        "description", call_string(task.name, kwargs),
+        "timeout", timeout,
+        "result_ttl", spec.result_ttl,
+        "failure_ttl", spec.failure_ttl,
+        "status", _SCHEDULED if due else _QUEUED,
+        "priority", priority,
+        "attempts", attempts,
+    ]  # fmt: skip
     if not due:
-        fields["enqueued_at"] = fields["created_at"]
+        fields += ("enqueued_at", created_at)
     if schedule_id:
-        fields["schedule_id"] = schedule_id
+        fields += ("schedule_id", schedule_id)
     if schedule_slot is not None:
-        fields["schedule_slot"] = rq_time(schedule_slot)
+        fields += ("schedule_slot", rq_time(schedule_slot))
     if opts.depends_on:  # RQ's fields, so RQ's Job and rq-dashboard show the parents
-        fields["dependency_ids"] = _JOB_DATA.encode(list(opts.depends_on))
-        fields["on_parent_failure"] = opts.on_parent_failure
+        fields += ("dependency_ids", _JOB_DATA.encode(list(opts.depends_on)), "on_parent_failure",
+                   opts.on_parent_failure)  # fmt: skip
     if batch_id:  # a callback is not one of its batch's jobs: its end is not counted into the batch
-        fields["callback_of" if held else "batch_id"] = batch_id
+        fields += ("callback_of" if held else "batch_id", batch_id)
     group = opts.group or task.group_of(kwargs)
     if group:
         if not _is_group(group):
             raise InvalidJobError(f"{task.name}: its group {group[:50]!r} must be a text of 1 to 200 characters, "
                                   "without NUL")
-        fields["group"] = group
+        fields += ("group", group)
     if attempts > 1:
-        fields["retries_left"] = attempts - 1
         intervals = retry_intervals(opts.backoff or spec.backoff, attempts - 1)
-        fields["retry_intervals"] = f"[{','.join(map(str, intervals))}]"  # JSON, as json.dumps would write it
-    script_keys = [JOB_KEY_PREFIX + job_id, keys.lane(priority), keys.marker, keys.scheduled, QUEUES_SET]
+        # JSON, as json.dumps would write it
+        fields += ("retries_left", attempts - 1, "retry_intervals", f"[{','.join(map(str, intervals))}]")
+    script_keys = [JOB_KEY_PREFIX + job_id, keys.lanes[priority], keys.marker, keys.scheduled, QUEUES_SET]
     dedup_ttl = DEDUP_TTL
     if opts.dedup:
-        fields["dedup_key"] = keys.dedup(opts.dedup)
-        fields["dedup_ttl"] = dedup_ttl = fields["timeout"] + DEDUP_TTL  # past the job's due time
-        script_keys.append(fields["dedup_key"])
-    flat = [item for pair in fields.items() for item in pair]
+        dedup_key = keys.of.dedup(opts.dedup)
+        dedup_ttl = timeout + DEDUP_TTL  # past the job's due time
+        fields += ("dedup_key", dedup_key, "dedup_ttl", dedup_ttl)
+        script_keys.append(dedup_key)
     args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), stream_cap(),
             len(opts.depends_on), *opts.depends_on, opts.on_parent_failure, batch_id or "", int(held), group or "",
-            opts.group_concurrency or "", *flat]
-    return _Request(job_id, queue_name, task.name, fields, script_keys, args, opts.depends_on)
+            opts.group_concurrency or "", *fields]
+    return _Request(job_id, queue_name, task.name, script_keys, args, opts.depends_on)
+
+
+_QUEUED, _SCHEDULED = JobStatus.QUEUED.value, JobStatus.SCHEDULED.value
+
+
+class _QueueKeys(NamedTuple):
+    """The keys an enqueue writes, built once per queue (a queue's keys follow from its name alone)."""
+
+    of: QueueKeys
+    queue: str
+    lanes: dict[int, str]  #: by priority
+    marker: str
+    scheduled: str
+
+
+@functools.cache
+def _keys_of(queue_name: str) -> _QueueKeys:
+    keys = queue_keys(queue_name)
+    return _QueueKeys(keys, keys.queue, {p: keys.lane(p) for p in PRIORITY_RANGE}, keys.marker, keys.scheduled)
+
+
+def call_string(name: str, kwargs: dict) -> str:
+    """RQ's description of a job, `name(a=1, b='x')`: arguments sorted, each value's repr cut to 75 characters
+    (`rq.utils.get_call_string` with max_length=75)."""
+    if not kwargs:
+        return f"{name}()"
+    return f"{name}({', '.join(sorted(f'{k}={_cut(repr(v))}' for k, v in kwargs.items()))})"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 75 else text[:75] + "..."
