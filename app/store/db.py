@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -35,12 +37,36 @@ class KeptConnection:
             self._conn = None
 
 
+def check_quiet(conn: psycopg.Connection) -> None:
+    """The pool's check of a connection before lending it: a round trip only when its socket has something to read.
+
+    An idle connection receives nothing unless the server ended it (PostgreSQL sends the reason, then closes: a
+    restart, `pg_terminate_backend`), so a quiet socket is lent as is: psycopg's own check makes a round trip on every
+    loan, one of the four a web request made to write its audit row.
+
+    Raises:
+        psycopg.OperationalError: the connection is closed or broken (the pool then discards it and lends another).
+    """
+    if not conn.closed:
+        poller = select.poll()  # not select(): a web worker may hold descriptors past 1,024
+        poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        if not poller.poll(0):
+            return
+    ConnectionPool.check_connection(conn)
+
+
 def open_pool(
-    url: str, min_size: int = 1, max_size: int = 10, name: str = "bullrq", timeout: float = CONNECT_TIMEOUT
+    url: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    name: str = "bullrq",
+    timeout: float = CONNECT_TIMEOUT,
+    autocommit: bool = False,
 ) -> ConnectionPool:
     """A pool of connections (rows as dicts); it connects in the background, so opening never fails.
 
-    Callers borrow with `with pool.connection() as conn:`; a request waits at most `timeout` seconds.
+    Callers borrow with `with pool.connection() as conn:`; a request waits at most `timeout` seconds. With
+    `autocommit`, each statement commits on its own and `conn.transaction()` groups those that must commit together.
     """
     return ConnectionPool(
         url,
@@ -48,7 +74,7 @@ def open_pool(
         max_size=max_size,
         name=name,
         timeout=timeout,
-        kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
+        kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT, "autocommit": autocommit},
         open=True,
-        check=ConnectionPool.check_connection,
+        check=check_quiet,
     )

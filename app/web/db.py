@@ -1,5 +1,9 @@
 """The web app's PostgreSQL pool: opened on first use, one connection per request through `get_db()`.
 
+Its connections autocommit: a request's single write (its audit row, say) is one round trip instead of three
+(BEGIN, the statement, COMMIT), and the store's functions group the writes that belong together in
+`conn.transaction()`, as they do on the scheduler's autocommit connection.
+
 Config `DATABASE_POOL_TIMEOUT` (seconds, default `app.store.db.CONNECT_TIMEOUT`) bounds how long a request waits for a
 connection, so a probe answers 503 in that time while PostgreSQL is down.
 """
@@ -18,7 +22,7 @@ def get_pool() -> ConnectionPool:
     if pool is None:
         timeout = current_app.config.get("DATABASE_POOL_TIMEOUT", CONNECT_TIMEOUT)
         pool = current_app.extensions["bullrq.db"] = open_pool(
-            current_app.config["DATABASE_URL"], name="web", timeout=timeout
+            current_app.config["DATABASE_URL"], name="web", timeout=timeout, autocommit=True
         )
     return pool
 
