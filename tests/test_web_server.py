@@ -165,3 +165,64 @@ def test_a_body_over_max_request_bytes_is_refused_413_before_it_is_read(web):
                                          + chunked * 2 + b"0\r\n\r\n")  # fmt: skip
     assert status == 413 and error_of(status, headers, body)
     assert "Traceback" not in web.log.read_text()
+
+
+def test_job_creations_from_many_keep_alive_clients_at_once_all_succeed_and_are_audited(web, database_url):
+    """More clients than the server's threads: requests queue behind busy threads. Every one is created and audited,
+    the first requests of each worker share one PostgreSQL pool (a pool per thread was opened, then dropped with a
+    traceback), and waitress's "Task queue depth" warning comes at most once per interval per worker, not per
+    request."""
+    import http.client
+    import threading
+
+    import psycopg
+
+    clients, each = 16, 10
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    body = json.dumps({"type": "system.ping", "data": {}, "options": {"queue": "harvest"}})
+    statuses: list[int] = []
+    start = threading.Barrier(clients)
+
+    def client():
+        connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+        start.wait(timeout=30)
+        for _ in range(each):
+            connection.request("POST", "/api/admin/jobs", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201] * clients * each
+    with psycopg.connect(database_url) as conn:
+        audited = conn.execute("SELECT count(*) FROM audit_log WHERE path = '/api/admin/jobs'").fetchone()[0]
+    assert audited == clients * each
+    log = web.log.read_text()
+    assert "Traceback" not in log
+    assert log.count("Task queue depth") <= 2 * 2  # a first warning per worker, a second past QUEUE_WARNING_INTERVAL
+
+
+def test_once_per_interval_passes_one_record_per_interval_and_counts_those_held_back(monkeypatch):
+    import logging
+
+    from app.web import server
+
+    now = [100.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: now[0])
+    once = server.OncePerInterval(10)
+
+    def record():
+        return logging.LogRecord("waitress.queue", logging.WARNING, __file__, 1, "Task queue depth is %d", (3,), None)
+
+    first = record()
+    assert once.filter(first) and first.getMessage() == "Task queue depth is 3"
+    assert [once.filter(record()) for _ in range(5)] == [False] * 5
+    now[0] += 10
+    passed = record()
+    assert once.filter(passed)
+    assert passed.getMessage() == "Task queue depth is 3 (5 more such warnings in the last 10 s)"

@@ -18,6 +18,7 @@ from app.web.limits import request_limits
 
 class _App(Flask):
     json_provider_class = ApiJSONProvider
+    session_interface = auth.CookieSessions()
 
 
 def create_app(test_config: dict | None = None) -> Flask:

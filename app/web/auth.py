@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, render_template_string, request, send_file, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from app.web.errors import ApiError
 
@@ -35,6 +36,16 @@ button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}</style></head>
 <label for="token">Admin token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" autofocus required>
 <button type="submit">Sign in</button></form></body></html>"""
+
+
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without building a signer for a request that sent no cookie: every API call
+    with a bearer token opened its empty session through a new itsdangerous serializer."""
+
+    def open_session(self, app, request):
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def secret_key(token: str) -> bytes:

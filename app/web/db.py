@@ -10,20 +10,29 @@ connection, so a probe answers 503 in that time while PostgreSQL is down.
 
 from __future__ import annotations
 
+import threading
+
 from flask import Flask, current_app, g
 from psycopg_pool import ConnectionPool
 
 from app.store.db import CONNECT_TIMEOUT, open_pool
+
+#: held while a pool is opened: the first requests arrive together on a server's threads, and each opened its own pool
+#: (all but one then dropped, their connections left to the garbage collector and its "cannot join" tracebacks)
+_opening = threading.Lock()
 
 
 def get_pool() -> ConnectionPool:
     """The app's pool, opened on first use so the app starts even while PostgreSQL is down."""
     pool = current_app.extensions.get("bullrq.db")
     if pool is None:
-        timeout = current_app.config.get("DATABASE_POOL_TIMEOUT", CONNECT_TIMEOUT)
-        pool = current_app.extensions["bullrq.db"] = open_pool(
-            current_app.config["DATABASE_URL"], name="web", timeout=timeout, autocommit=True
-        )
+        with _opening:
+            pool = current_app.extensions.get("bullrq.db")
+            if pool is None:
+                timeout = current_app.config.get("DATABASE_POOL_TIMEOUT", CONNECT_TIMEOUT)
+                pool = current_app.extensions["bullrq.db"] = open_pool(
+                    current_app.config["DATABASE_URL"], name="web", timeout=timeout, autocommit=True
+                )
     return pool
 
 

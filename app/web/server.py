@@ -41,10 +41,36 @@ access_logger = logging.getLogger("app.web.access")
 #: seconds without a heartbeat before gunicorn replaces a worker; and the grace given to requests on SIGTERM
 TIMEOUT = 60
 GRACEFUL_TIMEOUT = 30
-#: seconds the event loop waits for a socket event: the worker's heartbeat and SIGTERM are seen this often
+#: seconds the event loop waits for a socket event, and between two heartbeats to the arbiter (each a syscall, once
+#: per loop turn before: a turn or more per request); SIGTERM is seen within this
 LOOP_TIMEOUT = 1.0
+#: seconds between two "Task queue depth" warnings of waitress (one per request queued behind busy threads otherwise)
+QUEUE_WARNING_INTERVAL = 10.0
 #: bytes of a request line and its headers together (431 beyond)
 MAX_HEADER_BYTES = 64 * 1024
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one record through per `interval` seconds; the next one passed counts those held back meanwhile.
+
+    For waitress's "Task queue depth is N", which it logs for every request queued behind busy threads, from the event
+    loop and holding the lock its threads take tasks with: a line per request, and a slower loop, just when a worker
+    is busiest.
+    """
+
+    def __init__(self, interval: float):
+        super().__init__()
+        self.interval, self._next, self._held = interval, 0.0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = f"{record.msg} ({self._held} more such warnings in the last {self.interval:g} s)"
+        self._next, self._held = now + self.interval, 0
+        return True
 
 
 def _log_config(log_format: str) -> dict:
@@ -54,11 +80,13 @@ def _log_config(log_format: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
+        "filters": {"queue_depth": {"()": OncePerInterval, "interval": QUEUE_WARNING_INTERVAL}},
         "handlers": {"main": handler},
         "root": {"level": "INFO", "handlers": ["main"]},
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["main"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["main"], "propagate": False},
+            "waitress.queue": {"filters": ["queue_depth"]},
         },
     }
 
@@ -138,11 +166,14 @@ class BufferingWorker(Worker):
                                    sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))  # fmt: skip
             server.channel_class = _Channel
             servers.append(server)
+        beat = 0.0
         while self.alive:
-            self.notify()
-            if self.ppid != os.getppid():
-                self.log.info("Parent changed, shutting down: %s", self)
-                break
+            if time.monotonic() >= beat:
+                self.notify()
+                if self.ppid != os.getppid():
+                    self.log.info("Parent changed, shutting down: %s", self)
+                    break
+                beat = time.monotonic() + LOOP_TIMEOUT
             wasyncore.loop(timeout=LOOP_TIMEOUT, map=socket_map, use_poll=True, count=1)
         self._drain(servers, socket_map, dispatcher)
 
