@@ -12,6 +12,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring_ascii
 from typing import Any, NamedTuple
 
 from redis import Redis
@@ -57,6 +58,21 @@ MAX_BACKOFF = 24 * 3600
 COMPRESS_FROM = 1024
 #: job data as RQ's JSON serializer reads it; NaN and Infinity are not JSON, whatever Python writes
 _JOB_DATA = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+# `_JOB_DATA.encode`'s C encoder, built once (`JSONEncoder.encode` builds one per call: most of its time for a
+# small job); circular data raises RecursionError instead of ValueError
+_c_encoder = c_make_encoder and c_make_encoder(None, _not_json, encode_basestring_ascii, None, ":", ",", False, False,
+                                               False)  # fmt: skip
+
+
+def to_json(value: Any) -> str:
+    """`value` as job data's JSON. Raises TypeError, ValueError (NaN, Infinity) or RecursionError."""
+    return "".join(_c_encoder(value, 0)) if _c_encoder else _JOB_DATA.encode(value)
 
 
 @dataclass(frozen=True)
@@ -201,11 +217,20 @@ def retry_intervals(backoff: Backoff, retries: int, rng: random.Random | None = 
     the base delay, when longer); whole seconds, as RQ takes them."""
     if backoff.type is BackoffType.FIXED:
         return [max(0, round(backoff.delay))] * retries
-    rng = rng or _JITTER
-    cap = max(MAX_BACKOFF, round(backoff.delay))
+    cap, doubled = _doubling(backoff.delay, retries)
+    jitter = (rng or _JITTER).random  # uniform(0.8, 1.2) without its call, and rounding without round()'s
+    intervals = []
+    for delay in doubled:
+        seconds = int(delay * (0.8 + 0.4 * jitter()) + 0.5)
+        intervals.append(cap if seconds > cap else seconds or 1)
+    return intervals
+
+
+@functools.lru_cache(maxsize=64)
+def _doubling(delay: float, retries: int) -> tuple[int, tuple[float, ...]]:
+    """An exponential backoff's cap and its delays before jitter (the same for every job of a queue)."""
     # 2**n stops growing once past the cap (100 attempts would otherwise reach 10**30 seconds)
-    jitter = rng.random  # uniform(0.8, 1.2), without its call per retry
-    return [max(1, min(cap, round(backoff.delay * 2 ** min(n, 40) * (0.8 + 0.4 * jitter())))) for n in range(retries)]
+    return max(MAX_BACKOFF, round(delay)), tuple(delay * 2 ** min(n, 40) for n in range(retries))
 
 
 def new_job_id() -> str:
@@ -364,22 +389,12 @@ def _submit(
 ) -> tuple[list[Enqueued], int | None]:
     """Send the requests in one round trip; returns their outcomes and, with `wait_replicas`, WAIT's answer."""
     check_parents(connection, requests)
-    if len(requests) == 1 and not wait_replicas:  # the common case, without a pipeline's own cost
-        request = requests[0]
-        created, job_id = SCRIPTS.enqueue(connection, request.keys, request.args)
-        if created == -1:  # expired since it was checked
-            raise missing_parent(job_id.decode())
-        return [Enqueued(job_id.decode(), request.queue, request.type, bool(created))], None
-
-    def fill(pipe):
-        for request in requests:
-            SCRIPTS.enqueue(pipe, request.keys, request.args)
-        if wait_replicas:  # in the same pipeline: WAIT counts the writes of its own connection
-            pipe.execute_command("WAIT", wait_replicas, max(1, int(wait_timeout * 1000)))
-
-    replies = SCRIPTS.execute(connection, fill)
+    calls = [SCRIPTS.enqueue.command(request.keys, request.args) for request in requests]
+    if wait_replicas:  # in the same round trip: WAIT counts the writes of its own connection
+        calls.append(("WAIT", wait_replicas, max(1, int(wait_timeout * 1000))))
+    replies = SCRIPTS.run(connection, calls)
     for created, job_id in replies[: len(requests)]:
-        if created == -1:
+        if created == -1:  # expired since it was checked
             raise missing_parent(job_id.decode())
     outcomes = [
         Enqueued(job_id.decode(), request.queue, request.type, bool(created))
@@ -405,7 +420,7 @@ def _prepare(
     opts = options if isinstance(options, JobOptions) else parsed_options(options)
     kwargs = task.bind({} if data is None else data)
     try:  # RQ's job data: (func, instance, args, kwargs)
-        payload = _JOB_DATA.encode((task.name, None, [], kwargs)).encode()
+        payload = to_json((task.name, None, [], kwargs)).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJobError(f"data for {task.name} is not JSON-serializable: {exc}") from None
     if len(payload) > max_job_data_bytes():
@@ -446,7 +461,7 @@ def _prepare(
     if schedule_slot is not None:
         fields += ("schedule_slot", rq_time(schedule_slot))
     if opts.depends_on:  # RQ's fields, so RQ's Job and rq-dashboard show the parents
-        fields += ("dependency_ids", _JOB_DATA.encode(list(opts.depends_on)), "on_parent_failure",
+        fields += ("dependency_ids", to_json(list(opts.depends_on)), "on_parent_failure",
                    opts.on_parent_failure)  # fmt: skip
     if batch_id:  # a callback is not one of its batch's jobs: its end is not counted into the batch
         fields += ("callback_of" if held else "batch_id", batch_id)

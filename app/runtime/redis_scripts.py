@@ -38,6 +38,10 @@ class LuaScript:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         self._scripts = scripts
 
+    def command(self, keys: list, args: list) -> tuple:
+        """The call as a command, for `Scripts.run`."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
     def __call__(self, client: Redis | Pipeline, keys: list, args: list):
         """Run the script; on a pipeline the call is queued (run it with `execute`)."""
         if type(client) is not Redis and isinstance(client, Pipeline):  # (Pipeline's isinstance check is slow)
@@ -118,20 +122,27 @@ class Scripts:
             pipe.execute()
 
     def execute(self, connection: Redis, fill: Callable[[Pipeline], None]) -> list:
-        """Run the script calls that `fill` queues on a pipeline, in one round trip; returns their replies.
-
-        A call answered NOSCRIPT (Redis restarted, or flushed its script cache) did not run, while the calls around
-        it did: the scripts are loaded and those calls alone are run again (running the whole pipeline again would
-        run the others twice: a finish and a dequeue would take a second job and leave the first taken, unrun).
-        A Redis error in any reply is raised once every call has been answered.
-        """
+        """Run the calls that `fill` queues on a pipeline (script calls and any other commands), in one round trip;
+        returns their replies, as `run` does."""
         with connection.pipeline(transaction=False) as pipe:
             fill(pipe)
             calls = [args for args, _options in pipe.command_stack]
             if all(call[0] in _RAW_REPLIES for call in calls):  # the short way: no reply needs redis-py's parsing
-                replies = call_direct_many(connection, calls)
-            else:
-                replies = pipe.execute(raise_on_error=False)
+                return self.run(connection, calls)
+            return self._answered(connection, calls, pipe.execute(raise_on_error=False))
+
+    def run(self, connection: Redis, calls: list[tuple]) -> list:
+        """Run commands whose replies need no parsing (script calls built with `LuaScript.command`, WAIT, BLPOP) in
+        one round trip, without a pipeline object; returns their replies.
+
+        A call answered NOSCRIPT (Redis restarted, or flushed its script cache) did not run, while the calls around
+        it did: the scripts are loaded and those calls alone are run again (running them all again would run the
+        others twice: a finish and a dequeue would take a second job and leave the first taken, unrun).
+        A Redis error in any reply is raised once every call has been answered.
+        """
+        return self._answered(connection, calls, call_direct_many(connection, calls))
+
+    def _answered(self, connection: Redis, calls: list[tuple], replies: list) -> list:
         missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # and a WAIT after them again, to count the replicas that have their writes too
             missing += [n for n, call in enumerate(calls) if n > missing[0] and call[0] == "WAIT"]

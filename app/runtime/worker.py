@@ -128,6 +128,7 @@ class BullWorker(Worker):
         self._pending_cancels: set[str] = set()  #: cancels that arrived before their job was current
         self._interruptible = False
         self._child_pid: int | None = None
+        self._maintenance_checked = 0.0  #: time.monotonic() when the side thread was last seen alive
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -202,15 +203,15 @@ class BullWorker(Worker):
             return [0, -1]
         timeout = IDLE_WAIT if rate_wait_ms < 0 else max(0.01, min(IDLE_WAIT, rate_wait_ms / 1000))
 
-        def fill(pipe):
-            pipe.blpop(self._markers, timeout=timeout)
-            self._dequeue(pipe, stamped_by_redis=True)
-
-        reply = SCRIPTS.execute(self.connection, fill)[1]
+        blpop = ("BLPOP", *self._markers, timeout)
+        reply = SCRIPTS.run(self.connection, [blpop, self._dequeue_command(stamped_by_redis=True)])[1]
         self._dequeued_at = time.time()  # taken now, not when the wait began
         return reply
 
-    def _dequeue(self, client, stamped_by_redis: bool = False) -> list:
+    def _dequeue(self, client) -> list:
+        return SCRIPTS.run(client, [self._dequeue_command()])[0]
+
+    def _dequeue_command(self, stamped_by_redis: bool = False) -> tuple:
         now = self._dequeued_at = time.time()
         args = [
             0,
@@ -223,7 +224,7 @@ class BullWorker(Worker):
             *RunningJob.FIELDS,
             *self._dequeue_policy,
         ]
-        return SCRIPTS.dequeue(client, self._dequeue_keys, args)
+        return SCRIPTS.dequeue.command(self._dequeue_keys, args)
 
     def _job_from_reply(self, reply: list) -> tuple[RunningJob, str]:
         queue_number, member, values = reply
@@ -236,7 +237,12 @@ class BullWorker(Worker):
         return job, member
 
     def _check_maintenance(self) -> Maintenance:
-        """The side thread, started again (loudly) if it died: without it leases and heartbeats stop."""
+        """The side thread, started again (loudly) if it died: without it leases and heartbeats stop. Looked at
+        once a second (`is_alive` takes a lock: once a job, it cost a tenth of a no-op job's time)."""
+        now = time.monotonic()
+        if now < self._maintenance_checked + 1:
+            return self._maintenance
+        self._maintenance_checked = now
         if not self._maintenance.is_alive() and not self._stopping:
             logger.error("worker %s: the maintenance thread died; starting it again", self.name)
             self._maintenance = Maintenance(self)
@@ -401,15 +407,11 @@ class BullWorker(Worker):
             job.key, keys.started, self.key, results_key(job.id), keys.stats, target,
             keys.lane(job.priority), keys.marker, HISTORY_STREAM,
         ]  # fmt: skip
-        if not dequeue_next:
-            recorded, reply = SCRIPTS.finish(self.connection, finish_keys, args), [0, -1]
-        else:
-
-            def fill(pipe):
-                SCRIPTS.finish(pipe, finish_keys, args)
-                self._dequeue(pipe)
-
-            recorded, reply = SCRIPTS.execute(self.connection, fill)
+        calls = [SCRIPTS.finish.command(finish_keys, args)]
+        if dequeue_next:
+            calls.append(self._dequeue_command())
+        replies = SCRIPTS.run(self.connection, calls)
+        recorded, reply = replies[0], (replies[1] if dequeue_next else [0, -1])
         self._release(member)
         if recorded == 0:
             logger.warning("job %s: its lease was taken back before it ended; outcome %s not recorded", job.id,
