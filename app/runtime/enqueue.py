@@ -19,13 +19,14 @@ from redis import Redis
 from rq.job import JobStatus
 
 from app.config import size_limits
+from app.connections import SLOT, CommandTemplate
 from app.errors import InvalidJobError, JobDataTooLargeError
 from app.runtime.jobs import BullJob, fetch_job
 from app.runtime.leases import rq_time
 from app.runtime.redis_scripts import SCRIPTS
 from app.store.rows import stream_cap
 from app.tasks import get_queue_spec, get_task, queue_keys
-from queues import JOB_KEY_PREFIX, PRIORITY_RANGE, QUEUES_SET, Backoff, BackoffType, QueueKeys
+from queues import JOB_KEY_PREFIX, PRIORITY_RANGE, QUEUES_SET, Backoff, BackoffType, QueueKeys, QueueSpec
 
 logger = logging.getLogger(__name__)
 
@@ -357,8 +358,7 @@ class _Request(NamedTuple):
     id: str
     queue: str
     type: str
-    keys: list
-    args: list
+    command: tuple  #: the enqueue script's call
     parents: tuple[str, ...] = ()
 
 
@@ -389,7 +389,7 @@ def _submit(
 ) -> tuple[list[Enqueued], int | None]:
     """Send the requests in one round trip; returns their outcomes and, with `wait_replicas`, WAIT's answer."""
     check_parents(connection, requests)
-    calls = [SCRIPTS.enqueue.command(request.keys, request.args) for request in requests]
+    calls = [request.command for request in requests]
     if wait_replicas:  # in the same round trip: WAIT counts the writes of its own connection
         calls.append(("WAIT", wait_replicas, max(1, int(wait_timeout * 1000))))
     replies = SCRIPTS.run(connection, calls)
@@ -432,21 +432,77 @@ def _prepare(
     if queue_name is None:
         raise InvalidJobError(f"{task.name} runs on any queue: choose one with option 'queue'")
     spec = get_queue_spec(queue_name)
-    keys = _keys_of(queue_name)
+    group = opts.group or task.group_of(kwargs)
+    if group and not _is_group(group):
+        raise InvalidJobError(f"{task.name}: its group {group[:50]!r} must be a text of 1 to 200 characters, without "
+                              "NUL")  # fmt: skip
 
     job_id = job_id or new_job_id()
+    now = time.time()
+    created_at = rq_time(now)
+    data = zlib.compress(payload) if len(payload) >= COMPRESS_FROM else payload
+    description = call_string(task.name, kwargs)
+    attempts = opts.attempts or spec.attempts
+    intervals = None
+    if attempts > 1:
+        intervals = f"[{','.join(map(str, retry_intervals(opts.backoff or spec.backoff, attempts - 1)))}]"  # JSON
+    if not (opts.delay or schedule_id or schedule_slot is not None or opts.depends_on or opts.dedup or batch_id
+            or held or group):  # fmt: skip
+        # a plain job (most are): its command is its queue's template with this job's values
+        template = _plain_template(task.name, queue_name, spec, opts, stream_cap())
+        values = (JOB_KEY_PREFIX + job_id, job_id, created_at, data, description, created_at)
+        command = template.fill(*values, intervals) if intervals else template.fill(*values)
+    else:
+        command = _enqueue_command(
+            task.name, queue_name, spec, opts, stream_cap(), JOB_KEY_PREFIX + job_id, job_id, created_at, data,
+            description, intervals, due=now + opts.delay if opts.delay else 0, schedule_id=schedule_id,
+            schedule_slot=rq_time(schedule_slot) if schedule_slot is not None else None, batch_id=batch_id, held=held,
+            group=group,
+        )  # fmt: skip
+    return _Request(job_id, queue_name, task.name, command, opts.depends_on)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_template(task_name: str, queue_name: str, spec: QueueSpec, opts: JobOptions, cap: int) -> CommandTemplate:
+    """The command of a plain job of this type, queue policy and options, with a SLOT for each job's own values
+    (packing is most of an enqueue's own time, and most of the arguments are the same for every job)."""
+    retried = (opts.attempts or spec.attempts) > 1
+    return CommandTemplate(_enqueue_command(
+        task_name, queue_name, spec, opts, cap, SLOT, SLOT, SLOT, SLOT, SLOT, SLOT if retried else None,
+    ))  # fmt: skip
+
+
+def _enqueue_command(
+    task_name: str,
+    queue_name: str,
+    spec: QueueSpec,
+    opts: JobOptions,
+    cap: int,
+    job_key: Any,
+    job_id: Any,
+    created_at: Any,
+    data: Any,
+    description: Any,
+    intervals: Any,
+    due: float = 0,
+    schedule_id: str | None = None,
+    schedule_slot: str | None = None,
+    batch_id: str | None = None,
+    held: bool = False,
+    group: str | None = None,
+) -> tuple:
+    """The enqueue script's call for one job: its keys, arguments and job hash (RQ's layout), as enqueue-5.lua reads
+    them. With SLOT for the job's own values, in their order here (job key, id, created_at, data, description,
+    enqueued_at = created_at, retry intervals), it is a template (`_plain_template`)."""
+    keys = _keys_of(queue_name)
     attempts = opts.attempts or spec.attempts
     priority = opts.priority or PRIORITIES[spec.priority]
     timeout = opts.timeout or spec.timeout
-    now = time.time()
-    due = now + opts.delay if opts.delay else 0
-    created_at = rq_time(now)
-    # the job hash's fields and values, as HSET takes them
     fields = [
         "created_at", created_at,
-        "data", zlib.compress(payload) if len(payload) >= COMPRESS_FROM else payload,
+        "data", data,
         "origin", queue_name,
-        "description", call_string(task.name, kwargs),
+        "description", description,
         "timeout", timeout,
         "result_ttl", spec.result_ttl,
         "failure_ttl", spec.failure_ttl,
@@ -459,33 +515,26 @@ def _prepare(
     if schedule_id:
         fields += ("schedule_id", schedule_id)
     if schedule_slot is not None:
-        fields += ("schedule_slot", rq_time(schedule_slot))
+        fields += ("schedule_slot", schedule_slot)
     if opts.depends_on:  # RQ's fields, so RQ's Job and rq-dashboard show the parents
-        fields += ("dependency_ids", to_json(list(opts.depends_on)), "on_parent_failure",
-                   opts.on_parent_failure)  # fmt: skip
+        fields += ("dependency_ids", to_json(list(opts.depends_on)), "on_parent_failure", opts.on_parent_failure)
     if batch_id:  # a callback is not one of its batch's jobs: its end is not counted into the batch
         fields += ("callback_of" if held else "batch_id", batch_id)
-    group = opts.group or task.group_of(kwargs)
     if group:
-        if not _is_group(group):
-            raise InvalidJobError(f"{task.name}: its group {group[:50]!r} must be a text of 1 to 200 characters, "
-                                  "without NUL")
         fields += ("group", group)
     if attempts > 1:
-        intervals = retry_intervals(opts.backoff or spec.backoff, attempts - 1)
-        # JSON, as json.dumps would write it
-        fields += ("retries_left", attempts - 1, "retry_intervals", f"[{','.join(map(str, intervals))}]")
-    script_keys = [JOB_KEY_PREFIX + job_id, keys.lanes[priority], keys.marker, keys.scheduled, QUEUES_SET]
+        fields += ("retries_left", attempts - 1, "retry_intervals", intervals)
+    script_keys = [job_key, keys.lanes[priority], keys.marker, keys.scheduled, QUEUES_SET]
     dedup_ttl = DEDUP_TTL
     if opts.dedup:
         dedup_key = keys.of.dedup(opts.dedup)
         dedup_ttl = timeout + DEDUP_TTL  # past the job's due time
         fields += ("dedup_key", dedup_key, "dedup_ttl", dedup_ttl)
         script_keys.append(dedup_key)
-    args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), stream_cap(),
-            len(opts.depends_on), *opts.depends_on, opts.on_parent_failure, batch_id or "", int(held), group or "",
-            opts.group_concurrency or "", *fields]
-    return _Request(job_id, queue_name, task.name, script_keys, args, opts.depends_on)
+    args = [job_id, keys.queue, due, 0, math.ceil((opts.delay or 0) + dedup_ttl), cap, len(opts.depends_on),
+            *opts.depends_on, opts.on_parent_failure, batch_id or "", int(held), group or "",
+            opts.group_concurrency or "", *fields]  # fmt: skip
+    return SCRIPTS.enqueue.command(script_keys, args)
 
 
 _QUEUED, _SCHEDULED = JobStatus.QUEUED.value, JobStatus.SCHEDULED.value

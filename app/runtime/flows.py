@@ -94,7 +94,7 @@ def create_batch(
 
 def _enqueue_all(requests: list[_Request], pipe) -> None:
     for request in requests:
-        SCRIPTS.enqueue(pipe, request.keys, request.args)
+        pipe.execute_command(*request.command)
 
 
 def batch_from_json(body: Any) -> dict:

@@ -35,6 +35,7 @@ from rq.results import Result
 from rq.worker import Worker, WorkerStatus
 from rq.worker_registration import unregister
 
+from app.connections import SLOT, CommandTemplate
 from app.errors import (
     ConfigError,
     InvalidJobError,
@@ -99,13 +100,13 @@ class BullWorker(Worker):
         pool.reset()
         self.database_url = database_url  #: where this process writes run history (None: it leaves that to others)
         self._keys = [queue_keys(q.name) for q in self.queues]
-        self._dequeue_keys = [self.key]
-        self._dequeue_policy: list[Any] = []
+        dequeue_keys = [self.key]
+        dequeue_policy: list[Any] = []
         for keys in self._keys:
             spec = get_queue_spec(keys.name)
-            self._dequeue_keys += [keys.paused, keys.limiter, keys.started, *keys.lanes]
+            dequeue_keys += [keys.paused, keys.limiter, keys.started, *keys.lanes]
             rate = spec.rate_limit
-            self._dequeue_policy += [
+            dequeue_policy += [
                 spec.concurrency or 0,
                 rate.max_jobs if rate else 0,
                 int(rate.period * 1000) if rate else 0,
@@ -114,6 +115,11 @@ class BullWorker(Worker):
                 keys.name,
             ]
         self._markers = [keys.marker for keys in self._keys]
+        # ARGV: Redis' clock (unused), the time in RQ's format, worker, execution id, lease, job key prefix, fields
+        fields = RunningJob.FIELDS
+        self._dequeue_template = CommandTemplate(SCRIPTS.dequeue.command(dequeue_keys, [
+            0, SLOT, self.name, SLOT, LEASE, JOB_KEY_PREFIX, len(fields), *fields, *dequeue_policy,
+        ]))  # fmt: skip
         self._exec_prefix = uuid.uuid4().hex[:8]
         self._exec_count = 1
         self._exec_id = f"{self._exec_prefix}1"  #: of the next dequeue; the same again while its reply is lost
@@ -213,18 +219,7 @@ class BullWorker(Worker):
 
     def _dequeue_command(self, stamped_by_redis: bool = False) -> tuple:
         now = self._dequeued_at = time.time()
-        args = [
-            0,
-            "" if stamped_by_redis else rq_time(now),
-            self.name,
-            self._exec_id,
-            LEASE,
-            JOB_KEY_PREFIX,
-            len(RunningJob.FIELDS),
-            *RunningJob.FIELDS,
-            *self._dequeue_policy,
-        ]
-        return SCRIPTS.dequeue.command(self._dequeue_keys, args)
+        return self._dequeue_template.fill("" if stamped_by_redis else rq_time(now), self._exec_id)
 
     def _job_from_reply(self, reply: list) -> tuple[RunningJob, str]:
         queue_number, member, values = reply
