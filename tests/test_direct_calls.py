@@ -9,10 +9,11 @@ import os
 import signal
 import threading
 
+import hiredis
 import pytest
 from redis.exceptions import ResponseError
 
-from app.connections import call_direct, call_direct_many, redis_from_url
+from app.connections import SLOT, CommandTemplate, call_direct, call_direct_many, redis_from_url
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,17 @@ def test_many_commands_in_one_round_trip_answer_in_order(client, redis_conn):
     redis_conn.client_kill_filter(_type="normal", skipme=True)  # the kept connection is dead: redis-py's pipeline
     assert call_direct_many(client, [("INCR", "a"), ("GET", "a")]) == [3, b"3"]
     assert call_direct(client, "GET", "a") == b"3"  # and the next command has a connection in step again
+
+
+def test_a_template_packs_its_command_as_its_arguments_would_be(client, redis_conn):
+    """`CommandTemplate.fill` gives the bytes hiredis (and redis-py) would pack, and the arguments for redis-py's
+    path: both ways run the same command."""
+    template = CommandTemplate(("HSET", SLOT, "text", "é", "number", 7, "float", 0.25, "slot", SLOT, "bytes", b"\x00"))
+    command = template.fill("h", 1.5)
+    assert tuple(command) == ("HSET", "h", "text", "é", "number", 7, "float", 0.25, "slot", 1.5, "bytes", b"\x00")
+    assert command.packed == hiredis.pack_command(tuple(command))
+    assert call_direct_many(client, [command]) == [5]  # the short way
+    redis_conn.client_kill_filter(_type="normal", skipme=True)  # the kept connection is dead: redis-py's pipeline
+    assert call_direct_many(client, [template.fill("h2", b"x")]) == [5]
+    assert redis_conn.hgetall("h2") == {b"text": "é".encode(), b"number": b"7", b"float": b"0.25", b"slot": b"x",
+                                        b"bytes": b"\x00"}  # fmt: skip

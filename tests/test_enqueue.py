@@ -231,3 +231,22 @@ def test_rq_time_writes_rqs_date_format():
     moments += [int(m) + edge for m in moments[:50] for edge in (0.0, 0.5e-6, 0.9999995, 0.9999999)]
     for moment in moments:
         assert rq_time(moment) == utcformat(datetime.fromtimestamp(moment, UTC)), moment
+
+
+@pytest.mark.parametrize("options", [{"queue": "harvest"}, {"queue": "reports", "attempts": 1, "priority": "high"},
+                                     {"queue": "sync", "timeout": 30, "backoff": {"type": "fixed", "delay": 2}}])
+def test_a_plain_job_is_sent_as_the_general_path_would_send_it(options):
+    """The template a plain job's command is filled into says what `_enqueue_command` says for that job."""
+    from hiredis import pack_command
+
+    from app.runtime.enqueue import JOB_KEY_PREFIX, _enqueue_command, _prepare, parsed_options, stream_cap
+
+    request = _prepare("system.ping", {"echo": "hi"}, options)
+    command = list(request.command)
+    opts = parsed_options(options)
+    spec = get_queue_spec(opts.queue)
+    fields = dict(zip(command[3 + 5 + 12 :: 2], command[3 + 5 + 13 :: 2], strict=True))
+    general = _enqueue_command("system.ping", opts.queue, spec, opts, stream_cap(), JOB_KEY_PREFIX + request.id,
+                               request.id, fields["created_at"], fields["data"], fields["description"],
+                               fields.get("retry_intervals"))  # fmt: skip
+    assert command == list(general) and request.command.packed == pack_command(general)
