@@ -156,6 +156,8 @@ class BullWorker(Worker):
         ran = False
         # What start-up made (modules, tasks, this worker) lives as long as the process: out of the collector's way
         # (a full collection walked it in 35-40 ms, a pause a job would wait out) and of a forked child's copies.
+        # Collected first, so no garbage of start-up (or of an earlier run in this process) is kept for good.
+        gc.collect()
         gc.freeze()
         try:
             reply = self._redis(self._dequeue, self.connection)
