@@ -449,7 +449,7 @@ def _prepare(
     if not (opts.delay or schedule_id or schedule_slot is not None or opts.depends_on or opts.dedup or batch_id
             or held or group):  # fmt: skip
         # a plain job (most are): its command is its queue's template with this job's values
-        template = _plain_template(task.name, queue_name, spec, opts, stream_cap())
+        template = _plain_template(task.name, queue_name, spec, opts, stream_cap(), retried=intervals is not None)
         values = (JOB_KEY_PREFIX + job_id, job_id, created_at, data, description, created_at)
         command = template.fill(*values, intervals) if intervals else template.fill(*values)
     else:
@@ -463,10 +463,12 @@ def _prepare(
 
 
 @functools.lru_cache(maxsize=256)
-def _plain_template(task_name: str, queue_name: str, spec: QueueSpec, opts: JobOptions, cap: int) -> CommandTemplate:
+def _plain_template(
+    task_name: str, queue_name: str, spec: QueueSpec, opts: JobOptions, cap: int, retried: bool
+) -> CommandTemplate:
     """The command of a plain job of this type, queue policy and options, with a SLOT for each job's own values
-    (packing is most of an enqueue's own time, and most of the arguments are the same for every job)."""
-    retried = (opts.attempts or spec.attempts) > 1
+    (packing is most of an enqueue's own time, and most of the arguments are the same for every job); `retried`:
+    the job has retry delays (a slot of their own)."""
     return CommandTemplate(_enqueue_command(
         task_name, queue_name, spec, opts, cap, SLOT, SLOT, SLOT, SLOT, SLOT, SLOT if retried else None,
     ))  # fmt: skip
